@@ -1,0 +1,158 @@
+"""The `Conditioner` base class: detection, filtering and drawing behind one callable.
+
+A subclass supplies three things:
+- `_create_detector()` builds the (expensive) detector once; it is reused for every image;
+- `_detect(pixels)` returns instances with *normalised* coordinates for one RGB array;
+- `paint(canvas, detection)` draws a detection; it is a pure classmethod (no detector).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
+
+import numpy as np
+from PIL import Image
+
+from .detection import Detection, Instance
+from .drawing import Canvas
+from .filters import Filters
+from .images import ImageSource, LoadedImage, load_image
+
+
+@dataclass
+class Conditioned:
+    """The result of running a conditioner on one image."""
+
+    detection: Detection
+    canvas: Canvas
+
+    @property
+    def skipped(self) -> str | None:
+        return self.detection.skipped
+
+    @property
+    def image(self) -> Image.Image:
+        """The conditioning image (palette mode; `.convert("RGB")` for RGB)."""
+        return self.canvas.to_image()
+
+    def to_array(self) -> np.ndarray:
+        return self.canvas.to_array()
+
+    def to_png(self) -> bytes:
+        return self.canvas.to_png()
+
+
+class Conditioner(ABC):
+    """Base class; use as a context manager so the detector is released."""
+
+    name: ClassVar[str] = ""
+    detector_name: ClassVar[str] = ""
+    detector_version: ClassVar[str] = ""
+    # Whether the spec's colours are BGR and the finished image is channel-reversed.
+    reverse_channels: ClassVar[bool] = False
+    default_filters: ClassVar[Filters] = Filters()
+
+    def __init__(
+        self,
+        *,
+        detect_long_side: int | None = 512,
+        min_image_side: int | None = None,
+        min_instance_size: float | None = None,
+        min_keypoint_fraction: float | None = None,
+        max_instances: int | None = None,
+    ):
+        self.detect_long_side = detect_long_side
+        overrides = {
+            "min_image_side": min_image_side,
+            "min_instance_size": min_instance_size,
+            "min_keypoint_fraction": min_keypoint_fraction,
+            "max_instances": max_instances,
+        }
+        self.filters = replace(self.default_filters, **{k: v for k, v in overrides.items() if v is not None})
+        self._detector: Any = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+    @property
+    def detector(self) -> Any:
+        if self._detector is None:
+            self._detector = self._create_detector()
+        return self._detector
+
+    def close(self) -> None:
+        if self._detector is not None:
+            closer = getattr(self._detector, "close", None)
+            if closer:
+                closer()
+            self._detector = None
+
+    def __enter__(self) -> Conditioner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # a forgotten close() must not leak native detector threads
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # -- detection -----------------------------------------------------------------------
+    def load(self, source: ImageSource, name: str | None = None) -> LoadedImage:
+        return load_image(source, long_side=self.detect_long_side, name=name)
+
+    def detect(self, source: ImageSource | LoadedImage, name: str | None = None) -> Detection:
+        """Detect, map to input pixels and filter. Raises `ImageLoadError` for unreadable input."""
+        loaded = source if isinstance(source, LoadedImage) else self.load(source, name)
+        width, height = loaded.size
+        too_small = min(width, height) < self.filters.min_image_side  # no need to run the detector
+        instances = []
+        for instance in [] if too_small else self._detect(loaded.pixels):
+            points = instance.points.copy()
+            points[:, 0] *= width
+            points[:, 1] *= height
+            instances.append(replace(instance, points=points))
+        detection = Detection(
+            conditioner=self.name,
+            width=width,
+            height=height,
+            instances=instances,
+            detector=self.detector_name,
+            detector_version=self.detector_version,
+        )
+        return self.filter(detection)
+
+    def filter(self, detection: Detection) -> Detection:
+        return self.filters.apply(detection)
+
+    def __call__(self, source: ImageSource | LoadedImage, size: tuple[int, int] | None = None) -> Conditioned:
+        detection = self.detect(source)
+        return Conditioned(detection, self.render(detection, size))
+
+    # -- drawing -------------------------------------------------------------------------
+    @classmethod
+    def render(cls, detection: Detection, size: tuple[int, int] | None = None) -> Canvas:
+        canvas = Canvas(size or detection.size, reverse_channels=cls.reverse_channels)
+        cls.paint(canvas, detection)
+        return canvas
+
+    @classmethod
+    def draw(cls, detection: Detection, size: tuple[int, int] | None = None) -> np.ndarray:
+        """Pure drawing: (h, w, 3) uint8 RGB, no detector involved."""
+        return cls.render(detection, size).to_array()
+
+    @classmethod
+    @abstractmethod
+    def paint(cls, canvas: Canvas, detection: Detection) -> None:
+        """Draw `detection` (input-pixel coordinates) onto `canvas` (any size)."""
+
+    # -- subclass hooks ------------------------------------------------------------------
+    @abstractmethod
+    def _create_detector(self) -> Any:
+        """Build the detector; called once, on first use."""
+
+    @abstractmethod
+    def _detect(self, pixels: np.ndarray) -> list[Instance]:
+        """Instances in normalised [0, 1] image coordinates for one upright RGB array."""

@@ -1,0 +1,178 @@
+"""The data model every conditioner returns: a `Detection` holding `Instance`s.
+
+Points are stored in the pixels of the (EXIF-oriented) input image, so a detection can be
+re-drawn at any size without running the detector again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+
+INSTANCE_KINDS = ("left_hand", "right_hand", "face", "pose", "animal")
+_MIRRORED_KIND = {"left_hand": "right_hand", "right_hand": "left_hand"}
+
+
+class SkipReason(StrEnum):
+    """Why an image yields no usable conditioning; builders count these."""
+
+    UNREADABLE = "unreadable"
+    NO_DETECTION = "no_detection"
+    IMAGE_TOO_SMALL = "image_too_small"
+    INSTANCE_TOO_SMALL = "instance_too_small"
+    TOO_FEW_KEYPOINTS = "too_few_keypoints"
+    TOO_MANY_INSTANCES = "too_many_instances"
+    MISSING_REQUIRED_PART = "missing_required_part"
+    EMPTY_DRAWING = "empty_drawing"
+
+
+@dataclass
+class Instance:
+    """One detected hand, face, body or animal.
+
+    `points` is an (N, 4) float64 array of x, y (input pixels), z (the detector's relative
+    depth) and visibility. Visibility is the smaller of the detector's visibility and presence
+    scores, and NaN where the detector gives neither; NaN counts as visible.
+    """
+
+    kind: str
+    points: np.ndarray
+    score: float | None = None
+
+    def __post_init__(self) -> None:
+        points = np.asarray(self.points, dtype=np.float64)
+        if points.ndim != 2 or points.shape[1] not in (2, 3, 4):
+            raise ValueError(f"points must be (N, 2..4), got shape {points.shape}")
+        if points.shape[1] < 4:  # missing z / visibility columns
+            pad = np.full((len(points), 4 - points.shape[1]), np.nan)
+            points = np.concatenate([points, pad], axis=1)
+        self.points = points
+
+    @property
+    def xy(self) -> np.ndarray:
+        return self.points[:, :2]
+
+    @property
+    def visibility(self) -> np.ndarray:
+        return self.points[:, 3]
+
+    def visible_mask(self, threshold: float = 0.5) -> np.ndarray:
+        """Points the detector considers visible (NaN visibility counts as visible)."""
+        vis = self.visibility
+        return np.isnan(vis) | (vis >= threshold)
+
+    def bbox(self) -> tuple[float, float, float, float]:
+        """(x0, y0, x1, y1) around the finite points."""
+        xy = self.xy[np.isfinite(self.xy).all(axis=1)]
+        if len(xy) == 0:
+            return (0.0, 0.0, 0.0, 0.0)
+        (x0, y0), (x1, y1) = xy.min(axis=0), xy.max(axis=0)
+        return (float(x0), float(y0), float(x1), float(y1))
+
+    def size(self) -> float:
+        """min(width, height) of the landmark box, in pixels."""
+        x0, y0, x1, y1 = self.bbox()
+        return min(x1 - x0, y1 - y0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "score": _json_float(self.score),
+            "points": [[_json_float(v) for v in row] for row in self.points.tolist()],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Instance:
+        points = np.array(
+            [[np.nan if v is None else v for v in row] for row in data["points"]], dtype=np.float64
+        ).reshape(-1, len(data["points"][0]) if data["points"] else 4)
+        return cls(kind=data["kind"], points=points, score=data.get("score"))
+
+
+@dataclass
+class Detection:
+    """What a conditioner found in one image."""
+
+    conditioner: str
+    width: int
+    height: int
+    instances: list[Instance] = field(default_factory=list)
+    detector: str = ""
+    detector_version: str = ""
+    skipped: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (self.width, self.height)
+
+    def of_kind(self, kind: str) -> list[Instance]:
+        return [inst for inst in self.instances if inst.kind == kind]
+
+    def with_instances(self, instances: list[Instance], skipped: str | None = None) -> Detection:
+        return replace(self, instances=instances, skipped=skipped)
+
+    def transformed(self, scale: tuple[float, float], offset: tuple[float, float], size: tuple[int, int]) -> Detection:
+        """Points mapped by x' = x * sx + ox (used when a builder resizes and crops the photo)."""
+        sx, sy = scale
+        ox, oy = offset
+        moved = []
+        for inst in self.instances:
+            points = inst.points.copy()
+            points[:, 0] = points[:, 0] * sx + ox
+            points[:, 1] = points[:, 1] * sy + oy
+            moved.append(replace(inst, points=points))
+        return replace(self, instances=moved, width=int(size[0]), height=int(size[1]))
+
+    def mirrored(self) -> Detection:
+        """The detection of the horizontally flipped image: x mirrored, left and right swapped."""
+        flipped = []
+        for inst in self.instances:
+            points = inst.points.copy()
+            points[:, 0] = self.width - points[:, 0]
+            flipped.append(replace(inst, kind=_MIRRORED_KIND.get(inst.kind, inst.kind), points=points))
+        return replace(self, instances=flipped, extra={**self.extra, "mirrored": not self.extra.get("mirrored")})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "conditioner": self.conditioner,
+            "width": self.width,
+            "height": self.height,
+            "instances": [inst.to_dict() for inst in self.instances],
+            "skipped": self.skipped,
+            "detector": self.detector,
+            "detector_version": self.detector_version,
+            **({"extra": self.extra} if self.extra else {}),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Detection:
+        return cls(
+            conditioner=data["conditioner"],
+            width=int(data["width"]),
+            height=int(data["height"]),
+            instances=[Instance.from_dict(inst) for inst in data.get("instances", [])],
+            detector=data.get("detector", ""),
+            detector_version=data.get("detector_version", ""),
+            skipped=data.get("skipped"),
+            extra=data.get("extra", {}),
+        )
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Detection:
+        return cls.from_dict(json.loads(text))
+
+
+def _json_float(value: float | None) -> float | None:
+    """JSON has no NaN: missing values are written as null."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return float(value)

@@ -1,0 +1,144 @@
+"""`hand_standard` and `hand_encoded`: MediaPipe Hands drawn in MediaPipe's default hand style.
+
+`hand_encoded` (Maki-DS "hand encoding") recolours the six palm landmarks by anatomical
+handedness so that a model can learn which hand is which.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ._mediapipe import MEDIAPIPE_VERSION, landmarks_to_array, solutions
+from .base import Conditioner
+from .detection import Detection, Instance
+from .drawing import Canvas, DrawingSpec, Edge, draw_instance
+
+hands_connections = solutions.hands_connections
+HAND_CONNECTIONS = hands_connections.HAND_CONNECTIONS
+HAND_KINDS = ("left_hand", "right_hand")
+
+# Colours are MediaPipe's BGR constants written as-is into RGB, as the original datasets did.
+FINGER_LANDMARKS: dict[str, tuple[int, ...]] = {
+    "palm": (0, 1, 5, 9, 13, 17),
+    "thumb": (2, 3, 4),
+    "index": (6, 7, 8),
+    "middle": (10, 11, 12),
+    "ring": (14, 15, 16),
+    "pinky": (18, 19, 20),
+}
+FINGER_COLORS: dict[str, tuple[int, int, int]] = {
+    "palm": (48, 48, 255),
+    "thumb": (180, 229, 255),
+    "index": (128, 64, 128),
+    "middle": (0, 204, 255),
+    "ring": (48, 255, 48),
+    "pinky": (192, 101, 21),
+}
+FINGER_CONNECTIONS: dict[str, frozenset[Edge]] = {
+    "palm": hands_connections.HAND_PALM_CONNECTIONS,
+    "thumb": hands_connections.HAND_THUMB_CONNECTIONS,
+    "index": hands_connections.HAND_INDEX_FINGER_CONNECTIONS,
+    "middle": hands_connections.HAND_MIDDLE_FINGER_CONNECTIONS,
+    "ring": hands_connections.HAND_RING_FINGER_CONNECTIONS,
+    "pinky": hands_connections.HAND_PINKY_FINGER_CONNECTIONS,
+}
+PALM_CONNECTION_COLOR = (128, 128, 128)
+PALM_CONNECTION_THICKNESS = 3
+FINGER_CONNECTION_THICKNESS = 2
+LANDMARK_RADIUS = 5
+FILLED = -1
+# The Maki-DS palm colours that encode handedness.
+ENCODED_PALM_COLORS = {"right_hand": (251, 206, 177), "left_hand": (255, 255, 225)}
+
+
+def hand_landmark_style(palm_color: tuple[int, int, int] = FINGER_COLORS["palm"]) -> dict[int, DrawingSpec]:
+    colors = {**FINGER_COLORS, "palm": palm_color}
+    return {
+        idx: DrawingSpec(colors[group], FILLED, LANDMARK_RADIUS)
+        for group, indices in FINGER_LANDMARKS.items()
+        for idx in indices
+    }
+
+
+def hand_connection_style() -> dict[Edge, DrawingSpec]:
+    style = {}
+    for group, edges in FINGER_CONNECTIONS.items():
+        if group == "palm":
+            spec = DrawingSpec(PALM_CONNECTION_COLOR, PALM_CONNECTION_THICKNESS)
+        else:
+            spec = DrawingSpec(FINGER_COLORS[group], FINGER_CONNECTION_THICKNESS)
+        style.update(dict.fromkeys(edges, spec))
+    return style
+
+
+HAND_CONNECTION_STYLE = hand_connection_style()
+STANDARD_LANDMARK_STYLE = hand_landmark_style()
+ENCODED_LANDMARK_STYLES = {kind: hand_landmark_style(color) for kind, color in ENCODED_PALM_COLORS.items()}
+
+
+def anatomical_kind(mediapipe_label: str, selfie: bool) -> str:
+    """MediaPipe labels hands as if the image were mirrored; return the subject's own side."""
+    label = mediapipe_label.lower()
+    if not selfie:
+        label = {"left": "right", "right": "left"}[label]
+    return f"{label}_hand"
+
+
+class StandardHandConditioner(Conditioner):
+    """Up to `max_num_hands` hands in MediaPipe's default hand style."""
+
+    name = "hand_standard"
+    detector_name = "mediapipe.solutions.hands"
+    detector_version = MEDIAPIPE_VERSION
+
+    def __init__(
+        self,
+        *,
+        max_num_hands: int = 2,
+        min_detection_confidence: float = 0.5,
+        model_complexity: int = 1,
+        selfie: bool = False,
+        **options: Any,
+    ):
+        super().__init__(**options)
+        self.max_num_hands = max_num_hands
+        self.min_detection_confidence = min_detection_confidence
+        self.model_complexity = model_complexity
+        self.selfie = selfie  # True for mirrored (front-camera) frames
+
+    def _create_detector(self) -> Any:
+        return solutions.hands.Hands(
+            static_image_mode=True,
+            max_num_hands=self.max_num_hands,
+            model_complexity=self.model_complexity,
+            min_detection_confidence=self.min_detection_confidence,
+        )
+
+    def _detect(self, pixels: np.ndarray) -> list[Instance]:
+        results = self.detector.process(pixels)
+        if not results.multi_hand_landmarks:
+            return []
+        instances = []
+        for landmarks, handedness in zip(results.multi_hand_landmarks, results.multi_handedness, strict=True):
+            best = handedness.classification[0]
+            kind = anatomical_kind(best.label, self.selfie)
+            instances.append(Instance(kind, landmarks_to_array(landmarks), float(best.score)))
+        return instances
+
+    landmark_styles: ClassVar[dict[str, dict[int, DrawingSpec]]] = dict.fromkeys(HAND_KINDS, STANDARD_LANDMARK_STYLE)
+
+    @classmethod
+    def paint(cls, canvas: Canvas, detection: Detection) -> None:
+        for instance in detection.instances:
+            if instance.kind in HAND_KINDS:
+                style = cls.landmark_styles[instance.kind]
+                draw_instance(canvas, instance.points, detection.size, HAND_CONNECTIONS, style, HAND_CONNECTION_STYLE)
+
+
+class EncodedHandConditioner(StandardHandConditioner):
+    """As `hand_standard`, with the palm landmarks coloured by anatomical handedness."""
+
+    name = "hand_encoded"
+    landmark_styles = ENCODED_LANDMARK_STYLES

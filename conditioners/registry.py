@@ -1,0 +1,74 @@
+"""Name -> conditioner class. Built-ins are imported lazily; third parties plug in with one line.
+
+In-process:   `@conditioners.register("my_pose")` on a `Conditioner` subclass.
+As a package: an entry point in the group `landmark_controlnet.conditioners`, e.g.
+              `my_pose = "my_package.pose:MyPoseConditioner"` in its pyproject.toml.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Any
+
+from .base import Conditioner
+from .detection import Detection
+
+ENTRY_POINT_GROUP = "landmark_controlnet.conditioners"
+
+# "module:Class", imported on first use so that listing names does not load any detector.
+_BUILTINS: dict[str, str] = {
+    "hand_standard": "conditioners.mediapipe_hands:StandardHandConditioner",
+    "hand_encoded": "conditioners.mediapipe_hands:EncodedHandConditioner",
+    "holistic": "conditioners.mediapipe_holistic:HolisticConditioner",
+    "face_pupils": "conditioners.mediapipe_face:FacePupilsConditioner",
+}
+_registered: dict[str, type[Conditioner] | str] = {}
+
+
+def register(name: str) -> Callable[[type[Conditioner]], type[Conditioner]]:
+    """Class decorator that makes a conditioner available under `name`."""
+
+    def decorator(cls: type[Conditioner]) -> type[Conditioner]:
+        cls.name = name
+        _registered[name] = cls
+        return cls
+
+    return decorator
+
+
+def _table() -> dict[str, type[Conditioner] | str]:
+    table: dict[str, type[Conditioner] | str] = dict(_BUILTINS)
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        table.setdefault(entry.name, entry.value)
+    table.update(_registered)
+    return table
+
+
+def available() -> list[str]:
+    """Every registered conditioner name, sorted."""
+    return sorted(_table())
+
+
+def conditioner_class(name: str) -> type[Conditioner]:
+    table = _table()
+    if name not in table:
+        raise KeyError(f"unknown conditioner {name!r}; available: {', '.join(sorted(table))}")
+    target = table[name]
+    if isinstance(target, str):
+        module_name, _, attr = target.partition(":")
+        target = getattr(importlib.import_module(module_name), attr)
+        target.name = name
+        _registered[name] = target
+    return target
+
+
+def get(name: str, **options: Any) -> Conditioner:
+    """A ready conditioner; `options` are its constructor's keyword arguments."""
+    return conditioner_class(name)(**options)
+
+
+def draw(detection: Detection, size: tuple[int, int] | None = None, style: str | None = None) -> Any:
+    """Re-draw stored landmarks as an RGB array, in the style of `style` (default: its own)."""
+    return conditioner_class(style or detection.conditioner).draw(detection, size)
