@@ -1,0 +1,71 @@
+"""`landmark-controlnet`: list, run and re-draw conditioners; run the built-in demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .options import options_dict, parse_option, parse_size
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="landmark-controlnet", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    commands.add_parser("conditioners", help="list the registered conditioner names")
+
+    condition = commands.add_parser("condition", help="detect landmarks and write conditioning images")
+    condition.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of images")
+    _add_conditioner_args(condition, required=True)
+    condition.add_argument("--out-dir", type=Path, default=Path("conditioned"))
+    condition.add_argument("--size", type=parse_size, help="conditioning image size WxH (default: input size)")
+    condition.add_argument("--contact-sheet", type=Path, help="also write inputs and results side by side here")
+
+    draw = commands.add_parser("draw", help="re-draw a stored detection JSON without running the detector")
+    draw.add_argument("detection", type=Path, metavar="DETECTION.json")
+    _add_conditioner_args(draw, required=False)
+    draw.add_argument("--out", type=Path, required=True, metavar="FILE.png")
+    draw.add_argument("--size", type=parse_size, help="WxH (default: the stored image size)")
+
+    demo = commands.add_parser("demo", help="run every conditioner on built-in sample photos")
+    demo.add_argument("--out-dir", type=Path, default=Path("outputs/demo"))
+    return parser
+
+
+def _add_conditioner_args(parser: argparse.ArgumentParser, required: bool) -> None:
+    parser.add_argument(
+        "--conditioner", required=required, help="a registered name (see `landmark-controlnet conditioners`)"
+    )
+    parser.add_argument(
+        "--option", action="append", type=parse_option, metavar="KEY=VALUE", help="conditioner option, repeatable"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "conditioners":
+        import conditioners
+
+        print("\n".join(conditioners.available()))
+        return 0
+    if args.command == "condition":
+        from .condition import run_condition
+
+        return run_condition(
+            args.conditioner, options_dict(args.option), args.inputs, args.out_dir, args.size, args.contact_sheet
+        )
+    if args.command == "draw":
+        from .condition import run_draw
+
+        return run_draw(args.detection, args.out, args.conditioner, options_dict(args.option), args.size)
+    if args.command == "demo":
+        from .demo import run_demo
+
+        run_demo(args.out_dir)
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

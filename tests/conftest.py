@@ -1,0 +1,68 @@
+"""Shared fixtures: the real photos of ../shared/data, read in place."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("LANDMARK_CONTROLNET_DATA", REPO.parent / "shared" / "data")).resolve()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not (DATA / "MANIFEST.csv").exists() and os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        raise pytest.UsageError(f"test photos missing: {DATA}/MANIFEST.csv (required in CI)")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not (DATA / "MANIFEST.csv").exists():
+        pytest.skip(f"test photos not found at {DATA}")
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def manifest(data_dir: Path) -> list[dict[str, str]]:
+    with open(data_dir / "MANIFEST.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="session")
+def images(data_dir: Path):
+    """`images("hands")` -> sorted paths of the photos in images/hands."""
+    suffixes = {".jpg", ".jpeg", ".png"}
+
+    def list_images(category: str) -> list[Path]:
+        return sorted(p for p in (data_dir / "images" / category).iterdir() if p.suffix.lower() in suffixes)
+
+    return list_images
+
+
+@pytest.fixture(scope="session")
+def annotation(data_dir: Path):
+    def load(image_path: Path) -> dict:
+        rel = image_path.relative_to(data_dir / "images").with_suffix(".json")
+        return json.loads((data_dir / "annotations" / "per_image" / rel).read_text())
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def conditioner_cache():
+    """One conditioner per name for the whole session (detectors are expensive to build)."""
+    import conditioners
+
+    made: dict[str, conditioners.Conditioner] = {}
+
+    def get(name: str) -> conditioners.Conditioner:
+        if name not in made:
+            made[name] = conditioners.get(name)
+        return made[name]
+
+    yield get
+    for conditioner in made.values():
+        conditioner.close()
