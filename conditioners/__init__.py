@@ -1,10 +1,10 @@
 """Landmark conditioners: photos in, landmarks and ControlNet conditioning images out.
 
-    import conditioners
-    with conditioners.get("hand_encoded") as hands:
-        result = hands("photo.jpg")
-        result.image.save("photo_hand.png")
-        print(result.detection.to_json())
+import conditioners
+with conditioners.get("hand_encoded") as hands:
+    result = hands("photo.jpg")
+    result.image.save("photo_hand.png")
+    print(result.detection.to_json())
 """
 
 from .base import Conditioned, Conditioner

@@ -8,6 +8,7 @@ A subclass supplies three things:
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
@@ -94,10 +95,8 @@ class Conditioner(ABC):
         self.close()
 
     def __del__(self) -> None:  # a forgotten close() must not leak native detector threads
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass
 
     # -- detection -----------------------------------------------------------------------
     def load(self, source: ImageSource, name: str | None = None) -> LoadedImage:

@@ -117,7 +117,9 @@ class Detection:
     def with_instances(self, instances: list[Instance], skipped: str | None = None) -> Detection:
         return replace(self, instances=instances, skipped=skipped)
 
-    def transformed(self, scale: tuple[float, float], offset: tuple[float, float], size: tuple[int, int]) -> Detection:
+    def transformed(
+        self, scale: tuple[float, float], offset: tuple[float, float], size: tuple[int, int]
+    ) -> Detection:
         """Points mapped by x' = x * sx + ox (used when a builder resizes and crops the photo)."""
         sx, sy = scale
         ox, oy = offset
@@ -136,7 +138,9 @@ class Detection:
             points = inst.points.copy()
             points[:, 0] = self.width - points[:, 0]
             flipped.append(replace(inst, kind=_MIRRORED_KIND.get(inst.kind, inst.kind), points=points))
-        return replace(self, instances=flipped, extra={**self.extra, "mirrored": not self.extra.get("mirrored")})
+        return replace(
+            self, instances=flipped, extra={**self.extra, "mirrored": not self.extra.get("mirrored")}
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {

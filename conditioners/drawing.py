@@ -111,7 +111,10 @@ def to_pixels(normalized: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def landmark_pixels(
-    points: np.ndarray, source_size: tuple[int, int], size: tuple[int, int], threshold: float = VISIBILITY_THRESHOLD
+    points: np.ndarray,
+    source_size: tuple[int, int],
+    size: tuple[int, int],
+    threshold: float = VISIBILITY_THRESHOLD,
 ) -> dict[int, tuple[int, int]]:
     """Index -> pixel of every drawable landmark: visible and inside the image."""
     normalized = points[:, :2] / np.array(source_size, dtype=np.float64)

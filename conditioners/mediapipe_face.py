@@ -40,7 +40,9 @@ _PART_EDGES: tuple[tuple[str, frozenset[Edge]], ...] = (
     ("mouth", face_mesh.FACEMESH_LIPS),
 )
 FACE_CONNECTION_STYLE: dict[Edge, DrawingSpec] = {
-    edge: DrawingSpec(PART_COLORS_BGR[part], THICKNESS, RADIUS) for part, edges in _PART_EDGES for edge in edges
+    edge: DrawingSpec(PART_COLORS_BGR[part], THICKNESS, RADIUS)
+    for part, edges in _PART_EDGES
+    for edge in edges
 }
 PUPILS = {468: "right_iris", 473: "left_iris"}
 PUPIL_HALF_WIDTH = 2
@@ -93,5 +95,7 @@ class FacePupilsConditioner(Conditioner):
     @classmethod
     def paint(cls, canvas: Canvas, detection: Detection) -> None:
         for instance in detection.of_kind("face"):
-            draw_instance(canvas, instance.points, detection.size, FACE_CONNECTION_STYLE, None, FACE_CONNECTION_STYLE)
+            draw_instance(
+                canvas, instance.points, detection.size, FACE_CONNECTION_STYLE, None, FACE_CONNECTION_STYLE
+            )
             paint_pupils(canvas, instance.points, detection.size)

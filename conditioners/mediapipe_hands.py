@@ -127,14 +127,18 @@ class StandardHandConditioner(Conditioner):
             instances.append(Instance(kind, landmarks_to_array(landmarks), float(best.score)))
         return instances
 
-    landmark_styles: ClassVar[dict[str, dict[int, DrawingSpec]]] = dict.fromkeys(HAND_KINDS, STANDARD_LANDMARK_STYLE)
+    landmark_styles: ClassVar[dict[str, dict[int, DrawingSpec]]] = dict.fromkeys(
+        HAND_KINDS, STANDARD_LANDMARK_STYLE
+    )
 
     @classmethod
     def paint(cls, canvas: Canvas, detection: Detection) -> None:
         for instance in detection.instances:
             if instance.kind in HAND_KINDS:
                 style = cls.landmark_styles[instance.kind]
-                draw_instance(canvas, instance.points, detection.size, HAND_CONNECTIONS, style, HAND_CONNECTION_STYLE)
+                draw_instance(
+                    canvas, instance.points, detection.size, HAND_CONNECTIONS, style, HAND_CONNECTION_STYLE
+                )
 
 
 class EncodedHandConditioner(StandardHandConditioner):

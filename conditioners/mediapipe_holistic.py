@@ -70,5 +70,10 @@ class HolisticConditioner(Conditioner):
         for kind in DRAW_ORDER:
             for instance in detection.of_kind(kind):
                 draw_instance(
-                    canvas, instance.points, detection.size, PART_CONNECTIONS[kind], LANDMARK_SPEC, CONNECTION_SPEC
+                    canvas,
+                    instance.points,
+                    detection.size,
+                    PART_CONNECTIONS[kind],
+                    LANDMARK_SPEC,
+                    CONNECTION_SPEC,
                 )

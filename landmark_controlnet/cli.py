@@ -19,8 +19,12 @@ def build_parser() -> argparse.ArgumentParser:
     condition.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of images")
     _add_conditioner_args(condition, required=True)
     condition.add_argument("--out-dir", type=Path, default=Path("conditioned"))
-    condition.add_argument("--size", type=parse_size, help="conditioning image size WxH (default: input size)")
-    condition.add_argument("--contact-sheet", type=Path, help="also write inputs and results side by side here")
+    condition.add_argument(
+        "--size", type=parse_size, help="conditioning image size WxH (default: input size)"
+    )
+    condition.add_argument(
+        "--contact-sheet", type=Path, help="also write inputs and results side by side here"
+    )
 
     draw = commands.add_parser("draw", help="re-draw a stored detection JSON without running the detector")
     draw.add_argument("detection", type=Path, metavar="DETECTION.json")
@@ -38,7 +42,11 @@ def _add_conditioner_args(parser: argparse.ArgumentParser, required: bool) -> No
         "--conditioner", required=required, help="a registered name (see `landmark-controlnet conditioners`)"
     )
     parser.add_argument(
-        "--option", action="append", type=parse_option, metavar="KEY=VALUE", help="conditioner option, repeatable"
+        "--option",
+        action="append",
+        type=parse_option,
+        metavar="KEY=VALUE",
+        help="conditioner option, repeatable",
     )
 
 
@@ -53,7 +61,12 @@ def main(argv: list[str] | None = None) -> int:
         from .condition import run_condition
 
         return run_condition(
-            args.conditioner, options_dict(args.option), args.inputs, args.out_dir, args.size, args.contact_sheet
+            args.conditioner,
+            options_dict(args.option),
+            args.inputs,
+            args.out_dir,
+            args.size,
+            args.contact_sheet,
         )
     if args.command == "draw":
         from .condition import run_draw

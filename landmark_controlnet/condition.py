@@ -98,7 +98,11 @@ def _sheet_row(outcome: Outcome, stem: str) -> list[tuple[Image.Image | None, st
 
 
 def run_draw(
-    detection_path: Path, out: Path, conditioner_name: str | None, options: dict[str, Any], size: tuple[int, int] | None
+    detection_path: Path,
+    out: Path,
+    conditioner_name: str | None,
+    options: dict[str, Any],
+    size: tuple[int, int] | None,
 ) -> int:
     detection = Detection.from_json(detection_path.read_text())
     conditioner = conditioners.get(conditioner_name or detection.conditioner, **options)

@@ -36,7 +36,7 @@ def ground_truth_hands(image: Path, annotation: dict) -> list[GroundTruthHand]:
         derived = next(s for s in annotation["sources"] if "keypoints_xyv" in s)
         values = np.asarray(derived["keypoints_xyv"], dtype=np.float64)
         for kind, block in (("right_hand", values[:21]), ("left_hand", values[21:])):
-            # InterHand: thumb tip ... wrist last, per finger tip-to-base; MediaPipe: wrist first, base-to-tip.
+            # InterHand: fingers tip-to-base, wrist last; MediaPipe: wrist first, fingers base-to-tip.
             order = [20] + [f * 4 + (3 - j) for f in range(5) for j in range(4)]
             block = block[order]
             hands.append(GroundTruthHand(block[:, :2], block[:, 2] > 0, kind))

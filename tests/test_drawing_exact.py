@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from mediapipe.framework.formats import landmark_pb2
-from mediapipe.python.solutions import drawing_styles, drawing_utils
+from mediapipe.python.solutions import drawing_styles, drawing_utils, hands_connections, pose_connections
 from mediapipe.python.solutions import face_mesh as mp_face_mesh
-from mediapipe.python.solutions import hands_connections, pose_connections
 
 import conditioners
 from conditioners import Detection, Instance
@@ -18,7 +17,11 @@ HAND_PHOTOS = [
     "hands/mmpose_freihand_00000355.jpg",
 ]
 HOLISTIC_PHOTOS = ["hands/mediapipe_gesture_four_15a73593.jpg", "hands/mediapipe_gesture_call_1f5fb137.jpg"]
-FACE_PHOTOS = ["faces/3ddfa_trump_hillary.jpg", "faces/skimage_astronaut.jpg", "faces/spiga_image_sportsfan.jpg"]
+FACE_PHOTOS = [
+    "faces/3ddfa_trump_hillary.jpg",
+    "faces/skimage_astronaut.jpg",
+    "faces/spiga_image_sportsfan.jpg",
+]
 OUTPUT_SIZES = [None, (333, 251), (1024, 1024)]
 
 
@@ -112,7 +115,12 @@ REFERENCES = {
     "holistic": reference_holistic,
     "face_pupils": reference_laion_face,
 }
-PHOTOS = {"hand_standard": HAND_PHOTOS, "hand_encoded": HAND_PHOTOS, "holistic": HOLISTIC_PHOTOS, "face_pupils": FACE_PHOTOS}
+PHOTOS = {
+    "hand_standard": HAND_PHOTOS,
+    "hand_encoded": HAND_PHOTOS,
+    "holistic": HOLISTIC_PHOTOS,
+    "face_pupils": FACE_PHOTOS,
+}
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCES))
@@ -152,7 +160,9 @@ def test_drawing_matches_reference_on_edge_case_landmarks(name):
     for _ in range(5):
         detection = random_detection(name, rng)
         for size in OUTPUT_SIZES:
-            np.testing.assert_array_equal(conditioners.draw(detection, size), REFERENCES[name](detection, size))
+            np.testing.assert_array_equal(
+                conditioners.draw(detection, size), REFERENCES[name](detection, size)
+            )
 
 
 def test_face_pupils_colours_and_channel_order(data_dir, conditioner_cache):

@@ -1,0 +1,139 @@
+"""The `landmark-controlnet` console script, run as a real subprocess from the virtual environment."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+CLI = Path(sys.executable).with_name("landmark-controlnet")
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(CLI), *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_console_script_is_installed():
+    assert CLI.exists(), "install the project (make test does) so that the console script exists"
+
+
+def test_conditioners_lists_names():
+    result = run("conditioners")
+    assert result.returncode == 0
+    assert result.stdout.split() == sorted(["face_pupils", "hand_encoded", "hand_standard", "holistic"])
+
+
+def test_condition_writes_png_and_json_and_survives_bad_inputs(tmp_path, data_dir):
+    hands = data_dir / "images/hands"
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not a jpeg at all")
+    inputs = [hands / "mmpose_freihand_00000355.jpg", bad, data_dir / "images/negatives/fan_grass.jpg"]
+    out = tmp_path / "out"
+    sheet = tmp_path / "sheet.png"
+    result = run(
+        "condition",
+        "--conditioner",
+        "hand_encoded",
+        "--option",
+        "min_instance_size=10",
+        "--out-dir",
+        str(out),
+        "--contact-sheet",
+        str(sheet),
+        *map(str, inputs),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "broken.jpg" in result.stderr and "unreadable" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == [
+        "fan_grass.json",
+        "fan_grass.png",
+        "mmpose_freihand_00000355.json",
+        "mmpose_freihand_00000355.png",
+    ]
+    record = json.loads((out / "mmpose_freihand_00000355.json").read_text())
+    assert record["conditioner"] == "hand_encoded" and record["skipped"] is None
+    assert record["instances"][0]["kind"] == "right_hand" and len(record["instances"][0]["points"]) == 21
+    assert json.loads((out / "fan_grass.json").read_text())["skipped"] == "no_detection"
+    conditioning = Image.open(out / "mmpose_freihand_00000355.png")
+    assert conditioning.size == (224, 224)
+    assert Image.open(sheet).size[0] > 2 * 256
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {
+        "conditioner": "hand_encoded",
+        "out_dir": str(out),
+        "kept": 1,
+        "unreadable": 1,
+        "skipped": 1,
+    }
+
+
+def test_condition_fails_only_when_nothing_is_readable(tmp_path):
+    bad = tmp_path / "a.png"
+    bad.write_bytes(b"\x89PNG nope")
+    result = run("condition", "--conditioner", "hand_standard", "--out-dir", str(tmp_path / "o"), str(bad))
+    assert result.returncode != 0 and "a.png" in result.stderr
+
+
+def test_condition_accepts_folders_and_output_size(tmp_path, data_dir):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    # Symlinks keep the shared photos in place while giving the CLI a folder to expand.
+    for name in ("mmpose_onehand10k_1402.jpg", "mmpose_onehand10k_33.jpg"):
+        (folder / name).symlink_to(data_dir / "images/hands" / name)
+    result = run(
+        "condition",
+        "--conditioner",
+        "hand_standard",
+        "--size",
+        "128x64",
+        "--out-dir",
+        str(tmp_path / "o"),
+        str(folder),
+    )
+    assert result.returncode == 0, result.stderr
+    pngs = sorted((tmp_path / "o").glob("*.png"))
+    assert len(pngs) == 2 and all(Image.open(p).size == (128, 64) for p in pngs)
+
+
+def test_draw_redraws_a_stored_detection(tmp_path, data_dir):
+    photo = data_dir / "images/hands/hagrid_tile10_heart_two_hands.jpg"
+    out = tmp_path / "o"
+    assert (
+        run("condition", "--conditioner", "hand_encoded", "--out-dir", str(out), str(photo)).returncode == 0
+    )
+    stored = out / f"{photo.stem}.json"
+    redrawn = tmp_path / "redrawn.png"
+    result = run("draw", str(stored), "--out", str(redrawn))
+    assert result.returncode == 0, result.stderr
+    original = np.asarray(Image.open(out / f"{photo.stem}.png").convert("RGB"))
+    np.testing.assert_array_equal(np.asarray(Image.open(redrawn).convert("RGB")), original)
+    # Another style from the same landmarks, and another size.
+    standard = tmp_path / "standard.png"
+    assert (
+        run(
+            "draw", str(stored), "--conditioner", "hand_standard", "--size", "100x50", "--out", str(standard)
+        ).returncode
+        == 0
+    )
+    assert Image.open(standard).size == (100, 50)
+    assert not np.array_equal(
+        np.asarray(Image.open(standard).convert("RGB")),
+        np.asarray(Image.open(redrawn).convert("RGB").resize((100, 50))),
+    )
+
+
+def test_demo_writes_a_contact_sheet(tmp_path):
+    result = run("demo", "--out-dir", str(tmp_path / "demo"))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert Path(summary["contact_sheet"]).exists()
+    assert summary["results"]["grace_hopper"]["face_pupils"] == "1 found"
+    assert set(summary["results"]["astronaut"]) == {
+        "face_pupils",
+        "hand_encoded",
+        "hand_standard",
+        "holistic",
+    }
