@@ -30,20 +30,20 @@ class Canvas:
         self.size = (int(width), int(height))
         self.indices = np.zeros((self.size[1], self.size[0]), dtype=np.uint8)
         self.palette: list[Color] = [BLACK]
+        self._indices: dict[Color, int] = {BLACK: 0}
         # Some specs are written in BGR and flipped at the end (LAION-Face): store them flipped.
         self.reverse_channels = reverse_channels
 
     def index(self, color: Color) -> int:
-        color = tuple(int(c) for c in color)
-        if self.reverse_channels:
-            color = color[::-1]
-        try:
-            return self.palette.index(color)
-        except ValueError:
+        """The palette index of `color`, added on first use."""
+        index = self._indices.get(color)
+        if index is None:
             if len(self.palette) == 256:
-                raise ValueError("a canvas holds at most 256 colours") from None
-            self.palette.append(color)
-            return len(self.palette) - 1
+                raise ValueError("a canvas holds at most 256 colours")
+            stored = tuple(int(c) for c in color)
+            self.palette.append(stored[::-1] if self.reverse_channels else stored)
+            index = self._indices[color] = len(self.palette) - 1
+        return index
 
     def line(self, start: tuple[int, int], end: tuple[int, int], color: Color, thickness: int) -> None:
         cv2.line(self.indices, start, end, self.index(color), thickness)
@@ -120,8 +120,8 @@ def landmark_pixels(
     normalized = points[:, :2] / np.array(source_size, dtype=np.float64)
     pixels = to_pixels(normalized, size)
     visibility = points[:, 3]
-    drawable = np.isfinite(pixels).all(axis=1) & ~(visibility < threshold)
-    return {int(i): (int(pixels[i, 0]), int(pixels[i, 1])) for i in np.flatnonzero(drawable)}
+    drawable = np.flatnonzero(np.isfinite(pixels).all(axis=1) & ~(visibility < threshold))
+    return dict(zip(drawable.tolist(), map(tuple, pixels[drawable].astype(np.int64).tolist()), strict=True))
 
 
 def draw_landmarks(

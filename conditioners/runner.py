@@ -41,6 +41,7 @@ def condition_many(
     size: tuple[int, int] | None = None,
     encode_png: bool = True,
     prefetch: int = 4,
+    io_threads: int = 1,
 ) -> Iterator[Outcome]:
     """Yield an `Outcome` per source, in order. Memory is bounded by `prefetch` images."""
 
@@ -50,7 +51,7 @@ def condition_many(
         except ImageLoadError as exc:
             return exc
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="condition-io") as pool:
+    with ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="condition-io") as pool:
         loads: deque[tuple[int, ImageSource, Future]] = deque()
         finished: deque[tuple[Outcome, Future | None]] = deque()
         source_iter = iter(enumerate(sources))
