@@ -37,7 +37,9 @@ PHOTO_SETS = {
 
 
 def photos(data: Path, folders: list[str]) -> list[Path]:
-    return sorted(p for f in folders for p in (data / "images" / f).iterdir() if p.suffix.lower() in {".jpg", ".png"})
+    return sorted(
+        p for f in folders for p in (data / "images" / f).iterdir() if p.suffix.lower() in {".jpg", ".png"}
+    )
 
 
 def rate(count: int, fn) -> float:
