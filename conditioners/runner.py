@@ -25,6 +25,7 @@ class Outcome:
     source: ImageSource
     name: str
     detection: Detection | None = None
+    loaded: LoadedImage | None = None
     canvas: Canvas | None = None
     png: bytes | None = None
     error: ImageLoadError | None = None
@@ -79,7 +80,7 @@ def _process(conditioner, index, source, loaded, size, encode_png, pool) -> tupl
         return Outcome(index, source, loaded.source, error=loaded), None
     detection = conditioner.detect(loaded)
     canvas = conditioner.render(detection, size)
-    outcome = Outcome(index, source, loaded.name, detection=detection, canvas=canvas)
+    outcome = Outcome(index, source, loaded.name, detection=detection, loaded=loaded, canvas=canvas)
     return outcome, pool.submit(canvas.to_png) if encode_png else None
 
 

@@ -32,6 +32,25 @@ def build_parser() -> argparse.ArgumentParser:
     draw.add_argument("--out", type=Path, required=True, metavar="FILE.png")
     draw.add_argument("--size", type=parse_size, help="WxH (default: the stored image size)")
 
+    build = commands.add_parser("build", help="build a dataset folder (Parquet shards + dataset card)")
+    build.add_argument("name", help="a builder name (folder under builders/) or a builder folder")
+    build.add_argument(
+        "--source", required=True, help="source path, or a dataset name for hf_dataset sources"
+    )
+    build.add_argument("--split", default="train")
+    build.add_argument("--num-proc", type=int, default=1)
+    build.add_argument("--max-samples", type=int)
+    build.add_argument("--shard-size", type=int, default=500, help="source items per Parquet shard")
+    build.add_argument("--engine", choices=["local", "ray"], default="local")
+    build.add_argument("--output", type=Path, help="build here instead of the builder's own folder")
+    build.add_argument("--overwrite", action="store_true", help="discard this split's shards and start again")
+
+    show = commands.add_parser(
+        "show", help="load a built dataset with datasets.load_dataset and summarise it"
+    )
+    show.add_argument("name", help="a builder name or a builder folder")
+    show.add_argument("--split", default="train")
+
     demo = commands.add_parser("demo", help="run every conditioner on built-in sample photos")
     demo.add_argument("--out-dir", type=Path, default=Path("outputs/demo"))
     return parser
@@ -72,12 +91,44 @@ def main(argv: list[str] | None = None) -> int:
         from .condition import run_draw
 
         return run_draw(args.detection, args.out, args.conditioner, options_dict(args.option), args.size)
+    if args.command == "build":
+        return _build(args)
+    if args.command == "show":
+        return _show(args)
     if args.command == "demo":
         from .demo import run_demo
 
         run_demo(args.out_dir)
         return 0
     return 2
+
+
+def _build(args: argparse.Namespace) -> int:
+    import json
+
+    from builders import BuildSettings
+    from builders.run import run_build
+
+    settings = BuildSettings(
+        split=args.split, num_proc=args.num_proc, max_samples=args.max_samples, shard_size=args.shard_size
+    )
+    report = run_build(args.name, args.source, settings, args.output, args.engine, args.overwrite)
+    print(json.dumps(report.to_dict()))
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from builders.run import DatasetNotBuiltError, load_builder
+
+    try:
+        dataset = load_builder(args.name, args.split)
+    except (DatasetNotBuiltError, FileNotFoundError) as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(dataset)
+    for row in dataset.select(range(min(3, len(dataset)))):
+        print(f"- {row['source_id']}: {row['image'].size} {row['caption']!r}")
+    return 0
 
 
 if __name__ == "__main__":

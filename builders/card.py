@@ -1,0 +1,120 @@
+"""The dataset card (README.md with Hub YAML) and its preview grid, regenerated after each build."""
+
+from __future__ import annotations
+
+import io
+import json
+import string
+from pathlib import Path
+from typing import Any
+
+import datasets
+import pyarrow.parquet as pq
+import yaml
+from PIL import Image
+
+import conditioners
+from conditioners.preview import contact_sheet
+
+from .captioners import make_captioner
+from .engine import BuildReport
+from .recipe import Recipe
+
+PREVIEW_FILE = "preview.png"
+PREVIEW_ROWS = 4
+BASE_TAGS = ["controlnet", "landmarks", "image-to-image"]
+
+
+def card_yaml(recipe: Recipe, features: datasets.Features, reports: list[BuildReport]) -> dict[str, Any]:
+    splits = datasets.SplitDict({r.split: datasets.SplitInfo(r.split, num_examples=r.rows) for r in reports})
+    info = datasets.DatasetInfo(features=features, splits=splits)._to_yaml_dict()
+    return {
+        "license": recipe.card.get("license", "other"),
+        "pretty_name": recipe.card.get("pretty_name", recipe.name),
+        "task_categories": ["image-to-image", "text-to-image"],
+        "tags": sorted(set(BASE_TAGS + [recipe.conditioner_name] + list(recipe.card.get("tags", [])))),
+        "size_categories": [_size_category(sum(r.rows for r in reports))],
+        "configs": [
+            {
+                "config_name": "default",
+                "data_files": [{"split": r.split, "path": f"data/{r.split}-*.parquet"} for r in reports],
+            }
+        ],
+        "dataset_info": info,
+    }
+
+
+def _size_category(rows: int) -> str:
+    for limit, label in (
+        (1_000, "n<1K"),
+        (10_000, "1K<n<10K"),
+        (100_000, "10K<n<100K"),
+        (1_000_000, "100K<n<1M"),
+    ):
+        if rows < limit:
+            return label
+    return "1M<n<10M"
+
+
+def write_preview(output: Path, split: str, rows: int = PREVIEW_ROWS) -> Path | None:
+    """Photo | conditioning image | caption for the first rows of the first non-empty shard."""
+    cells = []
+    for shard in sorted((output / "data").glob(f"{split}-*.parquet")):
+        table = pq.read_table(shard, columns=["image", "conditioning_image", "caption"]).slice(
+            0, rows - len(cells)
+        )
+        for row in table.to_pylist():
+            photo = Image.open(io.BytesIO(row["image"]["bytes"]))
+            conditioning = Image.open(io.BytesIO(row["conditioning_image"]["bytes"]))
+            cells.append([(photo, row["caption"][:60]), (conditioning, "conditioning_image")])
+        if len(cells) >= rows:
+            break
+    if not cells:
+        return None
+    path = output / PREVIEW_FILE
+    contact_sheet(cells, tile=256).save(path)
+    return path
+
+
+def _skip_table(report: BuildReport) -> str:
+    lines = ["| reason | images |", "|---|---|"]
+    lines += [f"| `{reason}` | {count} |" for reason, count in report.skipped.items()]
+    return "\n".join(lines) if report.skipped else "No image was skipped."
+
+
+def write_card(
+    output: Path,
+    recipe: Recipe,
+    source_description: str,
+    features: datasets.Features,
+    reports: list[BuildReport],
+) -> Path:
+    conditioner = conditioners.conditioner_class(recipe.conditioner_name)
+    main = reports[0]
+    preview = write_preview(output, main.split)
+
+    values = {
+        "pretty_name": recipe.card.get("pretty_name", recipe.name),
+        "name": recipe.name,
+        "description": recipe.card.get("description", "").strip(),
+        "source": source_description,
+        "source_url": recipe.card.get("source_url", ""),
+        "conditioner": recipe.conditioner_name,
+        "conditioner_options": json.dumps(recipe.conditioner_options)
+        if recipe.conditioner_options
+        else "defaults",
+        "detector": f"{conditioner.detector_name} {conditioner.detector_version}",
+        "drawing": (conditioner.__doc__ or "").strip().splitlines()[0],
+        "captioner": make_captioner(recipe.captioner_type, **recipe.captioner_options).describe(),
+        "splits": ", ".join(f"`{r.split}`: {r.rows} rows" for r in reports),
+        "rows": main.rows,
+        "items": main.items,
+        "skip_table": _skip_table(main),
+        "preview": f"![preview]({PREVIEW_FILE})" if preview else "(no rows yet)",
+        "columns": "\n".join(f"- `{name}`" for name in features),
+    }
+    body = string.Template(recipe.card_template()).safe_substitute(values)
+    header = yaml.safe_dump(card_yaml(recipe, features, reports), sort_keys=False, allow_unicode=True)
+    path = output / "README.md"
+    path.write_text(f"---\n{header}---\n\n{body.strip()}\n")
+    return path

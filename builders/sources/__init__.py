@@ -1,0 +1,38 @@
+"""Source adapters: each turns a dataset layout into a stable sequence of `SourceItem`s."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .base import Source, SourceItem
+from .face_synthetics import FaceSyntheticsSource
+from .folder import FolderSource
+from .hagrid import HagridSource
+from .hf_dataset import HFDatasetSource
+from .img2dataset import Img2DatasetSource
+
+SOURCES: dict[str, type[Source]] = {
+    "folder": FolderSource,
+    "hagrid": HagridSource,
+    "img2dataset": Img2DatasetSource,
+    "hf_dataset": HFDatasetSource,
+    "face_synthetics": FaceSyntheticsSource,
+}
+
+
+def make_source(kind: str, location: str, split: str | None = None, **options: Any) -> Source:
+    """The source `kind` reading `location` (a path, or a dataset name for `hf_dataset`)."""
+    if kind not in SOURCES:
+        raise KeyError(f"unknown source type {kind!r}; available: {', '.join(SOURCES)}")
+    cls = SOURCES[kind]
+    if kind in ("hagrid", "hf_dataset"):
+        options["split"] = split
+    if kind == "hf_dataset":
+        return cls(location, **options)
+    if not Path(location).exists():
+        raise FileNotFoundError(f"source not found: {location}")
+    return cls(location, **options)
+
+
+__all__ = ["SOURCES", "Source", "SourceItem", "make_source"]
