@@ -106,8 +106,8 @@ def _check_state(output: Path, recipe: Recipe, source: Source, settings: BuildSe
     if previous and previous != state and _chunk_records(output / "data", settings.split):
         changed = sorted(k for k in state if state[k] != previous.get(k))
         raise ValueError(
-            f"{output}/data holds a {settings.split!r} build made with other settings ({', '.join(changed)}); "
-            "delete its shards or pass --overwrite to start again"
+            f"{output}/data holds a {settings.split!r} build made with other settings "
+            f"({', '.join(changed)}); delete its shards or pass --overwrite to start again"
         )
     states[settings.split] = state
     path.write_text(json.dumps(states, indent=1))

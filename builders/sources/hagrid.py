@@ -45,7 +45,8 @@ class HagridSource(Source):
         if (self.root / V1_ANNOTATIONS).is_dir():
             return "v1"
         raise FileNotFoundError(
-            f"{self.root} is not a HaGRID folder: expected `{V1_ANNOTATIONS}/` (v1) or `{V2_ANNOTATIONS}/` (v2)"
+            f"{self.root} is not a HaGRID folder: "
+            f"expected `{V1_ANNOTATIONS}/` (v1) or `{V2_ANNOTATIONS}/` (v2)"
         )
 
     def _annotation_files(self) -> list[Path]:
