@@ -1,0 +1,159 @@
+"""Small source datasets in every supported layout, made in a temp folder from ../shared/data photos."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+from PIL import Image
+
+HAND_PHOTOS = [
+    "hands/mediapipe_gesture_four_15a73593.jpg",
+    "hands/mmpose_freihand_00000355.jpg",
+    "hands/hagrid_tile10_heart_two_hands.jpg",
+    "hands/mediapipe_gesture_call_1f5fb137.jpg",
+    "hands/mediapipe_gesture_rock_15cb4e8b.jpg",
+    "negatives/fan_grass.jpg",
+    "hands/hagrid_tile05_three_fingers.jpg",
+]
+FACE_PHOTOS = [
+    "faces/skimage_astronaut.jpg",
+    "faces/matplotlib_grace_hopper.jpg",
+    "faces/3ddfa_JianzhuGuo.jpg",
+]
+
+
+def link(target: Path, link_path: Path) -> Path:
+    link_path.parent.mkdir(parents=True, exist_ok=True)
+    link_path.symlink_to(target)
+    return link_path
+
+
+def photo_folder(data: Path, root: Path) -> Path:
+    """Hand photos (symlinked), a broken file, captions in metadata.jsonl and one side-car .txt."""
+    folder = root / "photos"
+    metadata = []
+    for i, rel in enumerate(HAND_PHOTOS):
+        name = f"{i:02d}_{Path(rel).name}"
+        link(data / "images" / rel, folder / name)
+        if i % 2 == 0:
+            metadata.append({"file_name": name, "text": f"caption {i}"})
+    (folder / "01_mmpose_freihand_00000355.txt").write_text("a right hand holding a spoon\n")
+    (folder / "99_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (folder / "metadata.jsonl").write_text("\n".join(json.dumps(m) for m in metadata) + "\n")
+    return folder
+
+
+def folder_recipe(root: Path, conditioner: str = "hand_encoded", extra: str = "") -> Path:
+    builder = root / "builder"
+    builder.mkdir(parents=True, exist_ok=True)
+    (builder / "recipe.toml").write_text(
+        f'[source]\ntype = "folder"\n[conditioner]\nname = "{conditioner}"\n'
+        f'[captioner]\ntype = "column"\ndefault = "a hand"\n{extra}'
+    )
+    return builder
+
+
+HAGRID_GESTURES = {
+    "peace": "hands/hagrid_tile04_one_finger.jpg",
+    "two_up": "hands/hagrid_tile05_three_fingers.jpg",
+    "heart": "hands/hagrid_tile10_heart_two_hands.jpg",
+}
+
+
+def _hagrid_record(index: int, v2: bool) -> dict:
+    record = {
+        "bboxes": [[0.3, 0.2, 0.2, 0.3]],
+        "labels": ["peace"],
+        "user_id": f"user{index}",
+    }
+    if v2:
+        record.update(
+            {
+                "united_bbox": [[0.3, 0.2, 0.2, 0.3]],
+                "united_label": ["peace"],
+                "hand_landmarks": [[[0.35, 0.4]] * 21],
+                "meta": {"age": [30], "gender": ["male"], "race": ["White"]},
+            }
+        )
+    else:
+        record["leading_hand"] = "right"
+        record["leading_conf"] = 1.0
+    return record
+
+
+def hagrid(data: Path, root: Path, v2: bool) -> Path:
+    folder = root / ("hagrid_v2" if v2 else "hagrid_v1")
+    for index, (gesture, rel) in enumerate(HAGRID_GESTURES.items()):
+        image_id = f"{index:08x}-0000-4000-8000-000000000000"
+        images = folder / ("hagrid_dataset" if v2 else f"train_val_{gesture}")
+        if v2:
+            images = images / gesture
+        link(data / "images" / rel, images / f"{image_id}.jpg")
+        annotations = folder / ("hagrid_annotations/train" if v2 else "ann_train_val")
+        annotations.mkdir(parents=True, exist_ok=True)
+        records = {image_id: _hagrid_record(index, v2), "ffffffff-missing-image": _hagrid_record(9, v2)}
+        (annotations / f"{gesture}.json").write_text(json.dumps(records))
+    return folder
+
+
+def img2dataset_tar(data: Path, root: Path) -> Path:
+    folder = root / "laion_face_tar"
+    folder.mkdir(parents=True)
+    with tarfile.open(folder / "00000.tar", "w") as tar:
+        for i, rel in enumerate(FACE_PHOTOS):
+            key = f"00000{i:04d}"
+            files = {
+                f"{key}.jpg": (data / "images" / rel).read_bytes(),
+                f"{key}.txt": f"a portrait photo {i}".encode(),
+                f"{key}.json": json.dumps({"url": f"https://example.org/{i}.jpg", "key": key}).encode(),
+            }
+            for name, payload in files.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+    return folder
+
+
+def img2dataset_parquet(data: Path, root: Path) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = root / "laion_face_parquet"
+    folder.mkdir(parents=True)
+    rows = {
+        "key": [f"1{i:08d}" for i in range(len(FACE_PHOTOS))],
+        "jpg": [(data / "images" / rel).read_bytes() for rel in FACE_PHOTOS],
+        "caption": [f"face {i}" for i in range(len(FACE_PHOTOS))],
+        "url": [f"https://example.org/{i}" for i in range(len(FACE_PHOTOS))],
+        "status": ["success"] * len(FACE_PHOTOS),
+    }
+    pq.write_table(pa.table(rows), folder / "00000.parquet")
+    return folder
+
+
+def face_synthetics(data: Path, root: Path) -> Path:
+    folder = root / "face_synthetics"
+    folder.mkdir(parents=True)
+    for i, rel in enumerate(FACE_PHOTOS[:2]):
+        image = Image.open(data / "images" / rel).convert("RGB")
+        image.save(folder / f"{i:06d}.png")
+        Image.new("L", image.size).save(folder / f"{i:06d}_seg.png")
+        (folder / f"{i:06d}_ldmks.txt").write_text("\n".join(f"{10 + k} {20 + k}" for k in range(70)))
+    return folder
+
+
+def hf_dataset(data: Path, root: Path) -> Path:
+    """A local `datasets` dataset in Parquet (what load_dataset(path) and streaming read)."""
+    import datasets
+
+    folder = root / "hf_dataset"
+    photos = [str(data / "images" / rel) for rel in HAND_PHOTOS[:3]]
+    dataset = datasets.Dataset.from_dict(
+        {"photo": photos, "text": [f"text {i}" for i in range(3)], "uid": ["a", "b", "c"]}
+    ).cast_column("photo", datasets.Image())
+    (folder / "data").mkdir(parents=True)
+    dataset.to_parquet(str(folder / "data" / "train-00000-of-00001.parquet"))
+    return folder

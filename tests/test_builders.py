@@ -1,0 +1,222 @@
+"""Builds of real Parquet datasets from fixtures made of ../shared/data photos."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import builder_fixtures as fx
+import datasets
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+import conditioners
+from builders import BuildSettings, make_source
+from builders.run import DatasetNotBuiltError, load_builder, run_build
+
+CLI = Path(sys.executable).with_name("landmark-controlnet")
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture()
+def folder_build(tmp_path, data_dir):
+    photos = fx.photo_folder(data_dir, tmp_path)
+    builder = fx.folder_recipe(tmp_path)
+    report = run_build(str(builder), str(photos), BuildSettings(shard_size=3), progress=False)
+    return photos, builder, report
+
+
+def test_folder_build_loads_with_datasets(folder_build):
+    photos, builder, report = folder_build
+    assert report.items == 8 and report.skipped == {"no_detection": 1, "unreadable": 1} and report.rows == 6
+    dataset = datasets.load_dataset(str(builder), split="train")
+    assert len(dataset) == 6 and len(set(dataset["source_id"])) == 6
+    assert {"image", "conditioning_image", "caption", "landmarks", "source_id"} <= set(dataset.features)
+    for row in dataset:
+        assert isinstance(row["image"], Image.Image) and isinstance(row["conditioning_image"], Image.Image)
+        assert row["image"].size == row["conditioning_image"].size
+        detection = conditioners.Detection.from_json(row["landmarks"])
+        np.testing.assert_array_equal(
+            conditioners.draw(detection), np.asarray(row["conditioning_image"].convert("RGB"))
+        )
+    raw = dataset.cast_column("image", datasets.Image(decode=False))
+    for row in raw:  # the original photo bytes, not a re-encode
+        assert sha(row["image"]["bytes"]) == sha((photos / row["source_id"]).read_bytes())
+    captions = dict(zip(dataset["source_id"], dataset["caption"], strict=True))
+    assert captions["00_mediapipe_gesture_four_15a73593.jpg"] == "caption 0"  # metadata.jsonl
+    assert captions["01_mmpose_freihand_00000355.jpg"] == "a right hand holding a spoon"  # side-car .txt
+    assert captions["03_mediapipe_gesture_call_1f5fb137.jpg"] == "a hand"  # default
+
+
+def test_dataset_card_is_valid_hub_yaml(folder_build):
+    _, builder, report = folder_build
+    text = (builder / "README.md").read_text()
+    header = yaml.safe_load(text.split("---")[1])
+    assert header["configs"][0]["data_files"] == [{"split": "train", "path": "data/train-*.parquet"}]
+    assert header["dataset_info"]["splits"][0]["num_examples"] == report.rows
+    assert {f["name"] for f in header["dataset_info"]["features"]} >= {
+        "image",
+        "conditioning_image",
+        "caption",
+    }
+    assert (
+        header["license"] and "controlnet" in header["tags"] and "image-to-image" in header["task_categories"]
+    )
+    assert "`no_detection` | 1" in text and "`unreadable` | 1" in text and "hand_encoded" in text
+    assert "mediapipe.solutions.hands 0.10.21" in text
+    assert Image.open(builder / "preview.png").size[0] > 256
+    from huggingface_hub import DatasetCard
+
+    card = DatasetCard(text)  # the Hub client's own parser accepts it
+    assert card.data.to_dict()["configs"] == header["configs"]
+
+
+def test_two_processes_build_the_same_rows(tmp_path, data_dir, folder_build):
+    photos, single, _ = folder_build
+    parallel = fx.folder_recipe(tmp_path / "parallel")
+    run_build(str(parallel), str(photos), BuildSettings(shard_size=2, num_proc=2), progress=False)
+    rows = {}
+    for builder in (single, parallel):
+        ds = datasets.load_dataset(str(builder), split="train").cast_column(
+            "conditioning_image", datasets.Image(decode=False)
+        )
+        rows[builder] = sorted(
+            zip(ds["source_id"], [sha(c["bytes"]) for c in ds["conditioning_image"]], strict=True)
+        )
+    assert rows[single] == rows[parallel]
+
+
+def test_killed_build_resumes_without_duplicates_or_gaps(tmp_path, data_dir):
+    photos = fx.photo_folder(data_dir, tmp_path)
+    reference = fx.folder_recipe(tmp_path / "reference")
+    run_build(str(reference), str(photos), BuildSettings(shard_size=1), progress=False)
+    builder = fx.folder_recipe(tmp_path / "killed")
+    command = [str(CLI), "build", str(builder), "--source", str(photos), "--shard-size", "1"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((builder / "data").glob("train-*.parquet"))) < 2:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    partial = len(list((builder / "data").glob("train-*.parquet")))
+    assert 2 <= partial < 6, "the build should have been killed part-way"
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    ids = {}
+    for folder in (reference, builder):
+        ids[folder] = datasets.load_dataset(str(folder), split="train")["source_id"]
+    assert sorted(ids[builder]) == sorted(ids[reference]) and len(set(ids[builder])) == len(ids[builder])
+    assert json.loads(result.stdout.strip().splitlines()[-1])["items"] == 8
+
+
+def test_resume_refuses_other_settings(tmp_path, data_dir, folder_build):
+    photos, builder, _ = folder_build
+    with pytest.raises(ValueError, match="shard_size"):
+        run_build(str(builder), str(photos), BuildSettings(shard_size=4), progress=False)
+    report = run_build(str(builder), str(photos), BuildSettings(shard_size=4), overwrite=True, progress=False)
+    assert report.rows == 6
+
+
+def test_resize_and_crop_moves_the_landmarks(tmp_path, data_dir):
+    photos = fx.photo_folder(data_dir, tmp_path)
+    builder = fx.folder_recipe(tmp_path, extra="[image]\nresize_short_side = 256\n")
+    run_build(str(builder), str(photos), BuildSettings(max_samples=3), progress=False)
+    dataset = datasets.load_dataset(str(builder), split="train")
+    assert len(dataset) == 3
+    for row in dataset:
+        assert row["image"].size == (256, 256) == row["conditioning_image"].size
+        detection = conditioners.Detection.from_json(row["landmarks"])
+        assert detection.size == (256, 256)
+        np.testing.assert_array_equal(
+            conditioners.draw(detection), np.asarray(row["conditioning_image"].convert("RGB"))
+        )
+
+
+@pytest.mark.parametrize("v2", [False, True])
+def test_hagrid_layouts(tmp_path, data_dir, v2):
+    root = fx.hagrid(data_dir, tmp_path, v2=v2)
+    items = list(make_source("hagrid", str(root), "train"))
+    assert [i.extra["gesture"] for i in items] == ["heart", "peace", "two_up"]  # missing images skipped
+    assert items[0].extra["labels"] == ["peace"] and items[0].extra["user_id"].startswith("user")
+    report = run_build("hagrid_hand_enc", str(root), BuildSettings(), output=tmp_path / "out", progress=False)
+    dataset = datasets.load_dataset(str(tmp_path / "out"), split="train")
+    assert report.rows == len(dataset) >= 2
+    assert set(dataset["gesture"]) <= {"heart", "peace", "two_up"}
+    assert all(
+        c == f"a person making a {g.replace('_', ' ')} gesture"
+        for c, g in zip(dataset["caption"], dataset["gesture"], strict=True)
+    )
+    assert not (tmp_path / "out" / "hagrid_hand_enc.py").exists()
+
+
+def test_img2dataset_tar_and_parquet(tmp_path, data_dir):
+    tar_items = list(make_source("img2dataset", str(fx.img2dataset_tar(data_dir, tmp_path))))
+    assert [i.source_id for i in tar_items] == ["000000000", "000000001", "000000002"]
+    assert tar_items[1].caption == "a portrait photo 1" and tar_items[1].extra["url"].endswith("1.jpg")
+    assert tar_items[0].image == (data_dir / "images" / fx.FACE_PHOTOS[0]).read_bytes()
+    parquet_items = list(make_source("img2dataset", str(fx.img2dataset_parquet(data_dir, tmp_path))))
+    assert [i.caption for i in parquet_items] == ["face 0", "face 1", "face 2"]
+    out = tmp_path / "laion"
+    report = run_build(
+        "laion_face", str(tmp_path / "laion_face_tar"), BuildSettings(), output=out, progress=False
+    )
+    assert report.rows == 3 and report.skipped == {}
+    assert datasets.load_dataset(str(out), split="train")["caption"] == [
+        f"a portrait photo {i}" for i in range(3)
+    ]
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_datasets_source(tmp_path, data_dir, streaming):
+    folder = fx.hf_dataset(data_dir, tmp_path)
+    source = make_source(
+        "hf_dataset",
+        str(folder),
+        "train",
+        image_column="photo",
+        caption_column="text",
+        id_column="uid",
+        streaming=streaming,
+    )
+    items = list(source)
+    assert [(i.source_id, i.caption) for i in items] == [("a", "text 0"), ("b", "text 1"), ("c", "text 2")]
+    assert items[0].read_bytes() == (data_dir / "images" / fx.HAND_PHOTOS[0]).read_bytes()
+
+
+def test_face_synthetics_source(tmp_path, data_dir):
+    items = list(make_source("face_synthetics", str(fx.face_synthetics(data_dir, tmp_path))))
+    assert [i.source_id for i in items] == ["000000", "000001"]
+    assert len(items[0].extra["gt_landmarks"]) == 70 and items[0].extra["gt_landmarks"][1] == [11.0, 21.0]
+
+
+def test_show_says_how_to_build(tmp_path):
+    builder = fx.folder_recipe(tmp_path)
+    with pytest.raises(DatasetNotBuiltError, match="landmark-controlnet build"):
+        load_builder(str(builder))
+    result = subprocess.run([str(CLI), "show", str(builder)], capture_output=True, text=True)
+    assert result.returncode == 1 and "landmark-controlnet build" in result.stderr
+
+
+def test_template_captioner_formats_words():
+    from builders.captioners import CaptionInput, TemplateCaptioner
+    from builders.sources import SourceItem
+
+    row = CaptionInput(
+        SourceItem("x", b"", extra={"gesture": "two_up_inverted"}),
+        None,
+        conditioners.Detection("hand_standard", 1, 1, []),
+    )
+    assert TemplateCaptioner("a person making a {gesture:words} gesture")([row]) == [
+        "a person making a two up inverted gesture"
+    ]
