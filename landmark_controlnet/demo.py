@@ -43,5 +43,32 @@ def run_demo(out_dir: Path) -> Path:
                 summary.setdefault(stem, {})[name] = status
     sheet_path = out_dir / "contact_sheet.png"
     contact_sheet(rows, title="Landmark ControlNet: " + ", ".join(names)).save(sheet_path)
-    print(json.dumps({"contact_sheet": str(sheet_path), "results": summary}, indent=1))
+    dataset = build_demo_dataset(samples, out_dir)
+    print(json.dumps({"contact_sheet": str(sheet_path), "results": summary, "dataset": dataset}, indent=1))
     return sheet_path
+
+
+def build_demo_dataset(samples: dict[str, Path], out_dir: Path) -> dict[str, object]:
+    """Build the `demo_faces` builder from the samples and load it back with `datasets.load_dataset`."""
+    from builders import BuildSettings
+    from builders.run import load_builder, run_build
+
+    photos = out_dir / "demo_photos"
+    photos.mkdir(exist_ok=True)
+    captions = []
+    for stem, path in samples.items():
+        link = photos / path.name
+        if not link.exists():
+            link.symlink_to(path)
+        captions.append(json.dumps({"file_name": path.name, "text": f"a photo of {stem.replace('_', ' ')}"}))
+    (photos / "metadata.jsonl").write_text("\n".join(captions) + "\n")
+    output = out_dir / "demo_faces"
+    report = run_build("demo_faces", str(photos), BuildSettings(), output=output, overwrite=True)
+    dataset = load_builder(str(output))
+    return {
+        "folder": str(output),
+        "rows": len(dataset),
+        "skipped": report.skipped,
+        "columns": list(dataset.features),
+        "captions": list(dataset["caption"]),
+    }
