@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("name", help="a builder name or a builder folder")
     show.add_argument("--split", default="train")
 
+    publish = commands.add_parser("publish", help="upload a built dataset folder to the Hugging Face Hub")
+    publish.add_argument("name", metavar="NAME_OR_DIR", help="a builder name or a built folder")
+    publish.add_argument("--repo-id", required=True, metavar="OWNER/NAME")
+    publish.add_argument("--private", action="store_true")
+    publish.add_argument("--token", help="Hub token (default: HF_TOKEN or the saved login); never printed")
+
     demo = commands.add_parser("demo", help="run every conditioner on built-in sample photos")
     demo.add_argument("--out-dir", type=Path, default=Path("outputs/demo"))
     return parser
@@ -95,6 +101,11 @@ def main(argv: list[str] | None = None) -> int:
         return _build(args)
     if args.command == "show":
         return _show(args)
+    if args.command == "publish":
+        from builders.publish import publish
+
+        print(publish(args.name, args.repo_id, args.private, args.token))
+        return 0
     if args.command == "demo":
         from .demo import run_demo
 
