@@ -220,3 +220,26 @@ def test_template_captioner_formats_words():
     assert TemplateCaptioner("a person making a {gesture:words} gesture")([row]) == [
         "a person making a two up inverted gesture"
     ]
+
+
+def test_ray_engine_matches_local_engine(tmp_path, data_dir, folder_build):
+    import ray
+
+    photos, local, _ = folder_build
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        out = fx.folder_recipe(tmp_path / "ray")
+        report = run_build(
+            str(out), str(photos), BuildSettings(shard_size=3, num_proc=2), engine="ray", progress=False
+        )
+    finally:
+        ray.shutdown()
+    assert report.rows == 6 and report.skipped == {"no_detection": 1, "unreadable": 1}
+    rows = {}
+    for folder in (local, out):
+        ds = datasets.load_dataset(str(folder), split="train").cast_column(
+            "image", datasets.Image(decode=False)
+        )
+        rows[folder] = sorted(zip(ds["source_id"], ds["caption"], ds["landmarks"], strict=True))
+    assert rows[out] == rows[local]
+    assert (out / "README.md").exists()

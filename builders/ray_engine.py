@@ -1,0 +1,70 @@
+"""`--engine ray`: the same chunks and shards as the local engine, run by a Ray Data actor pool.
+
+The source is chunked exactly as locally (so finished shards are skipped on a restart), the chunks
+become a Ray dataset, and `map_batches` hands them to a pool of actors that each hold one
+conditioner and write one Parquet shard (with the `datasets` Features schema) per chunk into the
+same folder layout. Point it at a cluster with `RAY_ADDRESS=ray://head:10001` (or `auto` on a
+cluster node); the output folder must then be on storage every node can reach.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from .engine import BuildReport, BuildSettings, _check_state, _done_chunks, _pending_chunks, summarize
+from .parquet import remove_temporaries
+from .recipe import Recipe
+from .sources import Source
+from .worker import Chunk, ChunkProcessor, dataset_features
+
+
+class ShardActor:
+    """One conditioner per actor, reused for every chunk it is given."""
+
+    def __init__(
+        self, recipe: Recipe, features: datasets.Features, data_dir: str, split: str, row_group_size: int
+    ):
+        self.processor = ChunkProcessor(recipe, features, row_group_size)
+        self.data_dir = Path(data_dir)
+        self.split = split
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        out: dict[str, list] = {"index": [], "items": [], "kept": []}
+        for chunk in batch["chunk"]:
+            counts = self.processor.run(chunk, self.data_dir, self.split)
+            out["index"].append(chunk.index)
+            out["items"].append(counts["items"])
+            out["kept"].append(counts["kept"])
+        return out
+
+
+def build_with_ray(recipe: Recipe, source: Source, output: Path, settings: BuildSettings) -> BuildReport:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
+    data_dir = output / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    remove_temporaries(data_dir)
+    _check_state(output, recipe, source, settings)
+    features = dataset_features(source)
+    chunks: list[Chunk] = list(_pending_chunks(source, settings, _done_chunks(data_dir, settings.split)))
+    if chunks:
+        # Leave one CPU to Ray Data's own tasks: actors that take every CPU starve the pipeline.
+        cpus = int(ray.available_resources().get("CPU", 1))
+        actors = max(1, min(settings.num_proc, cpus - 1, len(chunks)))
+        dataset = ray.data.from_items([{"chunk": chunk} for chunk in chunks], override_num_blocks=len(chunks))
+        results = dataset.map_batches(
+            ShardActor,
+            fn_constructor_args=(recipe, features, str(data_dir), settings.split, settings.row_group_size),
+            batch_size=1,
+            batch_format="numpy",
+            concurrency=actors,
+            num_cpus=1,
+        ).take_all()
+        assert sorted(int(r["index"]) for r in results) == sorted(c.index for c in chunks)
+    return summarize(output, settings.split)
