@@ -157,3 +157,23 @@ def hf_dataset(data: Path, root: Path) -> Path:
     (folder / "data").mkdir(parents=True)
     dataset.to_parquet(str(folder / "data" / "train-00000-of-00001.parquet"))
     return folder
+
+
+def comparable_rows(dataset) -> list[list[str]]:
+    """source_id, caption, sha256 of both images and landmarks of every row, sorted."""
+    import hashlib
+
+    import datasets
+
+    dataset = dataset.cast_column("image", datasets.Image(decode=False))
+    dataset = dataset.cast_column("conditioning_image", datasets.Image(decode=False))
+    return sorted(
+        [
+            r["source_id"],
+            r["caption"],
+            hashlib.sha256(r["image"]["bytes"]).hexdigest(),
+            hashlib.sha256(r["conditioning_image"]["bytes"]).hexdigest(),
+            r["landmarks"],
+        ]
+        for r in dataset
+    )

@@ -157,14 +157,19 @@ class Handler(BaseHTTPRequestHandler):
         self.state.repos[repo_id] = Repo(repo_id, bool(body.get("private")))
         self._json(200, url)
 
-    def repo_info(self, query, kind, repo, revision="main") -> None:
+    def _snapshot(self, repo: str, revision: str) -> tuple[Repo, str, dict[str, dict]] | None:
+        """The repo and its files at `revision`, or None after answering 404."""
         found = self._repo(repo)
-        if not found:
-            return
-        snapshot = found.snapshot(revision)
+        snapshot = found.snapshot(revision) if found else None
+        if found and snapshot is None:
+            self._not_found("RevisionNotFound")
+        return (found, *snapshot) if snapshot else None
+
+    def repo_info(self, query, kind, repo, revision="main") -> None:
+        snapshot = self._snapshot(repo, revision)
         if snapshot is None:
-            return self._not_found("RevisionNotFound")
-        sha, files = snapshot
+            return
+        found, sha, files = snapshot
         siblings = [
             {
                 "rfilename": p,
@@ -253,13 +258,10 @@ class Handler(BaseHTTPRequestHandler):
         )
 
     def tree(self, query, kind, repo, revision, subpath="") -> None:
-        found = self._repo(repo)
-        if not found:
-            return
-        snapshot = found.snapshot(revision)
+        snapshot = self._snapshot(repo, revision)
         if snapshot is None:
-            return self._not_found("RevisionNotFound")
-        _, files = snapshot
+            return
+        _, _, files = snapshot
         subpath = (subpath or "").strip("/")
         recursive = query.get("recursive", ["false"])[0].lower() == "true"
         expand = query.get("expand", ["false"])[0].lower() == "true"

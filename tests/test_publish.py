@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -23,41 +22,17 @@ TOKEN = "hf_secretTestToken1234567890"
 
 READ_BACK = textwrap.dedent(
     """
-    import hashlib, json, sys
+    import json, sys
     import datasets
-
-    def rows(dataset):
-        dataset = dataset.cast_column("image", datasets.Image(decode=False))
-        dataset = dataset.cast_column("conditioning_image", datasets.Image(decode=False))
-        return sorted(
-            [r["source_id"], r["caption"], hashlib.sha256(r["image"]["bytes"]).hexdigest(),
-             hashlib.sha256(r["conditioning_image"]["bytes"]).hexdigest(), r["landmarks"]]
-            for r in dataset
-        )
+    from builder_fixtures import comparable_rows
 
     repo = sys.argv[1]
     print(json.dumps({
-        "regular": rows(datasets.load_dataset(repo, split="train")),
-        "streaming": rows(datasets.load_dataset(repo, split="train", streaming=True)),
+        "regular": comparable_rows(datasets.load_dataset(repo, split="train")),
+        "streaming": comparable_rows(datasets.load_dataset(repo, split="train", streaming=True)),
     }))
     """
 )
-
-
-def local_rows(folder: Path) -> list[list[str]]:
-    dataset = datasets.load_dataset(str(folder), split="train")
-    dataset = dataset.cast_column("image", datasets.Image(decode=False))
-    dataset = dataset.cast_column("conditioning_image", datasets.Image(decode=False))
-    return sorted(
-        [
-            r["source_id"],
-            r["caption"],
-            hashlib.sha256(r["image"]["bytes"]).hexdigest(),
-            hashlib.sha256(r["conditioning_image"]["bytes"]).hexdigest(),
-            r["landmarks"],
-        ]
-        for r in dataset
-    )
 
 
 @pytest.fixture()
@@ -76,6 +51,7 @@ def hub_env(hub: HubStandIn, tmp_path: Path) -> dict[str, str]:
         "HF_HOME": str(tmp_path / "hf_home"),
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "HF_TOKEN": TOKEN,
+        "PYTHONPATH": str(Path(__file__).parent),
     }
 
 
@@ -109,7 +85,7 @@ def test_publish_then_load_dataset_and_streaming(built, tmp_path):
         )
         assert read.returncode == 0, read.stderr[-3000:]
     remote = json.loads(read.stdout.strip().splitlines()[-1])
-    expected = local_rows(built)
+    expected = fx.comparable_rows(datasets.load_dataset(str(built), split="train"))
     assert len(expected) == 6
     assert remote["regular"] == expected
     assert remote["streaming"] == expected
