@@ -57,10 +57,10 @@ def build(
     data_dir = output / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     remove_temporaries(data_dir)
-    _check_state(output, recipe, source, settings)
+    check_state(output, recipe, source, settings)
     features = dataset_features(source)
-    done = _done_chunks(data_dir, settings.split)
-    chunks = _pending_chunks(source, settings, done)
+    done = done_chunks(data_dir, settings.split)
+    chunks = pending_chunks(source, settings, done)
     bar = tqdm(desc=f"build {recipe.name}", unit="img", disable=not progress, total=settings.max_samples)
     counts: Counter[str] = Counter()
 
@@ -80,7 +80,7 @@ def build(
 def summarize(output: Path, split: str) -> BuildReport:
     report = BuildReport(output=output, split=split)
     skipped: Counter[str] = Counter()
-    for _, record in sorted(_chunk_records(output / "data", split).items()):
+    for _, record in sorted(chunk_records(output / "data", split).items()):
         counts = read_counts(record) if record.suffix == ".parquet" else json.loads(record.read_text())
         report.rows += counts.get("kept", 0)
         report.items += counts.get("items", 0)
@@ -90,7 +90,7 @@ def summarize(output: Path, split: str) -> BuildReport:
     return report
 
 
-def _check_state(output: Path, recipe: Recipe, source: Source, settings: BuildSettings) -> None:
+def check_state(output: Path, recipe: Recipe, source: Source, settings: BuildSettings) -> None:
     """A resumed build must chunk the same source the same way, or shards would overlap."""
     state = {
         "recipe": recipe.name,
@@ -103,7 +103,7 @@ def _check_state(output: Path, recipe: Recipe, source: Source, settings: BuildSe
     path = output / "data" / STATE_FILE
     states = json.loads(path.read_text()) if path.exists() else {}
     previous = states.get(settings.split)
-    if previous and previous != state and _chunk_records(output / "data", settings.split):
+    if previous and previous != state and chunk_records(output / "data", settings.split):
         changed = sorted(k for k in state if state[k] != previous.get(k))
         raise ValueError(
             f"{output}/data holds a {settings.split!r} build made with other settings "
@@ -113,7 +113,7 @@ def _check_state(output: Path, recipe: Recipe, source: Source, settings: BuildSe
     path.write_text(json.dumps(states, indent=1))
 
 
-def _chunk_records(data_dir: Path, split: str) -> dict[int, Path]:
+def chunk_records(data_dir: Path, split: str) -> dict[int, Path]:
     """Chunk index -> the file that proves it done: its shard, or its empty-chunk marker."""
     records = {}
     for path in [*data_dir.glob(f"{split}-*.parquet"), *(data_dir / EMPTY_DIR).glob(f"{split}-*.json")]:
@@ -121,11 +121,11 @@ def _chunk_records(data_dir: Path, split: str) -> dict[int, Path]:
     return records
 
 
-def _done_chunks(data_dir: Path, split: str) -> set[int]:
-    return set(_chunk_records(data_dir, split))
+def done_chunks(data_dir: Path, split: str) -> set[int]:
+    return set(chunk_records(data_dir, split))
 
 
-def _pending_chunks(source: Source, settings: BuildSettings, done: set[int]) -> Iterator[Chunk]:
+def pending_chunks(source: Source, settings: BuildSettings, done: set[int]) -> Iterator[Chunk]:
     items = itertools.islice(iter(source), settings.max_samples)
     for index in itertools.count():
         batch = list(itertools.islice(items, settings.shard_size))

@@ -15,7 +15,7 @@ from typing import Any
 
 import datasets
 
-from .engine import BuildReport, BuildSettings, _check_state, _done_chunks, _pending_chunks, summarize
+from .engine import BuildReport, BuildSettings, check_state, done_chunks, pending_chunks, summarize
 from .parquet import remove_temporaries
 from .recipe import Recipe
 from .sources import Source
@@ -50,9 +50,9 @@ def build_with_ray(recipe: Recipe, source: Source, output: Path, settings: Build
     data_dir = output / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     remove_temporaries(data_dir)
-    _check_state(output, recipe, source, settings)
+    check_state(output, recipe, source, settings)
     features = dataset_features(source)
-    chunks: list[Chunk] = list(_pending_chunks(source, settings, _done_chunks(data_dir, settings.split)))
+    chunks: list[Chunk] = list(pending_chunks(source, settings, done_chunks(data_dir, settings.split)))
     if chunks:
         # Leave one CPU to Ray Data's own tasks: actors that take every CPU starve the pipeline.
         cpus = int(ray.available_resources().get("CPU", 1))
