@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-INSTANCE_KINDS = ("left_hand", "right_hand", "face", "pose", "animal")
 _MIRRORED_KIND = {"left_hand": "right_hand", "right_hand": "left_hand"}
 
 

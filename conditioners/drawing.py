@@ -9,7 +9,6 @@ an RGB one (DESIGN section 7).
 from __future__ import annotations
 
 import io
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -157,8 +156,3 @@ def draw_instance(
     """`draw_landmarks` for points given in the pixels of an image of `source_size`."""
     pixels = landmark_pixels(points, source_size, canvas.size)
     draw_landmarks(canvas, pixels, connections, landmark_spec, connection_spec)
-
-
-def line_width_for(size: tuple[int, int], fraction: float, minimum: int = 1) -> int:
-    """A stroke width that scales with the image: floor(min_side * fraction)."""
-    return max(minimum, math.floor(min(size) * fraction))

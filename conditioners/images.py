@@ -16,7 +16,6 @@ import io
 import os
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageCms, UnidentifiedImageError
@@ -227,9 +226,3 @@ def array_to_image(array: np.ndarray, name: str = "<array>") -> Image.Image:
         values = np.clip(values, 0, 255).astype(np.uint8)
     mode = "L" if values.ndim == 2 else ("RGB" if values.shape[2] == 3 else "RGBA")
     return Image.fromarray(np.ascontiguousarray(values), mode)
-
-
-def path_stem(source: ImageSource, index: int) -> str:
-    if isinstance(source, (str, os.PathLike)):
-        return Path(source).stem
-    return f"image_{index:05d}"

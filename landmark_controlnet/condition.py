@@ -44,10 +44,6 @@ def unique_stems(paths: Sequence[Path]) -> list[str]:
     return stems
 
 
-def detection_record(detection: Detection) -> dict[str, Any]:
-    return detection.to_dict()
-
-
 def run_condition(
     conditioner_name: str,
     options: dict[str, Any],
@@ -85,7 +81,7 @@ def _write_outcome(outcome: Outcome, stem_path: Path) -> str:
         tqdm.write(f"unreadable: {outcome.error}", file=sys.stderr)
         return "unreadable"
     stem_path.with_suffix(".png").write_bytes(outcome.png)
-    stem_path.with_suffix(".json").write_text(json.dumps(detection_record(outcome.detection), indent=1))
+    stem_path.with_suffix(".json").write_text(outcome.detection.to_json(indent=1))
     return "skipped" if outcome.detection.skipped else "kept"
 
 
