@@ -54,13 +54,7 @@ class BuildReport:
 def build(
     recipe: Recipe, source: Source, output: Path, settings: BuildSettings, progress: bool = True
 ) -> BuildReport:
-    data_dir = output / "data"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    remove_temporaries(data_dir)
-    check_state(output, recipe, source, settings)
-    features = dataset_features(source)
-    done = done_chunks(data_dir, settings.split)
-    chunks = pending_chunks(source, settings, done)
+    data_dir, features, chunks = prepare(recipe, source, output, settings)
     bar = tqdm(desc=f"build {recipe.name}", unit="img", disable=not progress, total=settings.max_samples)
     counts: Counter[str] = Counter()
 
@@ -75,6 +69,18 @@ def build(
         _run_in_pool(recipe, features, chunks, data_dir, settings, tick)
     bar.close()
     return summarize(output, settings.split)
+
+
+def prepare(
+    recipe: Recipe, source: Source, output: Path, settings: BuildSettings
+) -> tuple[Path, datasets.Features, Iterator[Chunk]]:
+    """What every engine does first: the data folder, the row features and the chunks still to build."""
+    data_dir = output / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    remove_temporaries(data_dir)
+    check_state(output, recipe, source, settings)
+    chunks = pending_chunks(source, settings, done_chunks(data_dir, settings.split))
+    return data_dir, dataset_features(source), chunks
 
 
 def summarize(output: Path, split: str) -> BuildReport:

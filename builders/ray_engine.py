@@ -15,11 +15,10 @@ from typing import Any
 
 import datasets
 
-from .engine import BuildReport, BuildSettings, check_state, done_chunks, pending_chunks, summarize
-from .parquet import remove_temporaries
+from .engine import BuildReport, BuildSettings, prepare, summarize
 from .recipe import Recipe
 from .sources import Source
-from .worker import Chunk, ChunkProcessor, dataset_features
+from .worker import ChunkProcessor
 
 
 class ShardActor:
@@ -47,12 +46,8 @@ def build_with_ray(recipe: Recipe, source: Source, output: Path, settings: Build
 
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
-    data_dir = output / "data"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    remove_temporaries(data_dir)
-    check_state(output, recipe, source, settings)
-    features = dataset_features(source)
-    chunks: list[Chunk] = list(pending_chunks(source, settings, done_chunks(data_dir, settings.split)))
+    data_dir, features, pending = prepare(recipe, source, output, settings)
+    chunks = list(pending)
     if chunks:
         # Leave one CPU to Ray Data's own tasks: actors that take every CPU starve the pipeline.
         cpus = int(ray.available_resources().get("CPU", 1))

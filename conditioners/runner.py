@@ -46,7 +46,7 @@ def condition_many(
 ) -> Iterator[Outcome]:
     """Yield an `Outcome` per source, in order. Memory is bounded by `prefetch` images."""
 
-    def load(index: int, source: ImageSource) -> LoadedImage | ImageLoadError:
+    def load(source: ImageSource) -> LoadedImage | ImageLoadError:
         try:
             return conditioner.load(source, name=describe_source(source))
         except ImageLoadError as exc:
@@ -62,7 +62,7 @@ def condition_many(
                 item = next(source_iter, None)
                 if item is None:
                     return
-                loads.append((item[0], item[1], pool.submit(load, *item)))
+                loads.append((item[0], item[1], pool.submit(load, item[1])))
 
         top_up()
         while loads:
