@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import string
-from pathlib import Path
 from typing import Any
 
 import datasets
@@ -19,6 +18,7 @@ from conditioners.preview import contact_sheet
 from .captioners import make_captioner
 from .engine import BuildReport
 from .recipe import Recipe
+from .storage import Folder
 
 PREVIEW_FILE = "preview.png"
 PREVIEW_ROWS = 4
@@ -56,13 +56,14 @@ def _size_category(rows: int) -> str:
     return "1M<n<10M"
 
 
-def write_preview(output: Path, split: str, rows: int = PREVIEW_ROWS) -> Path | None:
-    """Photo | conditioning image | caption for the first rows of the first non-empty shard."""
+def write_preview(output: Folder, split: str, rows: int = PREVIEW_ROWS) -> bool:
+    """Photo | conditioning image | caption for the first rows of the first non-empty shards."""
     cells = []
-    for shard in sorted((output / "data").glob(f"{split}-*.parquet")):
-        table = pq.read_table(shard, columns=["image", "conditioning_image", "caption"]).slice(
-            0, rows - len(cells)
-        )
+    data = output.sub("data")
+    for shard in data.names(f"{split}-*.parquet"):
+        with data.open(shard) as file:
+            table = pq.ParquetFile(file).read_row_group(0, columns=["image", "conditioning_image", "caption"])
+        table = table.slice(0, rows - len(cells))
         for row in table.to_pylist():
             photo = Image.open(io.BytesIO(row["image"]["bytes"]))
             conditioning = Image.open(io.BytesIO(row["conditioning_image"]["bytes"]))
@@ -70,10 +71,11 @@ def write_preview(output: Path, split: str, rows: int = PREVIEW_ROWS) -> Path | 
         if len(cells) >= rows:
             break
     if not cells:
-        return None
-    path = output / PREVIEW_FILE
-    contact_sheet(cells, tile=256).save(path)
-    return path
+        return False
+    buffer = io.BytesIO()
+    contact_sheet(cells, tile=256).save(buffer, format="PNG")
+    output.write_bytes(PREVIEW_FILE, buffer.getvalue())
+    return True
 
 
 def _skip_table(report: BuildReport) -> str:
@@ -83,12 +85,12 @@ def _skip_table(report: BuildReport) -> str:
 
 
 def write_card(
-    output: Path,
+    output: Folder,
     recipe: Recipe,
     source_description: str,
     features: datasets.Features,
     reports: list[BuildReport],
-) -> Path:
+) -> None:
     conditioner = conditioners.conditioner_class(recipe.conditioner_name)
     main = reports[0]
     preview = write_preview(output, main.split)
@@ -115,6 +117,4 @@ def write_card(
     }
     body = string.Template(recipe.card_template()).safe_substitute(values)
     header = yaml.safe_dump(card_yaml(recipe, features, reports), sort_keys=False, allow_unicode=True)
-    path = output / "README.md"
-    path.write_text(f"---\n{header}---\n\n{body.strip()}\n")
-    return path
+    output.write_text("README.md", f"---\n{header}---\n\n{body.strip()}\n")

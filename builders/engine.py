@@ -15,15 +15,15 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import datasets
 from tqdm import tqdm
 
-from .parquet import read_counts, remove_temporaries
+from .parquet import read_counts
 from .recipe import Recipe
 from .sources import Source
+from .storage import Folder
 from .worker import EMPTY_DIR, Chunk, ChunkProcessor, dataset_features
 
 STATE_FILE = ".build_state.json"
@@ -40,7 +40,7 @@ class BuildSettings:
 
 @dataclass
 class BuildReport:
-    output: Path
+    output: str
     split: str
     rows: int = 0
     items: int = 0
@@ -48,13 +48,13 @@ class BuildReport:
     shards: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "output": str(self.output)}
+        return asdict(self)
 
 
 def build(
-    recipe: Recipe, source: Source, output: Path, settings: BuildSettings, progress: bool = True
+    recipe: Recipe, source: Source, output: Folder, settings: BuildSettings, progress: bool = True
 ) -> BuildReport:
-    data_dir, features, chunks = prepare(recipe, source, output, settings)
+    data, features, chunks = prepare(recipe, source, output, settings)
     bar = tqdm(desc=f"build {recipe.name}", unit="img", disable=not progress, total=settings.max_samples)
     counts: Counter[str] = Counter()
 
@@ -64,39 +64,41 @@ def build(
         bar.set_postfix(kept=counts["kept"], skipped=sum(counts.values()) - counts["kept"], refresh=False)
 
     if settings.num_proc <= 1:
-        _run_here(recipe, features, chunks, data_dir, settings, tick)
+        _run_here(recipe, features, chunks, data, settings, tick)
     else:
-        _run_in_pool(recipe, features, chunks, data_dir, settings, tick)
+        _run_in_pool(recipe, features, chunks, data, settings, tick)
     bar.close()
     return summarize(output, settings.split)
 
 
 def prepare(
-    recipe: Recipe, source: Source, output: Path, settings: BuildSettings
-) -> tuple[Path, datasets.Features, Iterator[Chunk]]:
+    recipe: Recipe, source: Source, output: Folder, settings: BuildSettings
+) -> tuple[Folder, datasets.Features, Iterator[Chunk]]:
     """What every engine does first: the data folder, the row features and the chunks still to build."""
-    data_dir = output / "data"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    remove_temporaries(data_dir)
-    check_state(output, recipe, source, settings)
-    chunks = pending_chunks(source, settings, done_chunks(data_dir, settings.split))
-    return data_dir, dataset_features(source), chunks
+    data = output.sub("data")
+    data.makedirs()
+    data.remove_temporaries()
+    check_state(data, recipe, source, settings)
+    chunks = pending_chunks(source, settings, set(chunk_records(data, settings.split)))
+    return data, dataset_features(source), chunks
 
 
-def summarize(output: Path, split: str) -> BuildReport:
-    report = BuildReport(output=output, split=split)
+def summarize(output: Folder, split: str) -> BuildReport:
+    data = output.sub("data")
+    report = BuildReport(output=output.location, split=split)
     skipped: Counter[str] = Counter()
-    for _, record in sorted(chunk_records(output / "data", split).items()):
-        counts = read_counts(record) if record.suffix == ".parquet" else json.loads(record.read_text())
+    for _, name in sorted(chunk_records(data, split).items()):
+        is_shard = name.endswith(".parquet")
+        counts = read_counts(data, name) if is_shard else json.loads(data.read_text(name))
         report.rows += counts.get("kept", 0)
         report.items += counts.get("items", 0)
         skipped.update(counts.get("skipped", {}))
-        report.shards += record.suffix == ".parquet"
+        report.shards += is_shard
     report.skipped = dict(sorted(skipped.items()))
     return report
 
 
-def check_state(output: Path, recipe: Recipe, source: Source, settings: BuildSettings) -> None:
+def check_state(data: Folder, recipe: Recipe, source: Source, settings: BuildSettings) -> None:
     """A resumed build must chunk the same source the same way, or shards would overlap."""
     state = {
         "recipe": recipe.name,
@@ -106,29 +108,25 @@ def check_state(output: Path, recipe: Recipe, source: Source, settings: BuildSet
         "shard_size": settings.shard_size,
         "max_samples": settings.max_samples,
     }
-    path = output / "data" / STATE_FILE
-    states = json.loads(path.read_text()) if path.exists() else {}
+    states = json.loads(data.read_text(STATE_FILE)) if data.exists(STATE_FILE) else {}
     previous = states.get(settings.split)
-    if previous and previous != state and chunk_records(output / "data", settings.split):
+    if previous and previous != state and chunk_records(data, settings.split):
         changed = sorted(k for k in state if state[k] != previous.get(k))
         raise ValueError(
-            f"{output}/data holds a {settings.split!r} build made with other settings "
+            f"{data} holds a {settings.split!r} build made with other settings "
             f"({', '.join(changed)}); delete its shards or pass --overwrite to start again"
         )
-    states[settings.split] = state
-    path.write_text(json.dumps(states, indent=1))
+    if states.get(settings.split) != state:
+        states[settings.split] = state
+        data.write_text(STATE_FILE, json.dumps(states, indent=1))
 
 
-def chunk_records(data_dir: Path, split: str) -> dict[int, Path]:
+def chunk_records(data: Folder, split: str) -> dict[int, str]:
     """Chunk index -> the file that proves it done: its shard, or its empty-chunk marker."""
     records = {}
-    for path in [*data_dir.glob(f"{split}-*.parquet"), *(data_dir / EMPTY_DIR).glob(f"{split}-*.json")]:
-        records[int(path.stem.rsplit("-", 1)[1])] = path
+    for name in [*data.names(f"{split}-*.parquet"), *data.names(f"{EMPTY_DIR}/{split}-*.json")]:
+        records[int(name.rsplit("-", 1)[1].split(".")[0])] = name
     return records
-
-
-def done_chunks(data_dir: Path, split: str) -> set[int]:
-    return set(chunk_records(data_dir, split))
 
 
 def pending_chunks(source: Source, settings: BuildSettings, done: set[int]) -> Iterator[Chunk]:
@@ -141,11 +139,11 @@ def pending_chunks(source: Source, settings: BuildSettings, done: set[int]) -> I
             yield Chunk(index, batch)
 
 
-def _run_here(recipe, features, chunks, data_dir, settings, tick) -> None:
+def _run_here(recipe, features, chunks, data, settings, tick) -> None:
     processor = ChunkProcessor(recipe, features, settings.row_group_size)
     try:
         for chunk in chunks:
-            processor.run(chunk, data_dir, settings.split, tick)
+            processor.run(chunk, data, settings.split, tick)
     finally:
         processor.close()
 
@@ -163,11 +161,11 @@ def _init_worker(
     _progress_queue = progress_queue
 
 
-def _run_chunk(chunk: Chunk, data_dir: Path, split: str) -> dict[str, Any]:
-    return _processor.run(chunk, data_dir, split, _progress_queue.put)
+def _run_chunk(chunk: Chunk, data: Folder, split: str) -> dict[str, Any]:
+    return _processor.run(chunk, data, split, _progress_queue.put)
 
 
-def _run_in_pool(recipe, features, chunks, data_dir, settings, tick) -> None:
+def _run_in_pool(recipe, features, chunks, data, settings, tick) -> None:
     # spawn, not fork: MediaPipe's native threads do not survive a fork.
     context = multiprocessing.get_context("spawn")
     progress_queue = context.Queue()
@@ -184,7 +182,7 @@ def _run_in_pool(recipe, features, chunks, data_dir, settings, tick) -> None:
                 chunk = next(chunk_iter, None)
                 if chunk is None:
                     break
-                in_flight.add(pool.submit(_run_chunk, chunk, data_dir, settings.split))
+                in_flight.add(pool.submit(_run_chunk, chunk, data, settings.split))
             if not in_flight:
                 break
             finished, in_flight = wait(in_flight, timeout=0.2, return_when=FIRST_COMPLETED)

@@ -1,29 +1,30 @@
 """Parquet shards with the `datasets` Features in their schema, written atomically.
 
-A shard is written row group by row group to a hidden temporary file and renamed into place
-only when complete, so a killed build leaves either a whole shard or none. Each shard carries its
-build counts (items seen, kept, skipped by reason) in its key-value metadata: a finished shard is
-its own record of the work it covers.
+A shard is written row group by row group to a temporary file and published into its folder
+only when complete (see `storage.Folder`), so a killed build leaves either a whole shard or none.
+Each shard carries its build counts (items seen, kept, skipped by reason) in its key-value
+metadata: a finished shard is its own record of the work it covers.
 """
 
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .storage import Folder
+
 COUNTS_KEY = "landmark_controlnet"
 
 
 class ShardWriter:
-    def __init__(self, path: Path, features: datasets.Features, row_group_size: int = 64):
-        self.path = path
-        self.temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    def __init__(self, folder: Folder, name: str, features: datasets.Features, row_group_size: int = 64):
+        self.folder = folder
+        self.name = name
+        self.temporary = folder.temporary(name)
         self.features = features
         self.schema = features.arrow_schema
         self.row_group_size = row_group_size
@@ -53,7 +54,7 @@ class ShardWriter:
             return False
         self._writer.add_key_value_metadata({COUNTS_KEY: json.dumps(counts)})
         self._writer.close()
-        os.replace(self.temporary, self.path)
+        self.folder.publish(self.temporary, self.name)
         return True
 
     def abort(self) -> None:
@@ -61,17 +62,7 @@ class ShardWriter:
         self.temporary.unlink(missing_ok=True)
 
 
-def read_counts(path: Path) -> dict[str, Any]:
-    metadata = pq.ParquetFile(path).metadata.metadata or {}
+def read_counts(folder: Folder, name: str) -> dict[str, Any]:
+    with folder.open(name) as file:
+        metadata = pq.ParquetFile(file).metadata.metadata or {}
     return json.loads(metadata.get(COUNTS_KEY.encode(), b"{}"))
-
-
-def remove_temporaries(folder: Path) -> None:
-    for stale in folder.glob(".*.tmp"):
-        stale.unlink(missing_ok=True)
-
-
-def write_json_atomically(path: Path, data: Any) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(data))
-    os.replace(temporary, path)

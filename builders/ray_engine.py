@@ -4,13 +4,13 @@ The source is chunked exactly as locally (so finished shards are skipped on a re
 become a Ray dataset, and `map_batches` hands them to a pool of actors that each hold one
 conditioner and write one Parquet shard (with the `datasets` Features schema) per chunk into the
 same folder layout. Point it at a cluster with `RAY_ADDRESS=ray://head:10001` (or `auto` on a
-cluster node); the output folder must then be on storage every node can reach.
+cluster node); the output must then be storage every node can reach: a shared mount or an fsspec
+URL such as `s3://bucket/hands` (see `storage.Folder`).
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import datasets
@@ -18,6 +18,7 @@ import datasets
 from .engine import BuildReport, BuildSettings, prepare, summarize
 from .recipe import Recipe
 from .sources import Source
+from .storage import Folder
 from .worker import ChunkProcessor
 
 
@@ -25,28 +26,28 @@ class ShardActor:
     """One conditioner per actor, reused for every chunk it is given."""
 
     def __init__(
-        self, recipe: Recipe, features: datasets.Features, data_dir: str, split: str, row_group_size: int
+        self, recipe: Recipe, features: datasets.Features, data: Folder, split: str, row_group_size: int
     ):
         self.processor = ChunkProcessor(recipe, features, row_group_size)
-        self.data_dir = Path(data_dir)
+        self.data = data
         self.split = split
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         out: dict[str, list] = {"index": [], "items": [], "kept": []}
         for chunk in batch["chunk"]:
-            counts = self.processor.run(chunk, self.data_dir, self.split)
+            counts = self.processor.run(chunk, self.data, self.split)
             out["index"].append(chunk.index)
             out["items"].append(counts["items"])
             out["kept"].append(counts["kept"])
         return out
 
 
-def build_with_ray(recipe: Recipe, source: Source, output: Path, settings: BuildSettings) -> BuildReport:
+def build_with_ray(recipe: Recipe, source: Source, output: Folder, settings: BuildSettings) -> BuildReport:
     import ray
 
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
-    data_dir, features, pending = prepare(recipe, source, output, settings)
+    data, features, pending = prepare(recipe, source, output, settings)
     chunks = list(pending)
     if chunks:
         # Leave one CPU to Ray Data's own tasks: actors that take every CPU starve the pipeline.
@@ -55,7 +56,7 @@ def build_with_ray(recipe: Recipe, source: Source, output: Path, settings: Build
         dataset = ray.data.from_items([{"chunk": chunk} for chunk in chunks], override_num_blocks=len(chunks))
         results = dataset.map_batches(
             ShardActor,
-            fn_constructor_args=(recipe, features, str(data_dir), settings.split, settings.row_group_size),
+            fn_constructor_args=(recipe, features, data, settings.split, settings.row_group_size),
             batch_size=1,
             batch_format="numpy",
             concurrency=actors,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +9,7 @@ from .card import write_card
 from .engine import BuildReport, BuildSettings, build, summarize
 from .recipe import CARD_TEMPLATE_FILE, RECIPE_FILE, Recipe, resolve_builder
 from .sources import make_source
+from .storage import Folder
 from .worker import EMPTY_DIR, dataset_features
 
 
@@ -17,29 +17,31 @@ class DatasetNotBuiltError(RuntimeError):
     """The builder folder has no data yet; the message says which command builds it."""
 
 
-def prepare_output(recipe_folder: Path, output: Path | None) -> Path:
-    """The folder to build into; a separate --output gets the recipe too, so it stays self-describing."""
-    if output is None or output.resolve() == recipe_folder.resolve():
-        return recipe_folder
-    output.mkdir(parents=True, exist_ok=True)
+def prepare_output(recipe_folder: Path, output: str | Path | None) -> Folder:
+    """The folder (local or fsspec URL) to build into; a separate --output gets the recipe too,
+    so it stays self-describing."""
+    folder = Folder(output or recipe_folder)
+    if folder.is_local and Path(folder.root) == recipe_folder.resolve():
+        return folder
+    folder.makedirs()
     for name in (RECIPE_FILE, CARD_TEMPLATE_FILE):
         if (recipe_folder / name).exists():
-            shutil.copy2(recipe_folder / name, output / name)
-    return output
+            folder.write_bytes(name, (recipe_folder / name).read_bytes())
+    return folder
 
 
 def run_build(
     name_or_dir: str,
     source_location: str,
     settings: BuildSettings,
-    output: Path | None = None,
+    output: str | Path | None = None,
     engine: str = "local",
     overwrite: bool = False,
     progress: bool = True,
 ) -> BuildReport:
     recipe_folder = resolve_builder(name_or_dir)
+    recipe = Recipe.load(recipe_folder)
     output = prepare_output(recipe_folder, output)
-    recipe = Recipe.load(output)
     if overwrite:
         discard_split(output, settings.split)
     source = make_source(recipe.source_type, source_location, settings.split, **recipe.source_options)
@@ -51,18 +53,16 @@ def run_build(
         report = build(recipe, source, output, settings, progress=progress)
     else:
         raise ValueError(f"unknown engine {engine!r}: local or ray")
-    splits = sorted({p.name.rsplit("-", 1)[0] for p in (output / "data").glob("*-*.parquet")})
+    splits = sorted({name.rsplit("-", 1)[0] for name in output.sub("data").names("*-*.parquet")})
     reports = [report] + [summarize(output, s) for s in splits if s != settings.split]
     write_card(output, recipe, source.describe(), dataset_features(source), reports)
     return report
 
 
-def discard_split(output: Path, split: str) -> None:
-    for record in [
-        *(output / "data").glob(f"{split}-*.parquet"),
-        *(output / "data" / EMPTY_DIR).glob(f"{split}-*"),
-    ]:
-        record.unlink()
+def discard_split(output: Folder, split: str) -> None:
+    data = output.sub("data")
+    for name in [*data.names(f"{split}-*.parquet"), *data.names(f"{EMPTY_DIR}/{split}-*")]:
+        data.remove(name)
 
 
 def load_builder(name_or_dir: str, split: str = "train", **kwargs: Any):

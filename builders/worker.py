@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,9 +19,10 @@ from conditioners.images import load_image
 from conditioners.runner import Outcome, condition_many
 
 from .captioners import CaptionInput, make_captioner
-from .parquet import ShardWriter, write_json_atomically
+from .parquet import ShardWriter
 from .recipe import Recipe
 from .sources import Source, SourceItem
+from .storage import Folder
 
 ROW_FEATURES = {
     "image": datasets.Image(),
@@ -38,13 +40,13 @@ def dataset_features(source: Source) -> datasets.Features:
     return datasets.Features({**ROW_FEATURES, **source.features()})
 
 
-def shard_path(data_dir: Path, split: str, index: int) -> Path:
-    return data_dir / f"{split}-{index:05d}.parquet"
+def shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:05d}.parquet"
 
 
-def empty_marker(data_dir: Path, split: str, index: int) -> Path:
+def empty_marker_name(split: str, index: int) -> str:
     """Where a chunk that kept no row records its counts (hidden: not part of the dataset)."""
-    return data_dir / EMPTY_DIR / f"{split}-{index:05d}.json"
+    return f"{EMPTY_DIR}/{split}-{index:05d}.json"
 
 
 EMPTY_DIR = ".empty_chunks"
@@ -78,11 +80,9 @@ class ChunkProcessor:
     def close(self) -> None:
         self.conditioner.close()
 
-    def run(
-        self, chunk: Chunk, data_dir: Path, split: str, progress: Progress | None = None
-    ) -> dict[str, Any]:
-        """Write the shard of `chunk`; return its counts (also stored in the shard)."""
-        writer = ShardWriter(shard_path(data_dir, split, chunk.index), self.features, self.row_group_size)
+    def run(self, chunk: Chunk, data: Folder, split: str, progress: Progress | None = None) -> dict[str, Any]:
+        """Write the shard of `chunk` into `data`; return its counts (also stored in the shard)."""
+        writer = ShardWriter(data, shard_name(split, chunk.index), self.features, self.row_group_size)
         counts: Counter[str] = Counter()
         pending: list[_Row] = []
         try:
@@ -105,9 +105,7 @@ class ChunkProcessor:
             "skipped": dict(sorted(counts.items())),
         }
         if not writer.close(summary):
-            marker = empty_marker(data_dir, split, chunk.index)
-            marker.parent.mkdir(exist_ok=True)
-            write_json_atomically(marker, summary)
+            data.write_text(empty_marker_name(split, chunk.index), json.dumps(summary))
         return summary
 
     def _row(self, item: SourceItem, outcome: Outcome) -> tuple[str | None, _Row | None]:

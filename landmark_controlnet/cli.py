@@ -42,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--max-samples", type=int)
     build.add_argument("--shard-size", type=int, default=500, help="source items per Parquet shard")
     build.add_argument("--engine", choices=["local", "ray"], default="local")
-    build.add_argument("--output", type=Path, help="build here instead of the builder's own folder")
+    build.add_argument(
+        "--output", help="build here instead of the builder's own folder: a path or an fsspec URL (s3://...)"
+    )
     build.add_argument("--overwrite", action="store_true", help="discard this split's shards and start again")
 
     show = commands.add_parser(

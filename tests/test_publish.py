@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import subprocess
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import builder_fixtures as fx
 import datasets
+import pyarrow.parquet as pq
 import pytest
 from hub_standin import HubStandIn
 
@@ -97,3 +100,52 @@ def test_publish_refuses_an_unbuilt_folder(tmp_path):
         [str(CLI), "publish", str(builder), "--repo-id", "a/b"], capture_output=True, text=True
     )
     assert result.returncode != 0 and "build it first" in result.stderr
+
+
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_build_into_an_fsspec_url_resumes_and_matches_the_local_build(built, tmp_path, engine):
+    """`--output hf://datasets/...`: shards go through fsspec (HfFileSystem) to a real HTTP server."""
+    photos = tmp_path / "photos"  # the folder the `built` fixture was built from
+    url = "hf://datasets/tester/direct"
+    command = [str(CLI), "build", str(built), "--source", str(photos), "--output", url]
+    command += ["--shard-size", "3", "--num-proc", "2", "--engine", engine]
+    with HubStandIn() as hub:
+        env = hub_env(hub, tmp_path)
+        first = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+        assert first.returncode == 0, first.stderr[-3000:]
+        shards = sorted(p for p in hub.files("tester/direct") if p.startswith("data/train-"))
+        assert shards == [f"data/train-0000{i}.parquet" for i in range(3)]
+
+        # Lose a shard as a killed build would, and mark a finished one (same rows, other bytes);
+        # building again redoes only the lost chunk and leaves the finished shard alone.
+        marked = resaved(hub.files("tester/direct")[shards[0]])
+        repo = hub.state.repos["tester/direct"]
+        hub.state.commit(
+            repo,
+            [
+                {"key": "deletedFile", "value": {"path": shards[1]}},
+                {"key": "file", "value": {"path": shards[0], "content": marked, "encoding": "base64"}},
+            ],
+        )
+        again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert json.loads(again.stdout.strip().splitlines()[-1])["rows"] == 6
+        files = hub.files("tester/direct")
+        assert base64.b64encode(files[shards[0]]).decode() == marked
+        assert {"README.md", "preview.png", "recipe.toml", *shards} <= set(files)
+        read = subprocess.run(
+            [sys.executable, "-c", READ_BACK, "tester/direct"], capture_output=True, text=True, env=env
+        )
+        assert read.returncode == 0, read.stderr[-3000:]
+    remote = json.loads(read.stdout.strip().splitlines()[-1])
+    assert remote["regular"] == fx.comparable_rows(datasets.load_dataset(str(built), split="train"))
+
+
+def resaved(shard: bytes) -> str:
+    """The same rows and metadata written with another codec, base64-encoded for a commit."""
+    file = pq.ParquetFile(io.BytesIO(shard))
+    metadata = {k: v for k, v in file.metadata.metadata.items() if k != b"ARROW:schema"}
+    buffer = io.BytesIO()
+    pq.write_table(file.read().replace_schema_metadata(metadata), buffer, compression="snappy")
+    assert buffer.getvalue() != shard
+    return base64.b64encode(buffer.getvalue()).decode()
