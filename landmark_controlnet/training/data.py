@@ -1,0 +1,283 @@
+"""The input pipeline: no torch, each host reads only its own rows, exact resume.
+
+Rows are decoded, resized, centre-cropped and normalised in background threads, and whole
+batches are put on the devices ahead of the step that needs them. Which rows a host reads at
+a given step depends only on (seed, step), so a resumed run reads exactly what an uninterrupted
+run would have read:
+- a map-style dataset is shuffled per epoch with a seed of (seed, epoch), cut into global
+  batches, and host p reads the p-th slice of each global batch;
+- a streamed dataset is split between hosts (`split_dataset_by_node`), shuffled with a buffer,
+  and resumed by skipping the rows this host had already consumed in the current epoch.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+from PIL import Image
+
+import conditioners
+from conditioners import Detection
+from conditioners.images import load_image
+
+SHUFFLE_BUFFER = 1000
+
+
+# -- opening the dataset ----------------------------------------------------------------------
+def open_dataset(
+    name: str, config_name: str | None = None, split: str = "train", streaming: bool = False
+) -> datasets.Dataset | datasets.IterableDataset:
+    """A Hub id, a builder folder (`./builders/hagrid_hand_enc`) or a `save_to_disk` folder."""
+    path = Path(name)
+    if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
+        loaded = datasets.load_from_disk(str(path))
+        if isinstance(loaded, datasets.DatasetDict):
+            loaded = loaded[split]
+        return loaded.to_iterable_dataset() if streaming else loaded
+    if path.is_dir() and not any(path.glob("**/*.parquet")) and not (path / "README.md").exists():
+        raise FileNotFoundError(
+            f"{path} holds no data. Build it first: landmark-controlnet build {path.name} --source ..."
+        )
+    return datasets.load_dataset(name, config_name, split=split, streaming=streaming)
+
+
+@dataclass
+class Columns:
+    image: str = "image"
+    conditioning_image: str = "conditioning_image"
+    caption: str = "caption"
+    landmarks: str = "landmarks"
+
+    def check(self, dataset: datasets.Dataset | datasets.IterableDataset) -> None:
+        available = list(dataset.features or {})
+        for flag, column in [
+            ("--image_column", self.image),
+            ("--conditioning_image_column", self.conditioning_image),
+            ("--caption_column", self.caption),
+        ]:
+            if available and column not in available:
+                raise ValueError(f"{flag} {column!r} is not a column of the dataset; it has {available}")
+
+    def raw(self, dataset: datasets.Dataset | datasets.IterableDataset) -> Any:
+        """Images as bytes: decoding happens in our threads, not in `datasets`."""
+        for column in (self.image, self.conditioning_image):
+            dataset = dataset.cast_column(column, datasets.Image(decode=False))
+        return dataset
+
+
+# -- one example ------------------------------------------------------------------------------
+@dataclass
+class ExampleOptions:
+    resolution: int
+    random_flip: bool = False
+    proportion_empty_prompts: float = 0.0
+
+
+def decode(value: Any, name: str) -> Image.Image:
+    """A `datasets` image cell ({"bytes", "path"}) or a PIL image, upright RGB."""
+    if isinstance(value, Image.Image):
+        return Image.fromarray(load_image(value, name=name).pixels)
+    source = value.get("bytes") or value.get("path")
+    return Image.fromarray(load_image(source, name=value.get("path") or name).pixels)
+
+
+def resize_and_center_crop(image: Image.Image, size: int) -> Image.Image:
+    scale = size / min(image.size)
+    width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
+    image = image.resize((width, height), Image.Resampling.BILINEAR)
+    left, top = (width - size) // 2, (height - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def flipped_conditioning(conditioning: Image.Image, landmarks: str | None) -> Image.Image:
+    """The conditioning image of the mirrored photo.
+
+    Re-drawn from the stored landmarks with left and right swapped: mirroring the pixels of a
+    hand_encoded or face_pupils drawing would paint a left hand in right-hand colours."""
+    if not landmarks:
+        return conditioning.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    detection = Detection.from_json(landmarks).mirrored()
+    return Image.fromarray(conditioners.draw(detection, conditioning.size))
+
+
+def prepare_example(row: dict[str, Any], columns: Columns, options: ExampleOptions, rng: np.random.Generator):
+    """Pixels in [-1, 1] and conditioning in [0, 1], both (3, H, W) float32, and the caption."""
+    name = str(row.get("source_id") or "row")
+    photo = decode(row[columns.image], name)
+    conditioning = decode(row[columns.conditioning_image], f"{name} (conditioning)")
+    flip, empty = rng.random(2)
+    if options.random_flip and flip < 0.5:
+        photo = photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        conditioning = flipped_conditioning(conditioning, row.get(columns.landmarks))
+    caption = "" if empty < options.proportion_empty_prompts else _caption(row[columns.caption])
+    photo = resize_and_center_crop(photo, options.resolution)
+    conditioning = resize_and_center_crop(conditioning, options.resolution)
+    pixels = np.asarray(photo, np.float32).transpose(2, 0, 1) / 127.5 - 1.0
+    conditioning_pixels = np.asarray(conditioning, np.float32).transpose(2, 0, 1) / 255.0
+    return pixels, conditioning_pixels, caption
+
+
+def _caption(value: Any) -> str:
+    if isinstance(value, list | tuple | np.ndarray):  # several captions: the first, as the example does
+        return str(value[0]) if len(value) else ""
+    return "" if value is None else str(value)
+
+
+# -- which rows, in which order ---------------------------------------------------------------
+@dataclass
+class Layout:
+    """How a micro-batch is split: `host_batch` rows on each of `num_hosts` hosts."""
+
+    host_batch: int
+    num_hosts: int = 1
+    host_index: int = 0
+
+    @property
+    def global_batch(self) -> int:
+        return self.host_batch * self.num_hosts
+
+
+class IndexedRows:
+    """Map-style dataset: micro-batch b of the run is a fixed slice of a per-epoch permutation."""
+
+    def __init__(self, dataset: datasets.Dataset, layout: Layout, seed: int):
+        if len(dataset) < layout.global_batch:
+            raise ValueError(
+                f"the dataset has {len(dataset)} rows, fewer than one global batch of {layout.global_batch} "
+                "(train_batch_size x devices); lower --train_batch_size or add rows"
+            )
+        self.dataset = dataset
+        self.layout = layout
+        self.seed = seed
+        self.batches_per_epoch = len(dataset) // layout.global_batch  # the last partial batch is dropped
+        self._permutation: tuple[int, np.ndarray] | None = None
+
+    def indices(self, batch: int) -> np.ndarray:
+        epoch, k = divmod(batch, self.batches_per_epoch)
+        if self._permutation is None or self._permutation[0] != epoch:
+            order = np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset))
+            self._permutation = (epoch, order)
+        start = k * self.layout.global_batch + self.layout.host_index * self.layout.host_batch
+        return self._permutation[1][start : start + self.layout.host_batch]
+
+    def batches(self, first_batch: int) -> Iterator[tuple[list[dict[str, Any]], dict[str, int]]]:
+        batch = first_batch
+        while True:
+            indices = self.indices(batch)
+            columns = self.dataset[indices.tolist()]
+            rows = [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+            batch += 1
+            yield rows, {"batch": batch, "epoch": batch // self.batches_per_epoch}
+
+
+class StreamedRows:
+    """Streamed dataset: this host's part of the stream, epoch after epoch."""
+
+    def __init__(self, dataset: datasets.IterableDataset, layout: Layout, seed: int):
+        from datasets.distributed import split_dataset_by_node
+
+        self.dataset = split_dataset_by_node(dataset, rank=layout.host_index, world_size=layout.num_hosts)
+        self.layout = layout
+        self.seed = seed
+
+    def batches(
+        self, epoch: int, rows_in_epoch: int
+    ) -> Iterator[tuple[list[dict[str, Any]], dict[str, int]]]:
+        while True:
+            stream = self.dataset.shuffle(seed=self.seed, buffer_size=SHUFFLE_BUFFER)
+            stream.set_epoch(epoch)
+            rows: list[dict[str, Any]] = []
+            for row in stream.skip(rows_in_epoch):
+                rows.append(row)
+                if len(rows) == self.layout.host_batch:
+                    rows_in_epoch += len(rows)
+                    yield rows, {"epoch": epoch, "rows_in_epoch": rows_in_epoch}
+                    rows = []
+            if rows_in_epoch == 0:
+                raise ValueError(f"the stream gives host {self.layout.host_index} less than one batch")
+            epoch, rows_in_epoch = epoch + 1, 0
+
+
+# -- batches on the devices -------------------------------------------------------------------
+class BatchLoader:
+    """Turns row batches into numpy batches in threads, stacked into `accumulation` micro-batches."""
+
+    def __init__(
+        self,
+        rows: Iterator[tuple[list[dict[str, Any]], dict[str, int]]],
+        columns: Columns,
+        options: ExampleOptions,
+        tokenize: Callable[[list[str]], np.ndarray],
+        accumulation: int,
+        seed: int,
+        first_micro_batch: int = 0,
+        threads: int = 4,
+    ):
+        self.rows = rows
+        self.columns = columns
+        self.options = options
+        self.tokenize = tokenize
+        self.accumulation = accumulation
+        self.seed = seed
+        self.first_micro_batch = first_micro_batch  # per-row randomness is keyed by it: exact resume
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="decode")
+
+    def micro_batch(self, rows: list[dict[str, Any]], number: int) -> dict[str, np.ndarray]:
+        rngs = [np.random.default_rng([self.seed, number, i]) for i in range(len(rows))]
+        prepared = list(
+            self.pool.map(lambda row, rng: prepare_example(row, self.columns, self.options, rng), rows, rngs)
+        )
+        pixels, conditioning, captions = zip(*prepared, strict=True)
+        return {
+            "pixel_values": np.stack(pixels),
+            "conditioning_pixel_values": np.stack(conditioning),
+            "input_ids": self.tokenize(list(captions)),
+        }
+
+    def __iter__(self) -> Iterator[tuple[dict[str, np.ndarray], dict[str, int]]]:
+        number = self.first_micro_batch
+        while True:
+            micro = []
+            for _ in range(self.accumulation):
+                rows, position = next(self.rows)
+                micro.append(self.micro_batch(rows, number))
+                number += 1
+            yield {key: np.stack([m[key] for m in micro]) for key in micro[0]}, position
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def prefetch(iterator: Iterator[Any], put: Callable[[Any], Any], depth: int = 2) -> Iterator[Any]:
+    """Run `iterator` in a background thread, `put` each item on the devices, keep `depth` ready."""
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for batch, position in iterator:
+                if stop.is_set():
+                    return
+                ready.put((put(batch), position))
+        except BaseException as exc:  # surfaced in the training loop, not lost in a thread
+            ready.put(exc)
+        ready.put(done)
+
+    thread = threading.Thread(target=produce, daemon=True, name="prefetch")
+    thread.start()
+    try:
+        while (item := ready.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()

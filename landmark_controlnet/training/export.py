@@ -1,0 +1,116 @@
+"""The trained ControlNet in diffusers layout (Flax and PyTorch weights), its model card, Hub upload."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+MODEL_TAGS = [
+    "controlnet",
+    "jax-diffusers-event",
+    "stable-diffusion",
+    "stable-diffusion-diffusers",
+    "landmarks",
+]
+HUB_IGNORE = ["checkpoints/*", "checkpoints/**", "logs/*", "logs/**", "profile/**", ".*"]
+
+
+def save_flax(controlnet: Any, params: Any, output_dir: Path) -> None:
+    controlnet.save_pretrained(output_dir, params=params)
+
+
+def save_pytorch(output_dir: Path, params: Any) -> Path:
+    """`diffusion_pytorch_model.safetensors` beside the Flax weights, for today's PyTorch diffusers.
+
+    `ControlNetModel.from_pretrained(dir, from_flax=True)` fails on diffusers 0.39 + torch 2.13
+    (it torch.loads the msgpack), so build from the config and load the Flax weights into it."""
+    from diffusers import ControlNetModel
+    from diffusers.models.modeling_pytorch_flax_utils import load_flax_weights_in_pytorch_model
+
+    config = json.loads((output_dir / "config.json").read_text())
+    model = ControlNetModel.from_config(config)
+    model = load_flax_weights_in_pytorch_model(model, _as_numpy(params))
+    model.save_pretrained(output_dir, safe_serialization=True)
+    return output_dir / "diffusion_pytorch_model.safetensors"
+
+
+def _as_numpy(params: Any) -> Any:
+    import jax
+
+    return jax.tree_util.tree_map(lambda p: np.array(p, np.float32), params)  # writable copies for torch
+
+
+def write_model_card(
+    output_dir: Path,
+    base_model: str,
+    dataset: str,
+    flags: dict[str, Any],
+    validation_grid: Path | None,
+    final_loss: float | None,
+) -> Path:
+    header = {
+        "base_model": base_model,
+        "library_name": "diffusers",
+        "license": "creativeml-openrail-m",
+        "tags": MODEL_TAGS,
+        "inference": True,
+    }
+    if not Path(dataset).exists():
+        header["datasets"] = [dataset]
+    lines = [
+        f"# ControlNet for {base_model}",
+        "",
+        f"Trained with `train_flax_controlnet.py` of Landmark ControlNet on `{dataset}`.",
+        "",
+    ]
+    if validation_grid:
+        lines += [
+            "## Validation",
+            "",
+            f"![validation]({validation_grid.relative_to(output_dir).as_posix()})",
+            "",
+        ]
+    if final_loss is not None:
+        lines += [f"Last logged training loss: {final_loss:.4f}", ""]
+    lines += [
+        "## Use",
+        "",
+        "```python",
+        "from diffusers import ControlNetModel, StableDiffusionControlNetPipeline",
+        "controlnet = ControlNetModel.from_pretrained(PATH_OR_REPO)",
+        f'pipe = StableDiffusionControlNetPipeline.from_pretrained("{base_model}", controlnet=controlnet)',
+        "```",
+        "",
+        "## Training flags",
+        "",
+        "| flag | value |",
+        "|---|---|",
+        *(
+            f"| `--{k}` | `{v}` |"
+            for k, v in sorted(flags.items())
+            if k != "hub_token" and v not in (None, False)
+        ),
+        "",
+    ]
+    path = output_dir / "README.md"
+    path.write_text(f"---\n{yaml.safe_dump(header, sort_keys=False)}---\n\n" + "\n".join(lines))
+    return path
+
+
+def push_to_hub(output_dir: Path, repo_id: str, token: str | None) -> str:
+    """Upload the model folder (not checkpoints or logs); the token is never printed."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, exist_ok=True)
+    commit = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(output_dir),
+        commit_message="Upload ControlNet trained with train_flax_controlnet.py",
+        ignore_patterns=HUB_IGNORE,
+    )
+    return str(commit.commit_url).split("/commit/")[0]

@@ -1,0 +1,351 @@
+"""`train(args)`: what train_flax_controlnet.py runs, from flags to an exported ControlNet."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+from tqdm import tqdm
+
+from . import data as input_data
+from .checkpoints import Checkpoints, resolve_resume
+from .export import push_to_hub, save_flax, save_pytorch, write_model_card
+from .logs import RunLog
+from .models import cast_params, controlnet_from_unet, load_controlnet, load_stable_diffusion
+from .step import (
+    LossConfig,
+    Shardings,
+    TrainState,
+    init_state,
+    learning_rate_schedule,
+    make_optimizer,
+    make_train_step,
+)
+from .validation import ValidationSet, Validator, host_copy, save_grid
+
+log = logging.getLogger("train_flax_controlnet")
+DTYPES = {"no": jnp.float32, "fp16": jnp.float16, "bf16": jnp.bfloat16}
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite; the message names the last good checkpoint."""
+
+
+def setup_runtime(args: argparse.Namespace) -> None:
+    """Before the first compilation: persistent compilation cache and multi-host start-up."""
+    if args.compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", str(args.compilation_cache_dir))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    if args.coordinator_address or args.multihost:
+        # Before anything touches a device. On CPU, cross-process collectives use gloo (the default).
+        jax.distributed.initialize(
+            coordinator_address=args.coordinator_address,
+            num_processes=args.num_processes,
+            process_id=args.process_id,
+        )
+
+
+@dataclass
+class Run:
+    """Everything the loop needs, built once."""
+
+    args: argparse.Namespace
+    sd: Any
+    controlnet: Any
+    shardings: Shardings
+    state: TrainState
+    frozen: Any
+    train_step: Any
+    batches: Any
+    rows: Any
+    max_steps: int
+    start_step: int
+    checkpoints: Checkpoints | None
+    validator: Validator | None
+    validation: ValidationSet | None
+    log: RunLog | None
+
+    @property
+    def is_main(self) -> bool:
+        return jax.process_index() == 0
+
+
+def train(args: argparse.Namespace) -> Path:
+    setup_runtime(args)
+    run = build_run(args)
+    try:
+        final_loss = run_loop(run)
+        return finish(run, final_loss)
+    finally:
+        if run.checkpoints:
+            run.checkpoints.close()
+        if run.log:
+            run.log.close()
+
+
+def build_run(args: argparse.Namespace) -> Run:
+    output_dir = Path(args.output_dir)
+    dtype = DTYPES[args.mixed_precision]
+    sd = load_stable_diffusion(args.pretrained_model_name_or_path, args.revision, args.from_pt, dtype)
+    rng = jax.random.PRNGKey(args.seed)
+    if args.controlnet_model_name_or_path:
+        controlnet, params = load_controlnet(
+            args.controlnet_model_name_or_path, args.controlnet_revision, args.controlnet_from_pt, dtype
+        )
+    else:
+        controlnet, params = controlnet_from_unet(sd.unet, sd.params["unet"], rng, dtype)
+
+    dataset, rows = open_rows(args)
+    max_steps = total_steps(args, rows)
+    learning_rate = args.learning_rate
+    if args.scale_lr:
+        learning_rate *= args.train_batch_size * args.gradient_accumulation_steps * jax.device_count()
+    schedule = learning_rate_schedule(args.lr_scheduler, learning_rate, args.lr_warmup_steps, max_steps)
+    optimizer = make_optimizer(
+        schedule,
+        (args.adam_beta1, args.adam_beta2),
+        args.adam_epsilon,
+        args.adam_weight_decay,
+        args.max_grad_norm,
+    )
+    shardings = Shardings.over_all_devices()
+    state = shardings.replicate(init_state(params, optimizer, args.seed))
+    sd.params = {k: v if k == "scheduler" else cast_params(v, dtype) for k, v in sd.params.items()}
+    frozen = shardings.replicate(sd.params)
+    loss_config = LossConfig(dtype, args.snr_gamma, sd.scheduler.config.prediction_type)
+    train_step = make_train_step(sd, controlnet, optimizer, schedule, loss_config, shardings)
+
+    checkpoints = Checkpoints(output_dir / "checkpoints", args.checkpoints_total_limit)
+    state, position = restore(args, checkpoints, state)
+    start_step = int(host_copy(state.step))
+    batches = input_batches(args, sd, rows, start_step, position, shardings)
+
+    is_main = jax.process_index() == 0
+    validation = validation_set(args, dataset) if is_main and args.validation_steps else None
+    validator = (
+        Validator(sd, controlnet, args.resolution, args.num_inference_steps, dtype) if validation else None
+    )
+    run_log = None
+    if is_main:
+        config = {k: v for k, v in vars(args).items() if k != "hub_token"}
+        run_log = RunLog(
+            output_dir / "logs", args.report_to, config, args.tracker_project_name, args.wandb_entity
+        )
+    return Run(
+        args, sd, controlnet, shardings, state, frozen, train_step, batches, rows, max_steps, start_step,
+        checkpoints, validator, validation, run_log,
+    )  # fmt: skip
+
+
+def open_rows(args: argparse.Namespace):
+    dataset = input_data.open_dataset(args.dataset_name, args.dataset_config_name, "train", args.streaming)
+    columns = _columns(args)
+    columns.check(dataset)
+    if args.max_train_samples:
+        dataset = (
+            dataset.take(args.max_train_samples)
+            if args.streaming
+            else dataset.select(range(min(args.max_train_samples, len(dataset))))
+        )
+    layout = input_data.Layout(
+        host_batch=args.train_batch_size * jax.local_device_count(),
+        num_hosts=jax.process_count(),
+        host_index=jax.process_index(),
+    )
+    raw = columns.raw(dataset)
+    rows = (
+        input_data.StreamedRows(raw, layout, args.seed)
+        if args.streaming
+        else input_data.IndexedRows(raw, layout, args.seed)
+    )
+    return dataset, rows
+
+
+def _columns(args: argparse.Namespace) -> input_data.Columns:
+    return input_data.Columns(args.image_column, args.conditioning_image_column, args.caption_column)
+
+
+def total_steps(args: argparse.Namespace, rows: Any) -> int:
+    if args.max_train_steps:
+        return args.max_train_steps
+    if args.streaming:
+        raise ValueError("--streaming needs --max_train_steps (a stream has no known length)")
+    steps_per_epoch = rows.batches_per_epoch // args.gradient_accumulation_steps
+    if steps_per_epoch == 0:
+        raise ValueError("one epoch is shorter than one step: lower --gradient_accumulation_steps")
+    return args.num_train_epochs * steps_per_epoch
+
+
+def restore(args: argparse.Namespace, checkpoints: Checkpoints, state: TrainState):
+    found = resolve_resume(args.resume_from_checkpoint, checkpoints.directory)
+    if found is None:
+        return state, None
+    directory, step = found
+    source = checkpoints if directory == checkpoints.directory else Checkpoints(directory)
+    state, position = source.restore(step, state)
+    log.info("resumed from %s/%d", directory, step)
+    return state, position
+
+
+def input_batches(args, sd, rows, start_step: int, position: dict | None, shardings: Shardings):
+    accumulation = args.gradient_accumulation_steps
+    if args.streaming:
+        epoch, rows_in_epoch = (position or {}).get("hosts", [[0, 0]] * jax.process_count())[
+            jax.process_index()
+        ]
+        row_batches = rows.batches(epoch, rows_in_epoch)
+    else:
+        row_batches = rows.batches(start_step * accumulation)
+    options = input_data.ExampleOptions(args.resolution, args.random_flip, args.proportion_empty_prompts)
+    loader = input_data.BatchLoader(
+        row_batches,
+        _columns(args),
+        options,
+        lambda captions: tokenize(sd.tokenizer, captions),
+        accumulation,
+        args.seed,
+        first_micro_batch=start_step * accumulation,
+        threads=args.dataloader_num_workers,
+    )
+    return input_data.prefetch(iter(loader), shardings.put_batch)
+
+
+def tokenize(tokenizer: Any, captions: list[str]) -> np.ndarray:
+    ids = tokenizer(
+        captions,
+        max_length=tokenizer.model_max_length,
+        padding="max_length",
+        truncation=True,
+        return_tensors="np",
+    ).input_ids
+    return ids.astype(np.int32)
+
+
+def validation_set(args: argparse.Namespace, dataset: Any) -> ValidationSet:
+    """The flags' prompts and images, or else the first row of the training data."""
+    given = ValidationSet.from_flags(args.validation_prompt, args.validation_image)
+    if given:
+        return given
+    columns = _columns(args)
+    row = next(iter(dataset))
+    conditioning = input_data.decode(row[columns.conditioning_image], "validation row")
+    return ValidationSet([input_data._caption(row[columns.caption])], [conditioning])
+
+
+# -- the loop ---------------------------------------------------------------------------------
+def run_loop(run: Run) -> float | None:
+    args = run.args
+    bar = tqdm(
+        total=run.max_steps, initial=run.start_step, desc="train", unit="step", disable=not run.is_main
+    )
+    previous: tuple[int, Any] | None = None
+    last_loss = None
+    position: dict[str, int] = {}
+    for step in range(run.start_step + 1, run.max_steps + 1):
+        _profile(args, step - run.start_step)
+        batch, position = next(run.batches)
+        run.state, metrics = run.train_step(run.state, run.frozen, batch)
+        if previous:  # checked one step late, so the host never waits for the step in flight
+            last_loss = check_finite(run, *previous)
+        previous = (step, metrics)
+        bar.update()
+        due = [
+            step % args.logging_steps == 0,
+            args.checkpointing_steps and step % args.checkpointing_steps == 0,
+            args.validation_steps and step % args.validation_steps == 0,
+            step == run.max_steps,
+        ]
+        if any(due):
+            last_loss = check_finite(run, step, metrics)
+            previous = None
+        if due[0] or due[3]:
+            _log_metrics(run, step, metrics, bar)
+        if due[1] or (due[3] and args.checkpointing_steps):
+            run.checkpoints.save(step, run.state, gather_position(position, step))
+        if (due[2] or due[3]) and run.validator:
+            validate(run, step)
+    if previous:
+        last_loss = check_finite(run, *previous)
+    bar.close()
+    return last_loss
+
+
+def check_finite(run: Run, step: int, metrics: dict[str, Any]) -> float:
+    loss = float(host_copy(metrics["loss"]))
+    if not math.isfinite(loss):
+        run.checkpoints.manager.wait_until_finished()
+        good = run.checkpoints.manager.latest_step()
+        where = f"{run.checkpoints.directory}/{good}" if good is not None else "none was saved"
+        raise NonFiniteLoss(
+            f"the loss is {loss} at step {step}; training stopped. The last good checkpoint: {where}. "
+            "Resume from it with --resume_from_checkpoint and a lower --learning_rate, or "
+            "--mixed_precision bf16 instead of fp16."
+        )
+    return loss
+
+
+def _log_metrics(run: Run, step: int, metrics: dict[str, Any], bar: tqdm) -> None:
+    values = {k: float(v) for k, v in host_copy(metrics).items()}
+    bar.set_postfix(loss=f"{values['loss']:.4f}", refresh=False)
+    if run.log:
+        run.log.scalars(step, values)
+
+
+def gather_position(position: dict[str, int], step: int) -> dict[str, Any]:
+    """Every host's place in its data (they differ when streaming), saved by process 0."""
+    mine = np.array([position.get("epoch", 0), position.get("rows_in_epoch", position.get("batch", 0))])
+    hosts = multihost_utils.process_allgather(mine) if jax.process_count() > 1 else mine[None]
+    return {"step": step, "hosts": np.asarray(hosts).reshape(-1, 2).tolist()}
+
+
+def validate(run: Run, step: int) -> None:
+    grid = run.validator(
+        host_copy(run.state.params), run.validation, run.args.num_validation_images, run.args.seed
+    )
+    save_grid(grid, Path(run.args.output_dir), step)
+    if run.log:
+        run.log.image(step, "validation", grid)
+
+
+def _profile(args: argparse.Namespace, steps_done: int) -> None:
+    """Trace --profile_steps steps after the first (compiling) one into <output_dir>/profile."""
+    if not args.profile_steps or jax.process_index() != 0:
+        return
+    if steps_done == 2:
+        jax.profiler.start_trace(str(Path(args.output_dir) / "profile"))
+    elif steps_done == 2 + args.profile_steps:
+        jax.profiler.stop_trace()
+
+
+# -- the result -------------------------------------------------------------------------------
+def finish(run: Run, final_loss: float | None) -> Path:
+    output_dir = Path(run.args.output_dir)
+    params = host_copy(run.state.params)
+    if run.is_main:
+        save_flax(run.controlnet, params, output_dir)
+        save_pytorch(output_dir, params)
+        grids = sorted((output_dir / "validation").glob("step-*.png"))
+        flags = {k: v for k, v in vars(run.args).items() if k != "hub_token"}
+        write_model_card(
+            output_dir,
+            run.args.pretrained_model_name_or_path,
+            run.args.dataset_name,
+            flags,
+            grids[-1] if grids else None,
+            final_loss,
+        )
+        if run.args.push_to_hub:
+            repo_id = run.args.hub_model_id or output_dir.resolve().name
+            print(f"pushed to {push_to_hub(output_dir, repo_id, run.args.hub_token)}")
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("train_flax_controlnet finished")
+    return output_dir
