@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DEMO_EXTRAS := demo
-TEST_EXTRAS := dev,demo,distributed,blip
+TEST_EXTRAS := dev,demo,distributed,blip,train
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check --constraint constraints.txt
 
 .PHONY: demo test lint bench clean-venv

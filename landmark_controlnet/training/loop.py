@@ -280,13 +280,15 @@ def run_loop(run: Run) -> float | None:
 
 
 def check_finite(run: Run, step: int, metrics: dict[str, Any]) -> float:
+    """The step's loss; stop when it, or any updated weight, is NaN or infinite."""
     loss = float(host_copy(metrics["loss"]))
-    if not math.isfinite(loss):
+    if not (math.isfinite(loss) and bool(host_copy(metrics["finite"]))):
         run.checkpoints.manager.wait_until_finished()
         good = run.checkpoints.manager.latest_step()
         where = f"{run.checkpoints.directory}/{good}" if good is not None else "none was saved"
         raise NonFiniteLoss(
-            f"the loss is {loss} at step {step}; training stopped. The last good checkpoint: {where}. "
+            f"the loss is {loss} at step {step} (or a weight is no longer finite); training stopped. "
+            f"The last good checkpoint: {where}. "
             "Resume from it with --resume_from_checkpoint and a lower --learning_rate, or "
             "--mixed_precision bf16 instead of fp16."
         )
@@ -294,7 +296,7 @@ def check_finite(run: Run, step: int, metrics: dict[str, Any]) -> float:
 
 
 def _log_metrics(run: Run, step: int, metrics: dict[str, Any], bar: tqdm) -> None:
-    values = {k: float(v) for k, v in host_copy(metrics).items()}
+    values = {k: float(v) for k, v in host_copy(metrics).items() if k != "finite"}
     bar.set_postfix(loss=f"{values['loss']:.4f}", refresh=False)
     if run.log:
         run.log.scalars(step, values)
@@ -330,6 +332,9 @@ def _profile(args: argparse.Namespace, steps_done: int) -> None:
 def finish(run: Run, final_loss: float | None) -> Path:
     output_dir = Path(run.args.output_dir)
     params = host_copy(run.state.params)
+    checksum = sum(float(np.abs(p).astype(np.float64).sum()) for p in jax.tree_util.tree_leaves(params))
+    # Every host prints it: on a pod, equal lines show that all hosts hold the same model.
+    print(f"process {jax.process_index()}/{jax.process_count()}: ControlNet |params| sum {checksum:.10e}")
     if run.is_main:
         save_flax(run.controlnet, params, output_dir)
         save_pytorch(output_dir, params)

@@ -182,7 +182,15 @@ def make_train_step(
         loss, grads = loss / accumulation, jax.tree_util.tree_map(lambda g: g / accumulation, grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state.step)}
+        finite = jnp.isfinite(loss) & jnp.all(
+            jnp.stack([jnp.isfinite(p).all() for p in jax.tree_util.tree_leaves(params)])
+        )  # a checkpoint of this state is only "good" when this holds
+        metrics = {
+            "loss": loss,
+            "grad_norm": optax.global_norm(grads),
+            "learning_rate": schedule(state.step),
+            "finite": finite,
+        }
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return jax.jit(

@@ -1,0 +1,224 @@
+"""train_flax_controlnet.py end to end on 4 simulated CPU devices, with a tiny random Stable Diffusion.
+
+Each run is a real subprocess of the script; the runs share JAX's persistent compilation cache
+(which also tests `--compilation_cache_dir`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import builder_fixtures as fx
+import numpy as np
+import pytest
+import train_fixtures as tf
+from hub_standin import HubStandIn
+from PIL import Image
+from tiny_sd import write_tiny_sd
+
+from builders import BuildSettings
+from builders.run import run_build
+
+TOKEN = "hf_trainTestToken0987654321"
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, data_dir):
+    """A tiny Stable Diffusion (Flax + PyTorch weights) and a hand_encoded dataset of real photos."""
+    root = tmp_path_factory.mktemp("train")
+    model = write_tiny_sd(root / "tiny-sd")
+    photos = fx.photo_folder(data_dir, root)
+    builder = fx.folder_recipe(root)
+    report = run_build(str(builder), str(photos), BuildSettings(), progress=False)
+    assert report.rows == 6
+    return {"root": root, "model": model, "dataset": builder, "cache": root / "jax-cache"}
+
+
+def _train(workspace, output: Path, *flags: str, **kwargs):
+    flags = ("--compilation_cache_dir", str(workspace["cache"]), *flags)
+    return tf.run_training(workspace["model"], workspace["dataset"], output, *flags, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def main_run(workspace):
+    """fp32, gradient accumulation, validation, checkpoints, PyTorch export and --push_to_hub."""
+    output = workspace["root"] / "main-run"
+    with HubStandIn() as hub:
+        env = {
+            "HF_ENDPOINT": hub.endpoint,
+            "HF_HUB_DISABLE_XET": "1",
+            "HF_HOME": str(workspace["root"] / "hf_home"),
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+        }
+        result = _train(
+            workspace, output,
+            "--max_train_steps", "4",
+            "--gradient_accumulation_steps", "2",
+            "--checkpointing_steps", "2",
+            "--validation_steps", "4",
+            "--num_validation_images", "2",
+            "--num_inference_steps", "2",
+            "--lr_scheduler", "cosine",
+            "--lr_warmup_steps", "1",
+            "--push_to_hub", "--hub_model_id", "tester/tiny-controlnet", "--hub_token", TOKEN,
+            env=env,
+        )  # fmt: skip
+        pushed = hub.files("tester/tiny-controlnet") if result.returncode == 0 else {}
+    assert result.returncode == 0, result.stderr[-4000:]
+    return {"output": output, "result": result, "pushed": pushed}
+
+
+def test_training_writes_diffusers_layout_logs_checkpoints_and_validation(main_run, workspace):
+    output, result = main_run["output"], main_run["result"]
+    assert TOKEN not in result.stdout + result.stderr
+    for name in ("config.json", "diffusion_flax_model.msgpack", "diffusion_pytorch_model.safetensors"):
+        assert (output / name).is_file(), name
+    assert sorted(p.name for p in (output / "checkpoints").iterdir()) == ["2", "4"]
+    metrics = [json.loads(line) for line in (output / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+    assert all(np.isfinite(m["loss"]) for m in metrics)
+    # cosine with one warmup step: 0 at step 0, the peak at step 1, then decaying
+    rates = [m["learning_rate"] for m in metrics]
+    assert rates[0] == 0.0 and rates[1] == pytest.approx(1e-3) and rates[1] > rates[2] > rates[3] > 0
+    assert list((output / "logs").glob("events.out.tfevents.*"))
+    grid = Image.open(output / "validation" / "step-000004.png")
+    assert grid.width > 3 * 64  # conditioning + 2 generated images side by side
+    card = (output / "README.md").read_text()
+    assert "jax-diffusers-event" in card and "controlnet" in card and "validation/step-000004.png" in card
+    assert any(workspace["cache"].iterdir()), "--compilation_cache_dir wrote no cache entries"
+
+
+def test_push_to_hub_uploads_the_model_without_checkpoints(main_run):
+    pushed = main_run["pushed"]
+    assert {"config.json", "diffusion_pytorch_model.safetensors", "README.md"} <= set(pushed)
+    assert "validation/step-000004.png" in pushed
+    assert not any(p.startswith(("checkpoints/", "logs/")) for p in pushed)
+    assert (
+        pushed["diffusion_pytorch_model.safetensors"]
+        == (main_run["output"] / "diffusion_pytorch_model.safetensors").read_bytes()
+    )
+
+
+def test_pytorch_export_matches_the_flax_model(main_run, tmp_path):
+    """Today's PyTorch ControlNetModel loads the export and computes what the Flax model computes.
+
+    Trained for a few steps and then perturbed, so that the zero-initialised output convolutions
+    are non-zero and the comparison means something."""
+    import jax
+    import torch
+    from diffusers import ControlNetModel, FlaxControlNetModel
+
+    from landmark_controlnet.training.export import save_flax, save_pytorch
+
+    controlnet, params = FlaxControlNetModel.from_pretrained(main_run["output"])
+    rng = np.random.default_rng(0)
+    params = jax.tree_util.tree_map(lambda p: p + 0.02 * rng.standard_normal(p.shape).astype(p.dtype), params)
+    save_flax(controlnet, params, tmp_path)
+    save_pytorch(tmp_path, params)
+
+    torch_model = ControlNetModel.from_pretrained(tmp_path).eval()
+    sample = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
+    timesteps = np.array([10, 500], np.int32)
+    text = rng.standard_normal((2, 77, 32)).astype(np.float32)
+    cond = rng.random((2, 3, 64, 64)).astype(np.float32)
+    flax_down, flax_mid = controlnet.apply(
+        {"params": params}, sample, timesteps, text, cond, return_dict=False
+    )
+    with torch.no_grad():
+        torch_down, torch_mid = torch_model(
+            torch.from_numpy(sample),
+            torch.from_numpy(timesteps).long(),
+            torch.from_numpy(text),
+            torch.from_numpy(cond),
+            return_dict=False,
+        )
+    assert float(np.abs(np.asarray(flax_mid)).max()) > 1e-2  # not the vacuous 0 == 0
+    np.testing.assert_allclose(torch_mid.numpy(), np.asarray(flax_mid), atol=2e-3, rtol=1e-3)
+    for t, f in zip(torch_down, flax_down, strict=True):
+        np.testing.assert_allclose(t.numpy(), np.asarray(f), atol=2e-3, rtol=1e-3)
+
+    # and the export of the run itself holds exactly the trained weights
+    trained = ControlNetModel.from_pretrained(main_run["output"])
+    assert trained.controlnet_mid_block.weight.abs().sum() > 0
+
+
+def test_bf16_streaming_with_random_flip(workspace):
+    output = workspace["root"] / "bf16-stream"
+    result = _train(
+        workspace, output,
+        "--mixed_precision", "bf16", "--streaming", "--random_flip", "--max_train_steps", "3",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    metrics = [json.loads(line) for line in (output / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2, 3] and all(np.isfinite(m["loss"]) for m in metrics)
+    assert (output / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_overfitting_one_batch_lowers_the_loss(workspace):
+    output = workspace["root"] / "overfit"
+    result = _train(
+        workspace, output, "--max_train_samples", "4", "--max_train_steps", "40", "--learning_rate", "3e-3"
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    losses = [
+        json.loads(line)["loss"] for line in (output / "logs" / "metrics.jsonl").read_text().splitlines()
+    ]
+    first, last = np.mean(losses[:8]), np.mean(losses[-8:])
+    assert last < 0.7 * first, (first, last)
+
+
+def test_a_killed_run_resumes_to_the_same_parameters(workspace):
+    flags = (
+        "--max_train_steps",
+        "8",
+        "--checkpointing_steps",
+        "2",
+        "--random_flip",
+        "--proportion_empty_prompts",
+        "0.5",
+    )
+    straight = workspace["root"] / "straight"
+    result = _train(workspace, straight, *flags)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    killed = workspace["root"] / "killed"
+    process = subprocess.Popen(
+        tf.train_command(workspace["model"], workspace["dataset"], killed, *flags,
+                         "--compilation_cache_dir", str(workspace["cache"])),
+        env=tf.train_env(4),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 600
+    while (
+        not (killed / "checkpoints" / "2").is_dir() and process.poll() is None and time.monotonic() < deadline
+    ):
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (killed / "diffusion_flax_model.msgpack").exists()
+
+    resumed = _train(workspace, killed, *flags, "--resume_from_checkpoint", "latest")
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    expected, actual = tf.flax_params(straight), tf.flax_params(killed)
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        np.testing.assert_allclose(actual[key], expected[key], atol=1e-6, rtol=0, err_msg=key)
+
+
+def test_a_diverging_run_stops_and_names_the_last_good_checkpoint(workspace):
+    output = workspace["root"] / "diverging"
+    result = _train(
+        workspace, output, "--max_train_steps", "30", "--checkpointing_steps", "1", "--learning_rate", "1e35",
+        "--max_grad_norm", "1e30", "--adam_weight_decay", "0",
+    )  # fmt: skip
+    assert result.returncode == 3, result.stderr[-4000:]
+    assert "training stopped" in result.stderr and "last good checkpoint" in result.stderr
+    named = re.search(r"The last good checkpoint: (\S+?)\. ", result.stderr).group(1)
+    assert Path(named).is_dir() and Path(named).parent == (output / "checkpoints").resolve()
+    assert not (output / "diffusion_flax_model.msgpack").exists()

@@ -1,0 +1,71 @@
+"""Running train_flax_controlnet.py on a tiny random Stable Diffusion and a tiny built dataset."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "train_flax_controlnet.py"
+# 64 px, few steps, no validation unless a test asks for it: every run compiles, which is the cost.
+FAST = [
+    "--resolution", "64",
+    "--train_batch_size", "1",
+    "--logging_steps", "1",
+    "--validation_steps", "0",
+    "--checkpointing_steps", "0",
+    "--learning_rate", "1e-3",
+    "--dataloader_num_workers", "2",
+]  # fmt: skip
+
+
+def train_env(devices: int = 4, extra: dict[str, str] | None = None) -> dict[str, str]:
+    return {
+        **os.environ,
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONPATH": str(REPO / "tests"),
+        **(extra or {}),
+    }
+
+
+def train_command(model: Path, dataset: Path, output: Path, *flags: str) -> list[str]:
+    return [
+        sys.executable,
+        str(SCRIPT),
+        "--pretrained_model_name_or_path", str(model),
+        "--dataset_name", str(dataset),
+        "--output_dir", str(output),
+        *FAST,
+        *flags,
+    ]  # fmt: skip
+
+
+def run_training(
+    model: Path, dataset: Path, output: Path, *flags: str, devices: int = 4, env=None, timeout=900
+):
+    result = subprocess.run(
+        train_command(model, dataset, output, *flags),
+        capture_output=True,
+        text=True,
+        env=train_env(devices, env),
+        timeout=timeout,
+    )
+    return result
+
+
+def flax_params(output: Path) -> dict:
+    """The exported ControlNet weights, flattened to {path: array}."""
+    from flax.serialization import msgpack_restore
+    from flax.traverse_util import flatten_dict
+
+    restored = msgpack_restore((output / "diffusion_flax_model.msgpack").read_bytes())
+    return {"/".join(k): np.asarray(v) for k, v in flatten_dict(restored).items()}
+
+
+def checksums(stdout: str) -> list[str]:
+    return [line.split("sum ")[-1] for line in stdout.splitlines() if "ControlNet |params| sum" in line]
