@@ -1,0 +1,117 @@
+"""The trainer's input pipeline and pieces, without training: flips, host split, resume, schedules."""
+
+from __future__ import annotations
+
+import io
+
+import builder_fixtures as fx
+import datasets
+import numpy as np
+import pytest
+from PIL import Image
+
+import conditioners
+from builders import BuildSettings
+from builders.run import run_build
+from conditioners import Detection
+from landmark_controlnet.training import data as input_data
+from landmark_controlnet.training.step import learning_rate_schedule
+
+
+@pytest.fixture(scope="module")
+def hand_rows(tmp_path_factory, data_dir):
+    root = tmp_path_factory.mktemp("flip")
+    builder = fx.folder_recipe(root)
+    run_build(str(builder), str(fx.photo_folder(data_dir, root)), BuildSettings(), progress=False)
+    return list(datasets.load_dataset(str(builder), split="train"))
+
+
+def test_random_flip_redraws_hand_encoded_with_left_and_right_swapped(hand_rows):
+    for row in hand_rows:
+        detection = Detection.from_json(row["landmarks"])
+        stored = np.asarray(row["conditioning_image"].convert("RGB"))
+        assert np.array_equal(conditioners.draw(detection), stored)  # the landmarks re-draw the row exactly
+        flipped = np.asarray(input_data.flipped_conditioning(row["conditioning_image"], row["landmarks"]))
+        assert np.array_equal(flipped, conditioners.draw(detection.mirrored()))
+        kinds = {inst.kind for inst in detection.instances}
+        if len(kinds) == 1:  # one hand: its colours change sides, so a pixel mirror would be wrong
+            assert not np.array_equal(flipped, stored[:, ::-1])
+    assert any(len({i.kind for i in Detection.from_json(r["landmarks"]).instances}) == 1 for r in hand_rows)
+
+
+def test_prepare_example_flips_photo_and_conditioning_together(hand_rows):
+    row = {
+        "image": {"bytes": _png(hand_rows[0]["image"]), "path": "a.png"},
+        "conditioning_image": {"bytes": _png(hand_rows[0]["conditioning_image"]), "path": None},
+        "caption": "a hand",
+        "landmarks": hand_rows[0]["landmarks"],
+    }
+    columns = input_data.Columns()
+    plain = input_data.ExampleOptions(resolution=64)
+    flip = input_data.ExampleOptions(resolution=64, random_flip=True)
+    always = _rng_with_first_draw_below(0.5)
+    pixels, conditioning, caption = input_data.prepare_example(row, columns, plain, always())
+    f_pixels, _, _ = input_data.prepare_example(row, columns, flip, always())
+    assert pixels.shape == (3, 64, 64) and conditioning.shape == (3, 64, 64) and caption == "a hand"
+    assert pixels.min() >= -1 and pixels.max() <= 1 and conditioning.min() >= 0 and conditioning.max() <= 1
+    np.testing.assert_allclose(f_pixels, pixels[:, :, ::-1], atol=0.1)  # the photo is mirrored
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _rng_with_first_draw_below(limit: float):
+    seed = next(s for s in range(1000) if np.random.default_rng(s).random(2)[0] < limit)
+    return lambda: np.random.default_rng(seed)
+
+
+def test_hosts_read_disjoint_slices_of_every_global_batch_and_resume_in_place():
+    table = datasets.Dataset.from_dict({"x": list(range(11))})
+    hosts = [input_data.IndexedRows(table, input_data.Layout(2, 2, h), seed=3) for h in range(2)]
+    seen = []
+    for batch in range(2):  # one epoch: 11 rows // global batch 4 = 2 batches, the last 3 rows dropped
+        parts = [set(h.indices(batch).tolist()) for h in hosts]
+        assert not parts[0] & parts[1] and len(parts[0] | parts[1]) == 4
+        seen += list(parts[0] | parts[1])
+    assert len(set(seen)) == 8
+    assert not np.array_equal(hosts[0].indices(0), hosts[0].indices(2))  # a new order each epoch
+    fresh = hosts[0].batches(0)
+    rows_from_start = [next(fresh)[0] for _ in range(4)]
+    resumed_rows, position = next(hosts[0].batches(3))
+    assert resumed_rows == rows_from_start[3] and position["batch"] == 4
+
+
+def test_streamed_rows_resume_from_a_saved_position():
+    stream = datasets.Dataset.from_dict({"x": list(range(10))}).to_iterable_dataset(num_shards=2)
+    rows = input_data.StreamedRows(stream, input_data.Layout(3), seed=1)
+    straight = rows.batches(0, 0)
+    batches = [next(straight) for _ in range(5)]  # crosses into the second epoch
+    assert batches[3][1]["epoch"] == 1
+    epoch, offset = batches[1][1]["epoch"], batches[1][1]["rows_in_epoch"]
+    resumed = rows.batches(epoch, offset)
+    assert [next(resumed)[0] for _ in range(3)] == [b[0] for b in batches[2:5]]
+
+
+def test_columns_missing_from_the_dataset_are_named():
+    table = datasets.Dataset.from_dict({"image": [], "conditioning_image": [], "text": []})
+    with pytest.raises(
+        ValueError, match=r"--caption_column 'caption'.*\['image', 'conditioning_image', 'text'\]"
+    ):
+        input_data.Columns().check(table)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("constant", [1.0, 1.0, 1.0, 1.0]),
+        ("constant_with_warmup", [0.0, 0.5, 1.0, 1.0]),
+        ("linear", [0.0, 0.5, 1.0, 0.5]),
+        ("cosine", [0.0, 0.5, 1.0, 0.5]),
+    ],
+)
+def test_learning_rate_schedules_are_honoured(name, expected):
+    schedule = learning_rate_schedule(name, 1.0, warmup_steps=2, total_steps=6)
+    assert [float(schedule(step)) for step in (0, 1, 2, 4)] == pytest.approx(expected, abs=1e-6)
