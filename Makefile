@@ -22,6 +22,8 @@ lint: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/conditioners.py
+	$(BIN)/python benchmarks/build.py
+	$(BIN)/python benchmarks/train_step.py
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
