@@ -157,11 +157,14 @@ def test_bf16_streaming_with_random_flip(workspace):
     result = _train(
         workspace, output,
         "--mixed_precision", "bf16", "--streaming", "--random_flip", "--max_train_steps", "3",
+        "--profile_steps", "1", "--profile_memory",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     metrics = [json.loads(line) for line in (output / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2, 3] and all(np.isfinite(m["loss"]) for m in metrics)
     assert (output / "diffusion_pytorch_model.safetensors").is_file()
+    assert list((output / "profile").glob("plugins/profile/*/*.xplane.pb"))  # --profile_steps
+    assert (output / "memory.prof").is_file()  # --profile_memory
 
 
 def test_overfitting_one_batch_lowers_the_loss(workspace):

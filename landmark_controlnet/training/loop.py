@@ -250,8 +250,9 @@ def run_loop(run: Run) -> float | None:
     previous: tuple[int, Any] | None = None
     last_loss = None
     position: dict[str, int] = {}
+    profiler = StepProfiler(args)
     for step in range(run.start_step + 1, run.max_steps + 1):
-        _profile(args, step - run.start_step)
+        profiler.step(step - run.start_step)
         batch, position = next(run.batches)
         run.state, metrics = run.train_step(run.state, run.frozen, batch)
         if previous:  # checked one step late, so the host never waits for the step in flight
@@ -275,6 +276,7 @@ def run_loop(run: Run) -> float | None:
             validate(run, step)
     if previous:
         last_loss = check_finite(run, *previous)
+    profiler.close()
     bar.close()
     return last_loss
 
@@ -318,14 +320,25 @@ def validate(run: Run, step: int) -> None:
         run.log.image(step, "validation", grid)
 
 
-def _profile(args: argparse.Namespace, steps_done: int) -> None:
-    """Trace --profile_steps steps after the first (compiling) one into <output_dir>/profile."""
-    if not args.profile_steps or jax.process_index() != 0:
-        return
-    if steps_done == 2:
-        jax.profiler.start_trace(str(Path(args.output_dir) / "profile"))
-    elif steps_done == 2 + args.profile_steps:
-        jax.profiler.stop_trace()
+class StepProfiler:
+    """Traces --profile_steps steps after the first (compiling) one into <output_dir>/profile."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.steps = args.profile_steps if jax.process_index() == 0 else 0
+        self.directory = Path(args.output_dir) / "profile"
+        self.tracing = False
+
+    def step(self, steps_done: int) -> None:
+        if self.steps and steps_done == 2:
+            jax.profiler.start_trace(str(self.directory))
+            self.tracing = True
+        elif self.tracing and steps_done == 2 + self.steps:
+            self.close()
+
+    def close(self) -> None:
+        if self.tracing:
+            jax.profiler.stop_trace()
+            self.tracing = False
 
 
 # -- the result -------------------------------------------------------------------------------
@@ -336,6 +349,8 @@ def finish(run: Run, final_loss: float | None) -> Path:
     # Every host prints it: on a pod, equal lines show that all hosts hold the same model.
     print(f"process {jax.process_index()}/{jax.process_count()}: ControlNet |params| sum {checksum:.10e}")
     if run.is_main:
+        if run.args.profile_memory:
+            jax.profiler.save_device_memory_profile(str(output_dir / "memory.prof"))
         save_flax(run.controlnet, params, output_dir)
         save_pytorch(output_dir, params)
         grids = sorted((output_dir / "validation").glob("step-*.png"))
