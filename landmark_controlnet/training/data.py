@@ -117,7 +117,7 @@ def prepare_example(row: dict[str, Any], columns: Columns, options: ExampleOptio
     if options.random_flip and flip < 0.5:
         photo = photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         conditioning = flipped_conditioning(conditioning, row.get(columns.landmarks))
-    caption = "" if empty < options.proportion_empty_prompts else _caption(row[columns.caption])
+    caption = "" if empty < options.proportion_empty_prompts else caption_text(row[columns.caption])
     photo = resize_and_center_crop(photo, options.resolution)
     conditioning = resize_and_center_crop(conditioning, options.resolution)
     pixels = np.asarray(photo, np.float32).transpose(2, 0, 1) / 127.5 - 1.0
@@ -125,7 +125,7 @@ def prepare_example(row: dict[str, Any], columns: Columns, options: ExampleOptio
     return pixels, conditioning_pixels, caption
 
 
-def _caption(value: Any) -> str:
+def caption_text(value: Any) -> str:
     if isinstance(value, list | tuple | np.ndarray):  # several captions: the first, as the example does
         return str(value[0]) if len(value) else ""
     return "" if value is None else str(value)

@@ -238,7 +238,7 @@ def validation_set(args: argparse.Namespace, dataset: Any) -> ValidationSet:
     columns = _columns(args)
     row = next(iter(dataset))
     conditioning = input_data.decode(row[columns.conditioning_image], "validation row")
-    return ValidationSet([input_data._caption(row[columns.caption])], [conditioning])
+    return ValidationSet([input_data.caption_text(row[columns.caption])], [conditioning])
 
 
 # -- the loop ---------------------------------------------------------------------------------
