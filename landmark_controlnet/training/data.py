@@ -252,9 +252,6 @@ class BatchLoader:
                 number += 1
             yield {key: np.stack([m[key] for m in micro]) for key in micro[0]}, position
 
-    def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
-
 
 def prefetch(iterator: Iterator[Any], put: Callable[[Any], Any], depth: int = 2) -> Iterator[Any]:
     """Run `iterator` in a background thread, `put` each item on the devices, keep `depth` ready."""

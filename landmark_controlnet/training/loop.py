@@ -59,14 +59,11 @@ class Run:
     """Everything the loop needs, built once."""
 
     args: argparse.Namespace
-    sd: Any
     controlnet: Any
-    shardings: Shardings
     state: TrainState
     frozen: Any
     train_step: Any
     batches: Any
-    rows: Any
     max_steps: int
     start_step: int
     checkpoints: Checkpoints | None
@@ -141,7 +138,7 @@ def build_run(args: argparse.Namespace) -> Run:
             output_dir / "logs", args.report_to, config, args.tracker_project_name, args.wandb_entity
         )
     return Run(
-        args, sd, controlnet, shardings, state, frozen, train_step, batches, rows, max_steps, start_step,
+        args, controlnet, state, frozen, train_step, batches, max_steps, start_step,
         checkpoints, validator, validation, run_log,
     )  # fmt: skip
 
@@ -190,8 +187,12 @@ def restore(args: argparse.Namespace, checkpoints: Checkpoints, state: TrainStat
     if found is None:
         return state, None
     directory, step = found
-    source = checkpoints if directory == checkpoints.directory else Checkpoints(directory)
-    state, position = source.restore(step, state)
+    if directory == checkpoints.directory:
+        state, position = checkpoints.restore(step, state)
+    else:  # a checkpoint of another run: read it, then save this run's own under its output_dir
+        elsewhere = Checkpoints(directory)
+        state, position = elsewhere.restore(step, state)
+        elsewhere.close()
     log.info("resumed from %s/%d", directory, step)
     return state, position
 

@@ -15,7 +15,6 @@ FLAX_DEPRECATION = "Flax classes are deprecated"
 # The UNet parts a ControlNet starts from (whatever levels the UNet has, not a fixed four).
 COPIED_FROM_UNET = ("conv_in", "time_embedding", "down_blocks_", "mid_block")
 CONTROLNET_FIELDS = (
-    "in_channels",
     "down_block_types",
     "only_cross_attention",
     "block_out_channels",
@@ -83,8 +82,8 @@ def controlnet_from_unet(unet: Any, unet_params: Any, rng: jax.Array, dtype: jnp
     from diffusers import FlaxControlNetModel
 
     config = {key: unet.config[key] for key in CONTROLNET_FIELDS if key in unet.config}
-    config["in_channels"] = 4  # an inpainting UNet takes 9 channels; its ControlNet sees latents only
-    config["sample_size"] = unet.config.sample_size
+    # An inpainting UNet takes 9 channels; its ControlNet sees the 4 latent channels only.
+    config.update(in_channels=4, sample_size=unet.config.sample_size)
     controlnet = FlaxControlNetModel.from_config(config, dtype=dtype)
     params = flatten_dict(unfreeze(controlnet.init_weights(rng)))
     copied = flatten_dict(unfreeze(unet_params))
