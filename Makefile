@@ -1,11 +1,11 @@
 # The two set-up commands of the README. Each creates or updates .venv/ itself, installing the
 # pinned dependencies (constraints.txt) before it runs.
-#   make demo   the built-in default job, offline
+#   make demo   the built-in default job, offline (conditioners, a dataset, a tiny ControlNet)
 #   make test   the whole test suite
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-DEMO_EXTRAS := demo
+DEMO_EXTRAS := demo,train
 TEST_EXTRAS := dev,demo,distributed,blip,train
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check --constraint constraints.txt
 

@@ -2,8 +2,8 @@
 """Train a ControlNet with JAX/Flax on CPU, GPU or TPU (single host or a multi-host pod slice).
 
 Its flags are a superset of the diffusers Flax ControlNet example's. The work is done by
-`landmark_controlnet.training`: data (no torch), models, the jitted step, checkpoints, validation
-and export; this file holds the flags.
+`landmark_controlnet.training`: flags, data (no torch), models, the jitted step, checkpoints,
+validation and export. `landmark-controlnet train` is the same command.
 
     python train_flax_controlnet.py \\
         --pretrained_model_name_or_path stable-diffusion-v1-5/stable-diffusion-v1-5 \\
@@ -13,145 +13,9 @@ and export; this file holds the flags.
 
 from __future__ import annotations
 
-import argparse
 import sys
-import time
 
-SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    model = parser.add_argument_group("models")
-    model.add_argument(
-        "--pretrained_model_name_or_path", required=True, help="Stable Diffusion folder or Hub id"
-    )
-    model.add_argument("--revision", default=None)
-    model.add_argument("--from_pt", action="store_true", help="load the base model from PyTorch weights")
-    model.add_argument(
-        "--controlnet_model_name_or_path", default=None, help="start from this ControlNet, else from the UNet"
-    )
-    model.add_argument("--controlnet_revision", default=None)
-    model.add_argument("--controlnet_from_pt", action="store_true")
-    model.add_argument(
-        "--tokenizer_name", default=None, help="accepted for compatibility; the model's is used"
-    )
-    model.add_argument("--cache_dir", default=None, help="where Hub downloads go (HF_HOME otherwise)")
-
-    out = parser.add_argument_group("output")
-    out.add_argument(
-        "--output_dir", default="runs/{timestamp}", help="model, checkpoints, logs; may contain {timestamp}"
-    )
-    out.add_argument("--push_to_hub", action="store_true")
-    out.add_argument("--hub_model_id", default=None, help="OWNER/NAME (default: the output folder's name)")
-    out.add_argument("--hub_token", default=None, help="else HF_TOKEN or the cached login; never printed")
-
-    data = parser.add_argument_group("data")
-    data.add_argument(
-        "--dataset_name",
-        default=None,
-        help="a Hub id, a builder folder (./builders/NAME) or a save_to_disk folder",
-    )
-    data.add_argument(
-        "--train_data_dir", default=None, help="a local dataset folder (same as --dataset_name)"
-    )
-    data.add_argument(
-        "--load_from_disk", action="store_true", help="accepted; save_to_disk folders are detected"
-    )
-    data.add_argument("--dataset_config_name", default=None)
-    data.add_argument("--streaming", action="store_true", help="stream the dataset (needs --max_train_steps)")
-    data.add_argument("--image_column", default="image")
-    data.add_argument("--conditioning_image_column", default="conditioning_image")
-    data.add_argument("--caption_column", default="caption")
-    data.add_argument("--max_train_samples", type=int, default=None)
-    data.add_argument("--proportion_empty_prompts", type=float, default=0.0)
-    data.add_argument("--resolution", type=int, default=512)
-    data.add_argument(
-        "--random_flip",
-        action="store_true",
-        help="mirror half the rows; conditioning is re-drawn from `landmarks` with left and right swapped",
-    )
-    data.add_argument("--dataloader_num_workers", type=int, default=4, help="decoding threads per host")
-
-    optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--seed", type=int, default=0)
-    optim.add_argument("--train_batch_size", type=int, default=1, help="per device")
-    optim.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    optim.add_argument("--num_train_epochs", type=int, default=100)
-    optim.add_argument("--max_train_steps", type=int, default=None, help="overrides --num_train_epochs")
-    optim.add_argument("--learning_rate", type=float, default=1e-4)
-    optim.add_argument("--scale_lr", action="store_true", help="x devices x batch size x accumulation")
-    optim.add_argument("--lr_scheduler", default="constant", choices=SCHEDULES)
-    optim.add_argument("--lr_warmup_steps", type=int, default=0)
-    optim.add_argument("--adam_beta1", type=float, default=0.9)
-    optim.add_argument("--adam_beta2", type=float, default=0.999)
-    optim.add_argument("--adam_weight_decay", type=float, default=1e-2)
-    optim.add_argument("--adam_epsilon", type=float, default=1e-8)
-    optim.add_argument("--max_grad_norm", type=float, default=1.0)
-    optim.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
-    optim.add_argument("--snr_gamma", type=float, default=None, help="min-SNR loss weighting (5.0 is usual)")
-
-    runs = parser.add_argument_group("validation, checkpoints, logs")
-    runs.add_argument("--validation_prompt", nargs="+", default=None)
-    runs.add_argument("--validation_image", nargs="+", default=None)
-    runs.add_argument("--validation_steps", type=int, default=100, help="0 turns validation off")
-    runs.add_argument("--num_validation_images", type=int, default=4)
-    runs.add_argument("--num_inference_steps", type=int, default=30, help="denoising steps of validation")
-    runs.add_argument("--checkpointing_steps", type=int, default=5000, help="0 turns checkpoints off")
-    runs.add_argument("--checkpoints_total_limit", type=int, default=None)
-    runs.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder, or `latest`")
-    runs.add_argument("--report_to", default="tensorboard", choices=["tensorboard", "wandb", "all"])
-    runs.add_argument("--tracker_project_name", default="train_controlnet_flax", help="the wandb project")
-    runs.add_argument("--wandb_entity", default=None)
-    runs.add_argument("--logging_steps", type=int, default=100)
-    runs.add_argument(
-        "--profile_steps", type=int, default=0, help="trace this many steps into <output_dir>/profile"
-    )
-    runs.add_argument("--profile_validation", action="store_true", help="accepted for compatibility")
-    runs.add_argument("--profile_memory", action="store_true", help="save a device memory profile at the end")
-    runs.add_argument(
-        "--compilation_cache_dir", "--ccache", default=None, help="JAX's persistent compilation cache"
-    )
-
-    hosts = parser.add_argument_group("multi-host (TPU pods: --multihost; elsewhere the three below)")
-    hosts.add_argument("--multihost", action="store_true", help="jax.distributed.initialize() auto-detected")
-    hosts.add_argument("--coordinator_address", default=None, help="HOST:PORT of process 0")
-    hosts.add_argument("--num_processes", type=int, default=None)
-    hosts.add_argument("--process_id", type=int, default=None)
-    hosts.add_argument("--local_rank", type=int, default=-1, help="accepted for compatibility")
-    return parser
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.output_dir = args.output_dir.replace("{timestamp}", time.strftime("%Y%m%d_%H%M%S"))
-    args.dataset_name = args.dataset_name or args.train_data_dir
-    if not args.dataset_name:
-        parser.error("give --dataset_name (or --train_data_dir)")
-    if not 0 <= args.proportion_empty_prompts <= 1:
-        parser.error("--proportion_empty_prompts must be in [0, 1]")
-    if args.streaming and not args.max_train_steps:
-        parser.error("--streaming needs --max_train_steps: a stream has no known length")
-    if bool(args.validation_prompt) != bool(args.validation_image):
-        parser.error("--validation_prompt and --validation_image go together")
-    if args.resolution % 64:
-        parser.error("--resolution must be a multiple of 64 (the validation pipeline needs it)")
-    return args
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    from landmark_controlnet.training.loop import NonFiniteLoss, train
-
-    try:
-        output = train(args)
-    except NonFiniteLoss as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
-    print(f"ControlNet written to {output}")
-    return 0
-
+from landmark_controlnet.training.flags import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -89,7 +89,7 @@ def _time(step, run, steps: int) -> float:
 
 
 def _tiny_model(work: Path) -> Path:
-    from tiny_sd import write_tiny_sd
+    from landmark_controlnet.training.tiny_sd import write_tiny_sd
 
     return write_tiny_sd(work / "tiny-sd")
 

@@ -59,8 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--private", action="store_true")
     publish.add_argument("--token", help="Hub token (default: HF_TOKEN or the saved login); never printed")
 
-    demo = commands.add_parser("demo", help="run every conditioner on built-in sample photos")
+    # Parsed by the trainer itself (main() hands it the rest of the line); listed here for --help.
+    commands.add_parser(
+        "train", help="train a ControlNet with JAX/Flax: the flags of train_flax_controlnet.py (train --help)"
+    )
+
+    demo = commands.add_parser(
+        "demo", help="every conditioner on built-in sample photos, a demo dataset and a tiny ControlNet"
+    )
     demo.add_argument("--out-dir", type=Path, default=Path("outputs/demo"))
+    demo.add_argument("--no-train", action="store_true", help="skip training the tiny ControlNet")
     return parser
 
 
@@ -78,6 +86,11 @@ def _add_conditioner_args(parser: argparse.ArgumentParser, required: bool) -> No
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:
+        from .training.flags import main as train_main
+
+        return train_main(argv[1:], prog="landmark-controlnet train")
     args = build_parser().parse_args(argv)
     if args.command == "conditioners":
         import conditioners
@@ -111,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from .demo import run_demo
 
-        run_demo(args.out_dir)
+        run_demo(args.out_dir, train=not args.no_train)
         return 0
     return 2
 

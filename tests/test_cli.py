@@ -125,7 +125,7 @@ def test_draw_redraws_a_stored_detection(tmp_path, data_dir):
     )
 
 
-def test_demo_writes_a_contact_sheet(tmp_path):
+def test_demo_writes_a_contact_sheet_a_dataset_and_a_trained_tiny_controlnet(tmp_path):
     result = run("demo", "--out-dir", str(tmp_path / "demo"))
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
@@ -137,3 +137,18 @@ def test_demo_writes_a_contact_sheet(tmp_path):
         "hand_standard",
         "holistic",
     }
+    # ...then trains a tiny ControlNet on the demo dataset and writes a validation grid.
+    training = summary["training"]
+    assert len(training["losses"]) == 6 and all(np.isfinite(training["losses"]))
+    grid = Image.open(training["validation_grid"])
+    assert grid.width > 3 * 64  # conditioning + 2 generated images
+    model = Path(training["model"])
+    assert (model / "diffusion_pytorch_model.safetensors").exists()
+    assert "controlnet" in (model / "README.md").read_text()
+
+
+def test_train_is_also_a_subcommand():
+    result = run("train", "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: landmark-controlnet train")
+    assert "--pretrained_model_name_or_path" in result.stdout

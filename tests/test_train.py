@@ -20,10 +20,10 @@ import pytest
 import train_fixtures as tf
 from hub_standin import HubStandIn
 from PIL import Image
-from tiny_sd import write_tiny_sd
 
 from builders import BuildSettings
 from builders.run import run_build
+from landmark_controlnet.training.tiny_sd import write_tiny_sd
 
 TOKEN = "hf_trainTestToken0987654321"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,9 @@ def save_pytorch(output_dir: Path, params: Any) -> Path:
 
     config = json.loads((output_dir / "config.json").read_text())
     model = ControlNetModel.from_config(config)
-    model = load_flax_weights_in_pytorch_model(model, _as_numpy(params))
+    with warnings.catch_warnings():  # it wraps its own read-only transposes; the model copies them
+        warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+        model = load_flax_weights_in_pytorch_model(model, _as_numpy(params))
     model.save_pretrained(output_dir, safe_serialization=True)
     return output_dir / "diffusion_pytorch_model.safetensors"
 
@@ -41,7 +44,7 @@ def save_pytorch(output_dir: Path, params: Any) -> Path:
 def _as_numpy(params: Any) -> Any:
     import jax
 
-    return jax.tree_util.tree_map(lambda p: np.array(p, np.float32), params)  # writable copies for torch
+    return jax.tree_util.tree_map(lambda p: np.array(p, np.float32), params)  # bf16 runs export fp32
 
 
 def write_model_card(

@@ -11,7 +11,9 @@ import jax.numpy as jnp
 from flax.core import unfreeze
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-FLAX_DEPRECATION = "Flax classes are deprecated"
+# The diffusers messages we drop: logged once per Flax class, and once per validation pipeline
+# (validation grids are training previews; a safety checker has no place there).
+DROPPED_MESSAGES = ("Flax classes are deprecated", "You have disabled the safety checker")
 # The UNet parts a ControlNet starts from (whatever levels the UNet has, not a fixed four).
 COPIED_FROM_UNET = ("conv_in", "time_embedding", "down_blocks_", "mid_block")
 CONTROLNET_FIELDS = (
@@ -30,11 +32,11 @@ CONTROLNET_FIELDS = (
 
 class _DropFlaxDeprecation(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(FLAX_DEPRECATION)
+        return not record.getMessage().startswith(DROPPED_MESSAGES)
 
 
 def silence_flax_deprecation() -> None:
-    """diffusers 0.39 logs this once per Flax class; it is the only message we drop."""
+    """Drop DROPPED_MESSAGES from diffusers' log; nothing else."""
     import diffusers.utils.logging as diffusers_logging
 
     diffusers_logging.get_logger("diffusers")  # creates the library's handler
