@@ -109,6 +109,11 @@ def to_pixels(normalized: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return pixels
 
 
+def scale_to_canvas(points: np.ndarray, source_size: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+    """(N, 2) float pixels on a canvas of `size` for points given in an image of `source_size`."""
+    return points[:, :2] * (np.asarray(size, np.float64) / np.asarray(source_size, np.float64))
+
+
 def landmark_pixels(
     points: np.ndarray,
     source_size: tuple[int, int],

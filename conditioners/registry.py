@@ -23,6 +23,8 @@ _BUILTINS: dict[str, str] = {
     "hand_encoded": "conditioners.mediapipe_hands:EncodedHandConditioner",
     "holistic": "conditioners.mediapipe_holistic:HolisticConditioner",
     "face_pupils": "conditioners.mediapipe_face:FacePupilsConditioner",
+    "spiga68": "conditioners.spiga_faces:Spiga68Conditioner",
+    "animal_pose": "conditioners.animal_pose:AnimalPoseConditioner",
 }
 _registered: dict[str, type[Conditioner] | str] = {}
 
