@@ -7,12 +7,16 @@ with conditioners.get("hand_encoded") as hands:
     print(result.detection.to_json())
 """
 
-from .base import Conditioned, Conditioner
-from .detection import Detection, Instance, SkipReason
-from .drawing import Canvas, DrawingSpec
-from .filters import Filters
-from .images import ImageLoadError, LoadedImage, load_image
-from .registry import available, conditioner_class, draw, get, register
+from ._torch_compat import install_import_guard
+
+install_import_guard()  # before any library imports torchvision (see _torch_compat)
+
+from .base import Conditioned, Conditioner  # noqa: E402
+from .detection import Detection, Instance, SkipReason  # noqa: E402
+from .drawing import Canvas, DrawingSpec  # noqa: E402
+from .filters import Filters  # noqa: E402
+from .images import ImageLoadError, LoadedImage, load_image  # noqa: E402
+from .registry import available, conditioner_class, draw, get, register  # noqa: E402
 
 __all__ = [
     "Canvas",

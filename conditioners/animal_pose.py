@@ -15,6 +15,7 @@ from .base import Conditioner
 from .detection import Detection, Instance
 from .drawing import Canvas, Color, Edge, scale_to_canvas
 from .filters import Filters
+from .weights import missing_requirements
 
 KEYPOINTS = (
     "nose", "left_eye", "right_eye", "left_ear", "right_ear", "throat", "tail", "withers",
@@ -91,15 +92,29 @@ class AnimalPoseConditioner(Conditioner):
     detector_name = "openpifpaf.shufflenetv2k30-animalpose"
     default_filters = Filters(min_instance_size=16)
 
-    def __init__(self, *, checkpoint: str | None = None, min_score: float = 0.2, **options: Any):
+    def __init__(
+        self,
+        *,
+        weights: str | None = None,
+        trust_checkpoint: bool = False,
+        min_score: float = 0.2,
+        **options: Any,
+    ):
         super().__init__(**options)
-        self.checkpoint = checkpoint
+        self.weights = weights
+        self.trust_checkpoint = trust_checkpoint
         self.min_score = min_score
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        from ._openpifpaf import ANIMALPOSE_WEIGHTS
+
+        return missing_requirements(["torch", "openpifpaf"], "animal", ANIMALPOSE_WEIGHTS)
 
     def _create_detector(self) -> Any:
         from ._openpifpaf import AnimalPoseDetector
 
-        return AnimalPoseDetector(self.checkpoint)
+        return AnimalPoseDetector(self.weights, self.trust_checkpoint)
 
     def _detect(self, pixels: np.ndarray) -> list[Instance]:
         height, width = pixels.shape[:2]

@@ -74,6 +74,15 @@ class Conditioner(ABC):
         self.filters = replace(self.default_filters, **{k: v for k, v in overrides.items() if v is not None})
         self._detector: Any = None
 
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """Why this conditioner cannot run on this machine (a missing extra or weights), or None.
+
+        Checks locally only: nothing is downloaded. Conditioners bundled with their weights
+        (MediaPipe's) are always available.
+        """
+        return None
+
     # -- lifecycle -----------------------------------------------------------------------
     @property
     def detector(self) -> Any:

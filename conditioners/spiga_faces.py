@@ -16,6 +16,7 @@ from .base import Conditioner
 from .detection import Detection, Instance
 from .drawing import Canvas, Color, scale_to_canvas
 from .filters import Filters
+from .weights import missing_requirements
 
 LINE_WIDTH = 4
 LIME: Color = (0, 255, 0)
@@ -84,13 +85,22 @@ class Spiga68Conditioner(Conditioner):
         self.min_face_score = min_face_score
         self.max_faces = max_faces
 
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        from ._spiga import SPIGA_WEIGHTS
+
+        return missing_requirements(["torch", "spiga"], "spiga", SPIGA_WEIGHTS)
+
     def _create_detector(self) -> Any:
         from ._spiga import SpigaDetector
 
-        faces = solutions.face_detection.FaceDetection(
-            model_selection=1, min_detection_confidence=self.min_face_score
-        )
-        return SpigaDetector(faces, self.weights, self.box_padding, self.max_faces)
+        face_detectors = [  # short range (within ~2 m) and full range
+            solutions.face_detection.FaceDetection(
+                model_selection=model, min_detection_confidence=self.min_face_score
+            )
+            for model in (0, 1)
+        ]
+        return SpigaDetector(face_detectors, self.weights, self.box_padding, self.max_faces)
 
     def _detect(self, pixels: np.ndarray) -> list[Instance]:
         height, width = pixels.shape[:2]

@@ -34,10 +34,16 @@ def run_demo(out_dir: Path, train: bool = True) -> Path:
     """Condition every sample with every conditioner (PNG + JSON per pair and a contact sheet), build
     the `demo_faces` dataset from them and, with `train`, train a tiny ControlNet on it."""
     samples = sample_images()
-    names = conditioners.available()
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = [[(Image.open(path), stem)] for stem, path in samples.items()]
     summary: dict[str, dict[str, str]] = {}
+    names, unavailable = [], {}
+    for name in conditioners.available():
+        reason = conditioners.conditioner_class(name).unavailable_reason()
+        if reason:
+            unavailable[name] = reason
+        else:
+            names.append(name)
     for name in names:
         with conditioners.get(name) as conditioner:
             for outcome in condition_many(conditioner, list(samples.values())):
@@ -50,7 +56,12 @@ def run_demo(out_dir: Path, train: bool = True) -> Path:
     sheet_path = out_dir / "contact_sheet.png"
     contact_sheet(rows, title="Landmark ControlNet: " + ", ".join(names)).save(sheet_path)
     dataset = build_demo_dataset(samples, out_dir)
-    report = {"contact_sheet": str(sheet_path), "results": summary, "dataset": dataset}
+    report = {
+        "contact_sheet": str(sheet_path),
+        "results": summary,
+        "unavailable": unavailable,
+        "dataset": dataset,
+    }
     if train:
         report["training"] = train_tiny_controlnet(Path(dataset["folder"]), out_dir)
     print(json.dumps(report, indent=1))

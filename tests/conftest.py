@@ -52,15 +52,34 @@ def annotation(data_dir: Path):
 
 
 @pytest.fixture(scope="session")
-def conditioner_cache():
-    """One conditioner per name for the whole session (detectors are expensive to build)."""
+def spiga_weights(tmp_path_factory) -> Path:
+    from detector_weights import write_random_spiga_weights
+
+    return write_random_spiga_weights(tmp_path_factory.mktemp("spiga") / "spiga_300wpublic.pt")
+
+
+@pytest.fixture(scope="session")
+def animal_weights(tmp_path_factory) -> Path:
+    from detector_weights import write_random_animal_checkpoint
+
+    return write_random_animal_checkpoint(tmp_path_factory.mktemp("animal") / "animal.pkl.epoch400")
+
+
+@pytest.fixture(scope="session")
+def conditioner_cache(request):
+    """One conditioner per name for the whole session (detectors are expensive to build).
+
+    Conditioners whose weights cannot be downloaded here get random weights made by the tests.
+    """
     import conditioners
 
     made: dict[str, conditioners.Conditioner] = {}
+    weights = {"spiga68": "spiga_weights", "animal_pose": "animal_weights"}
 
     def get(name: str) -> conditioners.Conditioner:
         if name not in made:
-            made[name] = conditioners.get(name)
+            options = {"weights": str(request.getfixturevalue(weights[name]))} if name in weights else {}
+            made[name] = conditioners.get(name, **options)
         return made[name]
 
     yield get

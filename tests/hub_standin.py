@@ -389,5 +389,13 @@ class HubStandIn:
         self.server.shutdown()
         self.server.server_close()
 
+    def add_model_file(self, repo_id: str, path: str, data: bytes, lfs_sha256: str | None = None) -> None:
+        """Serve `data` as an LFS file of model repo `repo_id`; `lfs_sha256` overrides its published hash."""
+        with self.state.lock:
+            repo = self.state.repos.setdefault(repo_id, Repo(repo_id, private=False))
+            oid = lfs_sha256 or hashlib.sha256(data).hexdigest()
+            self.state.lfs[oid] = data
+            self.state.commit(repo, [{"key": "lfsFile", "value": {"path": path, "oid": oid}}])
+
     def files(self, repo_id: str) -> dict[str, bytes]:
         return {p: f["data"] for p, f in self.state.repos[repo_id].commits[-1][1].items()}
