@@ -18,6 +18,11 @@ HAND_PHOTOS = [
     "negatives/fan_grass.jpg",
     "hands/hagrid_tile05_three_fingers.jpg",
 ]
+ANIMAL_PHOTOS = [
+    "animals/mmpose_animalpose_ca110.jpg",
+    "animals/sam_dog.jpg",
+    "animals/mmpretrain_cat_dog.jpg",
+]
 FACE_PHOTOS = [
     "faces/skimage_astronaut.jpg",
     "faces/matplotlib_grace_hopper.jpg",
@@ -43,6 +48,18 @@ def photo_folder(data: Path, root: Path) -> Path:
     (folder / "01_mmpose_freihand_00000355.txt").write_text("a right hand holding a spoon\n")
     (folder / "99_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     (folder / "metadata.jsonl").write_text("\n".join(json.dumps(m) for m in metadata) + "\n")
+    return folder
+
+
+def animal_folder(data: Path, root: Path) -> Path:
+    """Animal photos (symlinked) with one caption, and a file that is not an image."""
+    folder = root / "animals"
+    for rel in ANIMAL_PHOTOS:
+        link(data / "images" / rel, folder / Path(rel).name)
+    (folder / "metadata.jsonl").write_text(
+        json.dumps({"file_name": "sam_dog.jpg", "text": "a bulldog"}) + "\n"
+    )
+    (folder / "notes.jpg").write_bytes(b"not an image")
     return folder
 
 
@@ -99,11 +116,11 @@ def hagrid(data: Path, root: Path, v2: bool) -> Path:
     return folder
 
 
-def img2dataset_tar(data: Path, root: Path) -> Path:
+def img2dataset_tar(data: Path, root: Path, photos: list[str] = FACE_PHOTOS) -> Path:
     folder = root / "laion_face_tar"
     folder.mkdir(parents=True)
     with tarfile.open(folder / "00000.tar", "w") as tar:
-        for i, rel in enumerate(FACE_PHOTOS):
+        for i, rel in enumerate(photos):
             key = f"00000{i:04d}"
             files = {
                 f"{key}.jpg": (data / "images" / rel).read_bytes(),

@@ -22,9 +22,14 @@ SOURCES: dict[str, type[Source]] = {
 
 
 def make_source(kind: str, location: str, split: str | None = None, **options: Any) -> Source:
-    """The source `kind` reading `location` (a path, or a dataset name for `hf_dataset`)."""
+    """The source `kind` reading `location` (a path, or a dataset name for `hf_dataset`).
+
+    `images` is an image folder or img2dataset output, whichever `location` holds.
+    """
+    if kind == "images":
+        kind = "img2dataset" if _holds_img2dataset_shards(Path(location)) else "folder"
     if kind not in SOURCES:
-        raise KeyError(f"unknown source type {kind!r}; available: {', '.join(SOURCES)}")
+        raise KeyError(f"unknown source type {kind!r}; available: {', '.join(SOURCES)}, images")
     cls = SOURCES[kind]
     if kind in ("hagrid", "hf_dataset"):
         options["split"] = split
@@ -33,6 +38,12 @@ def make_source(kind: str, location: str, split: str | None = None, **options: A
     if not Path(location).exists():
         raise FileNotFoundError(f"source not found: {location}")
     return cls(location, **options)
+
+
+def _holds_img2dataset_shards(location: Path) -> bool:
+    if location.suffix in (".tar", ".parquet"):
+        return True
+    return location.is_dir() and (any(location.glob("*.tar")) or any(location.glob("*.parquet")))
 
 
 __all__ = ["SOURCES", "Source", "SourceItem", "make_source"]
