@@ -3,11 +3,14 @@
     .venv/bin/python benchmarks/conditioners.py [--rounds 3] [--data ../shared/data]
 
 Prints JSON. Per conditioner, on the shared photos:
-- detector: MediaPipe alone on RGB arrays already decoded and resized to the detection size;
+- detector: the detector alone (MediaPipe; for spiga68 also SPIGA, for animal_pose OpenPifPaf) on
+  RGB arrays already decoded and resized to the detection size;
 - full_path: file -> decode -> detect -> draw -> PNG bytes, through `condition_many` (the path
   the CLI and the builders use, with I/O overlapped with detection);
 - sequential: the same steps one after the other, without overlap.
 Rounds alternate between the modes and the median of each is reported, since the machine is shared.
+spiga68 and animal_pose use their real weights when found locally, else random weights of the same
+architecture (made as the tests make them): the same work, so the same speed.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,7 +37,10 @@ PHOTO_SETS = {
     "hand_encoded": ["hands"],
     "holistic": ["hands", "bodies"],
     "face_pupils": ["faces"],
+    "spiga68": ["faces"],
+    "animal_pose": ["animals"],
 }
+RANDOM_WEIGHTS = {"spiga68": "write_random_spiga_weights", "animal_pose": "write_random_animal_checkpoint"}
 
 
 def photos(data: Path, folders: list[str]) -> list[Path]:
@@ -48,8 +55,22 @@ def rate(count: int, fn) -> float:
     return count / (time.perf_counter() - start)
 
 
-def bench(name: str, paths: list[Path], rounds: int) -> dict:
-    with conditioners.get(name) as conditioner:
+def weights_options(name: str, work: Path) -> tuple[dict, str]:
+    """The conditioner's options and a note on its weights."""
+    if name not in RANDOM_WEIGHTS:
+        return {}, "bundled"
+    if conditioners.conditioner_class(name).unavailable_reason() is None:
+        return {}, "real (found locally)"
+    sys.path.insert(0, str(REPO / "tests"))
+    import detector_weights
+
+    path = getattr(detector_weights, RANDOM_WEIGHTS[name])(work / f"{name}.weights")
+    return {"weights": str(path)}, "random, same architecture"
+
+
+def bench(name: str, paths: list[Path], rounds: int, work: Path) -> dict:
+    options, weights = weights_options(name, work)
+    with conditioners.get(name, **options) as conditioner:
         arrays = [conditioner.load(p).pixels for p in paths]
         for pixels in arrays:  # warm-up: model load and first inference
             conditioner._detect(pixels)
@@ -74,6 +95,7 @@ def bench(name: str, paths: list[Path], rounds: int) -> dict:
             rates["sequential"].append(rate(len(paths), sequential))
     medians = {k: statistics.median(v) for k, v in rates.items()}
     return {
+        "weights": weights,
         "images": len(paths),
         "detector_images_per_s": round(medians["detector"], 2),
         "full_path_images_per_s": round(medians["full_path"], 2),
@@ -87,12 +109,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--conditioner", action="append", help="default: all MediaPipe conditioners")
+    parser.add_argument("--conditioner", action="append", help="default: all of them")
     args = parser.parse_args()
-    results = {
-        name: bench(name, photos(args.data, PHOTO_SETS[name]), args.rounds)
-        for name in (args.conditioner or list(PHOTO_SETS))
-    }
+    with tempfile.TemporaryDirectory() as work:
+        results = {
+            name: bench(name, photos(args.data, PHOTO_SETS[name]), args.rounds, Path(work))
+            for name in (args.conditioner or list(PHOTO_SETS))
+        }
     report = {
         "benchmark": "conditioners",
         "target": "full_path_ratio >= 0.85",

@@ -47,7 +47,9 @@ def import_openpifpaf() -> Any:
     with warnings.catch_warnings():  # its visualizers use matplotlib.cm.get_cmap at import
         warnings.filterwarnings("ignore", "The get_cmap function was deprecated")
         import openpifpaf
+    import torch
 
+    torch.ops.openpifpaf.set_quiet(True)  # its C++ decoder prints buffer sizes to stdout otherwise
     return openpifpaf
 
 
