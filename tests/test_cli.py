@@ -26,7 +26,8 @@ def test_console_script_is_installed():
 def test_conditioners_lists_names():
     result = run("conditioners")
     assert result.returncode == 0
-    assert result.stdout.split() == sorted(["face_pupils", "hand_encoded", "hand_standard", "holistic"])
+    builtins = ["animal_pose", "face_pupils", "hand_encoded", "hand_standard", "holistic", "spiga68"]
+    assert result.stdout.split() == sorted(builtins)
 
 
 def test_condition_writes_png_and_json_and_survives_bad_inputs(tmp_path, data_dir):

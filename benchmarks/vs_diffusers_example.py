@@ -1,0 +1,119 @@
+"""train_flax_controlnet.py against the diffusers Flax ControlNet example, same model, data and flags.
+
+    .venv/bin/python benchmarks/vs_diffusers_example.py --example PATH/train_controlnet_flax.py
+
+The example is not part of this project: pass its file from a diffusers checkout
+(`examples/controlnet/train_controlnet_flax.py`). It runs unmodified, in a wrapper that supplies
+what today's stack lacks for it: `jax.tree_map` (gone in JAX 0.6; aliased to
+`jax.tree_util.tree_map`) and a torchvision that imports beside a CPU torch (our import guard).
+
+Both train a tiny random Stable Diffusion (SD 1.5 shape, 32/32/64/64 channels) on a hand_encoded
+dataset built from ../shared/data, at 64 px, batch 1 per device on 4 simulated CPU devices. Each
+runs twice, for SHORT and LONG steps; steady-state steps/s is (LONG - SHORT) / (wall difference),
+which cancels start-up, compilation and saving. Prints JSON with both and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+COMMON = [
+    "--resolution", "64", "--train_batch_size", "1", "--learning_rate", "1e-4",
+    "--checkpointing_steps", "1000000", "--logging_steps", "1000000", "--seed", "0",
+    "--caption_column", "caption", "--dataloader_num_workers", "2",
+]  # fmt: skip
+OURS = ["--validation_steps", "0", "--checkpointing_steps", "0"]
+EXAMPLE_ONLY = ["--report_to", "tensorboard"]  # its default, wandb, is not installed
+RUN_EXAMPLE = """
+import runpy, sys
+from conditioners._torch_compat import install_import_guard
+install_import_guard()  # its `from torchvision import transforms` beside a CPU torch
+import jax
+jax.tree_map = jax.tree_util.tree_map  # removed in JAX 0.6; the example still calls it
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def wall_time(command: list[str], devices: int) -> float:
+    env = {
+        **os.environ,
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONPATH": str(REPO),
+    }
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    elapsed = time.perf_counter() - start
+    if result.returncode:
+        raise SystemExit(f"{command[:4]} failed:\n{result.stderr[-4000:]}")
+    return elapsed
+
+
+def commands(example: Path, model: Path, dataset: Path, out: Path, steps: int) -> dict[str, list[str]]:
+    shared = [
+        "--pretrained_model_name_or_path", str(model), "--dataset_name", str(dataset),
+        "--max_train_steps", str(steps), *COMMON,
+    ]  # fmt: skip
+    return {
+        "ours": [
+            sys.executable, str(REPO / "train_flax_controlnet.py"), *shared, *OURS,
+            "--output_dir", str(out / f"ours-{steps}"),
+        ],
+        "diffusers_example": [
+            sys.executable, "-c", RUN_EXAMPLE, str(example), *shared, *EXAMPLE_ONLY,
+            "--output_dir", str(out / f"example-{steps}"),
+        ],
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--example", type=Path, required=True, help="diffusers' train_controlnet_flax.py")
+    parser.add_argument("--devices", type=int, default=4)
+    parser.add_argument("--short", type=int, default=10)
+    parser.add_argument("--long", type=int, default=60)
+    options = parser.parse_args()
+    from train_step import _tiny_dataset, _tiny_model
+
+    work = Path(tempfile.mkdtemp(prefix="bench-vs-example-"))
+    model, dataset = _tiny_model(work), _tiny_dataset(work)
+    walls: dict[str, dict[int, float]] = {"ours": {}, "diffusers_example": {}}
+    for steps in (options.short, options.long):  # alternate, so drift on a shared machine hits both
+        for name, command in commands(options.example, model, dataset, work, steps).items():
+            walls[name][steps] = wall_time(command, options.devices)
+    extra = options.long - options.short
+    results = {
+        name: {
+            f"wall_s_{options.short}_steps": round(times[options.short], 1),
+            f"wall_s_{options.long}_steps": round(times[options.long], 1),
+            "steady_steps_per_s": round(extra / (times[options.long] - times[options.short]), 2),
+        }
+        for name, times in walls.items()
+    }
+    ours, theirs = results["ours"], results["diffusers_example"]
+    report = {
+        "benchmark": "train_flax_controlnet.py vs diffusers examples/controlnet/train_controlnet_flax.py",
+        "setup": f"tiny random SD 1.5-shaped UNet, 64 px, batch 1 x {options.devices} simulated CPU devices",
+        "results": results,
+        "steady_ratio_ours_over_example": round(ours["steady_steps_per_s"] / theirs["steady_steps_per_s"], 3),
+        f"wall_ratio_{options.long}_steps_ours_over_example": round(
+            ours[f"wall_s_{options.long}_steps"] / theirs[f"wall_s_{options.long}_steps"], 3
+        ),
+    }
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
