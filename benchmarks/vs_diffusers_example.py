@@ -27,6 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path.append(str(REPO / "benchmarks"))  # last: benchmarks/conditioners.py must not shadow the package
 
 COMMON = [
     "--resolution", "64", "--train_batch_size", "1", "--learning_rate", "1e-4",
