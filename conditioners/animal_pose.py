@@ -15,7 +15,7 @@ from .base import Conditioner
 from .detection import Detection, Instance
 from .drawing import Canvas, Color, Edge, scale_to_canvas
 from .filters import Filters
-from .weights import missing_requirements
+from .weights import installed_version, missing_requirements
 
 KEYPOINTS = (
     "nose", "left_eye", "right_eye", "left_ear", "right_ear", "throat", "tail", "withers",
@@ -90,6 +90,7 @@ class AnimalPoseConditioner(Conditioner):
 
     name = "animal_pose"
     detector_name = "openpifpaf.shufflenetv2k30-animalpose"
+    detector_version = installed_version("openpifpaf")
     default_filters = Filters(min_instance_size=16)
 
     def __init__(

@@ -16,7 +16,7 @@ from .base import Conditioner
 from .detection import Detection, Instance
 from .drawing import Canvas, Color, scale_to_canvas
 from .filters import Filters
-from .weights import missing_requirements
+from .weights import installed_version, missing_requirements
 
 LINE_WIDTH = 4
 LIME: Color = (0, 255, 0)
@@ -68,6 +68,7 @@ class Spiga68Conditioner(Conditioner):
 
     name = "spiga68"
     detector_name = "spiga.300wpublic+mediapipe.face_detection"
+    detector_version = installed_version("spiga")
     default_filters = Filters(min_instance_size=32)
 
     def __init__(

@@ -9,6 +9,7 @@ the Hub mirror and the original URL. A download is checked against the Hub's pub
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import importlib.util
 import os
 import re
@@ -172,3 +173,11 @@ def missing_requirements(modules: list[str], extra: str, spec: WeightsFile) -> s
     except WeightsNotFoundError:
         return f"{spec.filename} not found locally (see {spec.env_var} in the README)"
     return None
+
+
+def installed_version(distribution: str) -> str:
+    """The installed version of `distribution`, or "" when it is not installed (recorded in detections)."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
