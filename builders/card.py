@@ -8,6 +8,7 @@ import string
 from typing import Any
 
 import datasets
+import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 from PIL import Image
@@ -57,17 +58,19 @@ def _size_category(rows: int) -> str:
 
 
 def write_preview(output: Folder, split: str, rows: int = PREVIEW_ROWS) -> bool:
-    """Photo | conditioning image | caption for the first rows of the first non-empty shards."""
+    """Photo | conditioning image | any other image column (a mask) for the first rows."""
     cells = []
     data = output.sub("data")
     for shard in data.names(f"{split}-*.parquet"):
         with data.open(shard) as file:
-            table = pq.ParquetFile(file).read_row_group(0, columns=["image", "conditioning_image", "caption"])
+            parquet = pq.ParquetFile(file)
+            image_columns = _image_columns(parquet.schema_arrow)
+            table = parquet.read_row_group(0, columns=["caption", *image_columns])
         table = table.slice(0, rows - len(cells))
         for row in table.to_pylist():
-            photo = Image.open(io.BytesIO(row["image"]["bytes"]))
-            conditioning = Image.open(io.BytesIO(row["conditioning_image"]["bytes"]))
-            cells.append([(photo, row["caption"][:60]), (conditioning, "conditioning_image")])
+            images = [Image.open(io.BytesIO(row[name]["bytes"])) for name in image_columns]
+            captions = [row["caption"][:60], *image_columns[1:]]
+            cells.append(list(zip(images, captions, strict=True)))
         if len(cells) >= rows:
             break
     if not cells:
@@ -76,6 +79,18 @@ def write_preview(output: Folder, split: str, rows: int = PREVIEW_ROWS) -> bool:
     contact_sheet(cells, tile=256).save(buffer, format="PNG")
     output.write_bytes(PREVIEW_FILE, buffer.getvalue())
     return True
+
+
+def _image_columns(schema: pa.Schema) -> list[str]:
+    """`image`, `conditioning_image`, then the other image columns, in schema order."""
+    others = [
+        field.name
+        for field in schema
+        if pa.types.is_struct(field.type)
+        and {"bytes", "path"} <= {f.name for f in field.type}
+        and field.name not in ("image", "conditioning_image")
+    ]
+    return ["image", "conditioning_image", *others]
 
 
 def _skip_table(report: BuildReport) -> str:

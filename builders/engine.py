@@ -80,7 +80,7 @@ def prepare(
     data.remove_temporaries()
     check_state(data, recipe, source, settings)
     chunks = pending_chunks(source, settings, set(chunk_records(data, settings.split)))
-    return data, dataset_features(source), chunks
+    return data, dataset_features(source, recipe), chunks
 
 
 def summarize(output: Folder, split: str) -> BuildReport:

@@ -55,7 +55,7 @@ def run_build(
         raise ValueError(f"unknown engine {engine!r}: local or ray")
     splits = sorted({name.rsplit("-", 1)[0] for name in output.sub("data").names("*-*.parquet")})
     reports = [report] + [summarize(output, s) for s in splits if s != settings.split]
-    write_card(output, recipe, source.describe(), dataset_features(source), reports)
+    write_card(output, recipe, source.describe(), dataset_features(source, recipe), reports)
     return report
 
 

@@ -36,8 +36,12 @@ EMPTY_DRAWING = str(SkipReason.EMPTY_DRAWING)
 Progress = Callable[[str], None]
 
 
-def dataset_features(source: Source) -> datasets.Features:
-    return datasets.Features({**ROW_FEATURES, **source.features()})
+def dataset_features(source: Source, recipe: Recipe) -> datasets.Features:
+    """The row columns, the conditioner's extra images (an inpainting `mask`) and the source's own."""
+    extra_images = conditioners.conditioner_class(recipe.conditioner_name).extra_images
+    return datasets.Features(
+        {**ROW_FEATURES, **{name: datasets.Image() for name in extra_images}, **source.features()}
+    )
 
 
 def shard_name(split: str, index: int) -> str:
@@ -65,6 +69,7 @@ class _Row:
     png: bytes
     detection: Detection
     pixels: Any
+    extra_pngs: dict[str, bytes]
 
 
 class ChunkProcessor:
@@ -76,6 +81,8 @@ class ChunkProcessor:
         self.row_group_size = row_group_size
         self.conditioner = conditioners.get(recipe.conditioner_name, **recipe.conditioner_options)
         self.captioner = make_captioner(recipe.captioner_type, **recipe.captioner_options)
+        extra_images = set(self.conditioner.extra_images)
+        self.source_columns = [k for k in features if k not in ROW_FEATURES and k not in extra_images]
 
     def close(self) -> None:
         self.conditioner.close()
@@ -120,7 +127,11 @@ class ChunkProcessor:
         canvas = self.conditioner.render(detection)
         if canvas.is_empty():
             return EMPTY_DRAWING, None
-        return None, _Row(item, image_bytes, canvas.to_png(), detection, outcome.loaded.pixels)
+        extras = {
+            name: png_bytes(self.conditioner.render_extra(name, detection))
+            for name in self.conditioner.extra_images
+        }
+        return None, _Row(item, image_bytes, canvas.to_png(), detection, outcome.loaded.pixels, extras)
 
     def _write(self, writer: ShardWriter, rows: list[_Row]) -> None:
         if not rows:
@@ -131,13 +142,21 @@ class ChunkProcessor:
                 {
                     "image": {"bytes": row.image_bytes, "path": Path(row.item.name).name},
                     "conditioning_image": {"bytes": row.png, "path": None},
+                    **{name: {"bytes": png, "path": None} for name, png in row.extra_pngs.items()},
                     "caption": caption,
                     "landmarks": row.detection.to_json(),
                     "source_id": row.item.source_id,
-                    **{key: row.item.extra.get(key) for key in self.features if key not in ROW_FEATURES},
+                    **{key: row.item.extra.get(key) for key in self.source_columns},
                 }
             )
         rows.clear()
+
+
+def png_bytes(gray: Any) -> bytes:
+    """A single-channel uint8 array as a fast-compressed PNG."""
+    buffer = io.BytesIO()
+    Image.fromarray(gray, "L").save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
 
 
 def _read(items: list[SourceItem]) -> Iterator[bytes | str]:

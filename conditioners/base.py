@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -28,6 +28,8 @@ class Conditioned:
 
     detection: Detection
     canvas: Canvas
+    # The conditioner's `extra_images` (e.g. the inpainting "mask"), (h, w) uint8 each.
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def skipped(self) -> str | None:
@@ -54,6 +56,8 @@ class Conditioner(ABC):
     # Whether the spec's colours are BGR and the finished image is channel-reversed.
     reverse_channels: ClassVar[bool] = False
     default_filters: ClassVar[Filters] = Filters()
+    # Single-channel images drawn beside the conditioning image; each is a column of a built dataset.
+    extra_images: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -137,7 +141,8 @@ class Conditioner(ABC):
 
     def __call__(self, source: ImageSource | LoadedImage, size: tuple[int, int] | None = None) -> Conditioned:
         detection = self.detect(source)
-        return Conditioned(detection, self.render(detection, size))
+        extras = {name: self.render_extra(name, detection, size) for name in self.extra_images}
+        return Conditioned(detection, self.render(detection, size), extras)
 
     # -- drawing -------------------------------------------------------------------------
     @classmethod
@@ -150,6 +155,11 @@ class Conditioner(ABC):
     def draw(cls, detection: Detection, size: tuple[int, int] | None = None) -> np.ndarray:
         """Pure drawing: (h, w, 3) uint8 RGB, no detector involved."""
         return cls.render(detection, size).to_array()
+
+    @classmethod
+    def render_extra(cls, name: str, detection: Detection, size: tuple[int, int] | None = None) -> np.ndarray:
+        """The extra image `name` (one of `extra_images`) as (h, w) uint8; pure, like `draw`."""
+        raise KeyError(f"{cls.name} draws no extra image {name!r}; it has {list(cls.extra_images)}")
 
     @classmethod
     @abstractmethod

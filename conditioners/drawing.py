@@ -62,6 +62,13 @@ class Canvas:
         """Numpy-slice assignment, with numpy's slicing semantics (used by the pupil squares)."""
         self.indices[rows, cols] = self.index(color)
 
+    def paint_levels(self, levels: np.ndarray) -> None:
+        """Grey levels (h, w) uint8 onto the canvas; 0 leaves a pixel as it is (depth maps)."""
+        drawn = levels > 0
+        values, inverse = np.unique(levels[drawn], return_inverse=True)
+        lookup = np.array([self.index((int(v),) * 3) for v in values], dtype=np.uint8)
+        self.indices[drawn] = lookup[inverse]
+
     def is_empty(self) -> bool:
         return not self.indices.any()
 

@@ -25,6 +25,7 @@ _BUILTINS: dict[str, str] = {
     "face_pupils": "conditioners.mediapipe_face:FacePupilsConditioner",
     "spiga68": "conditioners.spiga_faces:Spiga68Conditioner",
     "animal_pose": "conditioners.animal_pose:AnimalPoseConditioner",
+    "hand_depth_mask": "conditioners.hand_depth:HandDepthMaskConditioner",
 }
 _registered: dict[str, type[Conditioner] | str] = {}
 

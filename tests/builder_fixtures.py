@@ -63,6 +63,22 @@ def animal_folder(data: Path, root: Path) -> Path:
     return folder
 
 
+def generated_folder(data: Path, root: Path) -> Path:
+    """HandRefiner's five generated images (symlinked) with their prompts, a negative and a broken file."""
+    folder = root / "generated"
+    generated = data / "images" / "generated"
+    metadata = []
+    for line in (generated / "handrefiner_prompts.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        name = f"handrefiner_test_{record['img']}"
+        link(generated / name, folder / name)
+        metadata.append({"file_name": name, "text": record["txt"]})
+    link(data / "images" / "negatives" / "fan_grass.jpg", folder / "fan_grass.jpg")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (folder / "metadata.jsonl").write_text("\n".join(json.dumps(m) for m in metadata) + "\n")
+    return folder
+
+
 def folder_recipe(root: Path, conditioner: str = "hand_encoded", extra: str = "") -> Path:
     builder = root / "builder"
     builder.mkdir(parents=True, exist_ok=True)
