@@ -50,11 +50,40 @@ def test_prepare_example_flips_photo_and_conditioning_together(hand_rows):
     plain = input_data.ExampleOptions(resolution=64)
     flip = input_data.ExampleOptions(resolution=64, random_flip=True)
     always = _rng_with_first_draw_below(0.5)
-    pixels, conditioning, caption = input_data.prepare_example(row, columns, plain, always())
-    f_pixels, _, _ = input_data.prepare_example(row, columns, flip, always())
+    example = input_data.prepare_example(row, columns, plain, always())
+    pixels, conditioning, caption = (
+        example[k] for k in ("pixel_values", "conditioning_pixel_values", "caption")
+    )
+    f_pixels = input_data.prepare_example(row, columns, flip, always())["pixel_values"]
     assert pixels.shape == (3, 64, 64) and conditioning.shape == (3, 64, 64) and caption == "a hand"
     assert pixels.min() >= -1 and pixels.max() <= 1 and conditioning.min() >= 0 and conditioning.max() <= 1
     np.testing.assert_allclose(f_pixels, pixels[:, :, ::-1], atol=0.1)  # the photo is mirrored
+
+
+def test_inpainting_examples_carry_a_flipped_randomly_dilated_binary_mask(hand_rows):
+    mask = np.zeros((128, 128), np.uint8)
+    mask[40:80, 10:50] = 255  # a box on the left
+    row = {
+        "image": {"bytes": _png(hand_rows[0]["image"]), "path": "a.png"},
+        "conditioning_image": {"bytes": _png(hand_rows[0]["conditioning_image"]), "path": None},
+        "mask": {"bytes": _png(Image.fromarray(mask)), "path": None},
+        "caption": "a hand",
+    }
+    columns = input_data.Columns(mask="mask")
+    exact = input_data.prepare_example(row, columns, input_data.ExampleOptions(64), np.random.default_rng(0))
+    assert exact["mask"].shape == (1, 64, 64) and set(np.unique(exact["mask"])) == {0.0, 1.0}
+    assert exact["mask"].sum() == 20 * 20 and exact["mask"][0, 20:40, 5:25].all()
+    grown = [
+        input_data.prepare_example(row, columns, input_data.ExampleOptions(64, mask_dilation=0.2), rng)[
+            "mask"
+        ]
+        for rng in (np.random.default_rng(seed) for seed in range(8))
+    ]
+    assert all((g >= exact["mask"]).all() for g in grown), "dilation only grows the mask"
+    assert len({int(g.sum()) for g in grown}) > 2, "by a random amount"
+    flip = input_data.ExampleOptions(64, random_flip=True)
+    flipped = input_data.prepare_example(row, columns, flip, _rng_with_first_draw_below(0.5)())
+    np.testing.assert_array_equal(flipped["mask"], exact["mask"][:, :, ::-1])
 
 
 def _png(image: Image.Image) -> bytes:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import datasets
 import numpy as np
 from PIL import Image
@@ -55,6 +56,7 @@ class Columns:
     conditioning_image: str = "conditioning_image"
     caption: str = "caption"
     landmarks: str = "landmarks"
+    mask: str | None = None  # inpainting runs only
 
     def check(self, dataset: datasets.Dataset | datasets.IterableDataset) -> None:
         available = list(dataset.features or {})
@@ -62,14 +64,16 @@ class Columns:
             ("--image_column", self.image),
             ("--conditioning_image_column", self.conditioning_image),
             ("--caption_column", self.caption),
+            *([("--mask_column", self.mask)] if self.mask else []),
         ]:
             if available and column not in available:
                 raise ValueError(f"{flag} {column!r} is not a column of the dataset; it has {available}")
 
     def raw(self, dataset: datasets.Dataset | datasets.IterableDataset) -> Any:
         """Images as bytes: decoding happens in our threads, not in `datasets`."""
-        for column in (self.image, self.conditioning_image):
-            dataset = dataset.cast_column(column, datasets.Image(decode=False))
+        for column in (self.image, self.conditioning_image, self.mask):
+            if column:
+                dataset = dataset.cast_column(column, datasets.Image(decode=False))
         return dataset
 
 
@@ -79,6 +83,7 @@ class ExampleOptions:
     resolution: int
     random_flip: bool = False
     proportion_empty_prompts: float = 0.0
+    mask_dilation: float = 0.0  # the largest random dilation of an inpainting mask, x resolution
 
 
 def decode(value: Any, name: str) -> Image.Image:
@@ -108,21 +113,45 @@ def flipped_conditioning(conditioning: Image.Image, landmarks: str | None) -> Im
     return Image.fromarray(conditioners.draw(detection, conditioning.size))
 
 
-def prepare_example(row: dict[str, Any], columns: Columns, options: ExampleOptions, rng: np.random.Generator):
-    """Pixels in [-1, 1] and conditioning in [0, 1], both (3, H, W) float32, and the caption."""
+def prepare_example(
+    row: dict[str, Any], columns: Columns, options: ExampleOptions, rng: np.random.Generator
+) -> dict[str, Any]:
+    """Pixels in [-1, 1] and conditioning in [0, 1], both (3, H, W) float32, the caption, and for
+    inpainting rows the mask, (1, H, W) float32 in {0, 1}, randomly dilated."""
     name = str(row.get("source_id") or "row")
     photo = decode(row[columns.image], name)
     conditioning = decode(row[columns.conditioning_image], f"{name} (conditioning)")
+    mask = decode_mask(row[columns.mask], f"{name} (mask)") if columns.mask else None
     flip, empty = rng.random(2)
     if options.random_flip and flip < 0.5:
         photo = photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         conditioning = flipped_conditioning(conditioning, row.get(columns.landmarks))
+        mask = mask.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if mask else None
     caption = "" if empty < options.proportion_empty_prompts else caption_text(row[columns.caption])
     photo = resize_and_center_crop(photo, options.resolution)
     conditioning = resize_and_center_crop(conditioning, options.resolution)
-    pixels = np.asarray(photo, np.float32).transpose(2, 0, 1) / 127.5 - 1.0
-    conditioning_pixels = np.asarray(conditioning, np.float32).transpose(2, 0, 1) / 255.0
-    return pixels, conditioning_pixels, caption
+    example = {
+        "pixel_values": np.asarray(photo, np.float32).transpose(2, 0, 1) / 127.5 - 1.0,
+        "conditioning_pixel_values": np.asarray(conditioning, np.float32).transpose(2, 0, 1) / 255.0,
+        "caption": caption,
+    }
+    if mask is not None:
+        radius = int(rng.integers(0, round(options.mask_dilation * options.resolution) + 1))
+        example["mask"] = dilate(resize_and_center_crop(mask, options.resolution), radius)
+    return example
+
+
+def decode_mask(value: Any, name: str) -> Image.Image:
+    """A mask cell as an L image (white = repaint); colour masks are reduced to their luminance."""
+    return decode(value, name).convert("L")
+
+
+def dilate(mask: Image.Image, radius: int) -> np.ndarray:
+    """(1, H, W) float32 in {0, 1}: the mask thresholded at half, grown by a disc of `radius` px."""
+    binary = (np.asarray(mask) >= 128).astype(np.uint8)
+    if radius > 0:
+        binary = cv2.dilate(binary, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1,) * 2))
+    return binary[None].astype(np.float32)
 
 
 def caption_text(value: Any) -> str:
@@ -235,12 +264,9 @@ class BatchLoader:
         prepared = list(
             self.pool.map(lambda row, rng: prepare_example(row, self.columns, self.options, rng), rows, rngs)
         )
-        pixels, conditioning, captions = zip(*prepared, strict=True)
-        return {
-            "pixel_values": np.stack(pixels),
-            "conditioning_pixel_values": np.stack(conditioning),
-            "input_ids": self.tokenize(list(captions)),
-        }
+        batch = {key: np.stack([e[key] for e in prepared]) for key in prepared[0] if key != "caption"}
+        batch["input_ids"] = self.tokenize([e["caption"] for e in prepared])
+        return batch
 
     def __iter__(self) -> Iterator[tuple[dict[str, np.ndarray], dict[str, int]]]:
         number = self.first_micro_batch

@@ -65,6 +65,18 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         action="store_true",
         help="mirror half the rows; conditioning is re-drawn from `landmarks` with left and right swapped",
     )
+    data.add_argument(
+        "--inpainting",
+        action="store_true",
+        help="train against an inpainting UNet (9 input channels) with the mask and masked-image latents",
+    )
+    data.add_argument("--mask_column", default="mask", help="with --inpainting: white = repaint")
+    data.add_argument(
+        "--mask_dilation",
+        type=float,
+        default=0.05,
+        help="with --inpainting: dilate each mask by a random 0..this x resolution pixels",
+    )
     data.add_argument("--dataloader_num_workers", type=int, default=4, help="decoding threads per host")
 
     optim = parser.add_argument_group("optimisation")
@@ -129,6 +141,10 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
         parser.error("--streaming needs --max_train_steps: a stream has no known length")
     if bool(args.validation_prompt) != bool(args.validation_image):
         parser.error("--validation_prompt and --validation_image go together")
+    if args.inpainting and args.validation_image:
+        parser.error("--inpainting validates on the first row of the data (photo, mask and depth together)")
+    if not 0 <= args.mask_dilation < 1:
+        parser.error("--mask_dilation is a fraction of --resolution, in [0, 1)")
     if args.resolution % 64:
         parser.error("--resolution must be a multiple of 64 (the validation pipeline needs it)")
     return args

@@ -19,7 +19,7 @@ from . import data as input_data
 from .checkpoints import Checkpoints, resolve_resume
 from .export import push_to_hub, save_flax, save_pytorch, write_model_card
 from .logs import RunLog
-from .models import cast_params, controlnet_from_unet, load_controlnet, load_stable_diffusion
+from .models import cast_params, controlnet_from_unet, load_controlnet, load_stable_diffusion, tokenize
 from .step import (
     LossConfig,
     Shardings,
@@ -29,7 +29,7 @@ from .step import (
     make_optimizer,
     make_train_step,
 )
-from .validation import ValidationSet, Validator, host_copy, save_grid
+from .validation import InpaintValidator, ValidationSet, Validator, host_copy, save_grid
 
 log = logging.getLogger("train_flax_controlnet")
 DTYPES = {"no": jnp.float32, "fp16": jnp.float16, "bf16": jnp.bfloat16}
@@ -93,6 +93,7 @@ def build_run(args: argparse.Namespace) -> Run:
     output_dir = Path(args.output_dir)
     dtype = DTYPES[args.mixed_precision]
     sd = load_stable_diffusion(args.pretrained_model_name_or_path, args.revision, args.from_pt, dtype)
+    check_unet_channels(args, sd)
     rng = jax.random.PRNGKey(args.seed)
     if args.controlnet_model_name_or_path:
         controlnet, params = load_controlnet(
@@ -128,9 +129,11 @@ def build_run(args: argparse.Namespace) -> Run:
 
     is_main = jax.process_index() == 0
     validation = validation_set(args, dataset) if is_main and args.validation_steps else None
-    validator = (
-        Validator(sd, controlnet, args.resolution, args.num_inference_steps, dtype) if validation else None
-    )
+    validator = None
+    if validation and args.inpainting:
+        validator = InpaintValidator(sd, controlnet, args.resolution, args.num_inference_steps)
+    elif validation:
+        validator = Validator(sd, controlnet, args.resolution, args.num_inference_steps, dtype)
     run_log = None
     if is_main:
         config = {k: v for k, v in vars(args).items() if k != "hub_token"}
@@ -141,6 +144,19 @@ def build_run(args: argparse.Namespace) -> Run:
         args, controlnet, state, frozen, train_step, batches, max_steps, start_step,
         checkpoints, validator, validation, run_log,
     )  # fmt: skip
+
+
+def check_unet_channels(args: argparse.Namespace, sd: Any) -> None:
+    """--inpainting and the UNet's input channels must agree; say which way they disagree."""
+    from landmark_controlnet.inpainting import INPAINTING_CHANNELS, check_inpainting_unet
+
+    if args.inpainting:
+        check_inpainting_unet(sd, args.pretrained_model_name_or_path)
+    elif sd.unet.config.in_channels == INPAINTING_CHANNELS:
+        raise ValueError(
+            f"{args.pretrained_model_name_or_path} is an inpainting model (a 9-channel UNet): "
+            "add --inpainting and train on rows with a mask column (the hand_repair builder makes them)"
+        )
 
 
 def open_rows(args: argparse.Namespace):
@@ -168,7 +184,12 @@ def open_rows(args: argparse.Namespace):
 
 
 def _columns(args: argparse.Namespace) -> input_data.Columns:
-    return input_data.Columns(args.image_column, args.conditioning_image_column, args.caption_column)
+    return input_data.Columns(
+        args.image_column,
+        args.conditioning_image_column,
+        args.caption_column,
+        mask=args.mask_column if args.inpainting else None,
+    )
 
 
 def total_steps(args: argparse.Namespace, rows: Any) -> int:
@@ -206,7 +227,12 @@ def input_batches(args, sd, rows, start_step: int, position: dict | None, shardi
         row_batches = rows.batches(epoch, rows_in_epoch)
     else:
         row_batches = rows.batches(start_step * accumulation)
-    options = input_data.ExampleOptions(args.resolution, args.random_flip, args.proportion_empty_prompts)
+    options = input_data.ExampleOptions(
+        args.resolution,
+        args.random_flip,
+        args.proportion_empty_prompts,
+        args.mask_dilation if args.inpainting else 0.0,
+    )
     loader = input_data.BatchLoader(
         row_batches,
         _columns(args),
@@ -220,17 +246,6 @@ def input_batches(args, sd, rows, start_step: int, position: dict | None, shardi
     return input_data.prefetch(iter(loader), shardings.put_batch)
 
 
-def tokenize(tokenizer: Any, captions: list[str]) -> np.ndarray:
-    ids = tokenizer(
-        captions,
-        max_length=tokenizer.model_max_length,
-        padding="max_length",
-        truncation=True,
-        return_tensors="np",
-    ).input_ids
-    return ids.astype(np.int32)
-
-
 def validation_set(args: argparse.Namespace, dataset: Any) -> ValidationSet:
     """The flags' prompts and images, or else the first row of the training data."""
     given = ValidationSet.from_flags(args.validation_prompt, args.validation_image)
@@ -239,7 +254,11 @@ def validation_set(args: argparse.Namespace, dataset: Any) -> ValidationSet:
     columns = _columns(args)
     row = next(iter(dataset))
     conditioning = input_data.decode(row[columns.conditioning_image], "validation row")
-    return ValidationSet([input_data.caption_text(row[columns.caption])], [conditioning])
+    validation = ValidationSet([input_data.caption_text(row[columns.caption])], [conditioning])
+    if columns.mask:
+        validation.photos = [input_data.decode(row[columns.image], "validation row")]
+        validation.masks = [input_data.decode_mask(row[columns.mask], "validation row (mask)")]
+    return validation
 
 
 # -- the loop ---------------------------------------------------------------------------------

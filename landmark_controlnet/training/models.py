@@ -8,6 +8,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax.core import unfreeze
 from flax.traverse_util import flatten_dict, unflatten_dict
 
@@ -110,3 +111,14 @@ def cast_params(params: Any, dtype: jnp.dtype) -> Any:
         lambda p: p.astype(dtype) if hasattr(p, "dtype") and jnp.issubdtype(p.dtype, jnp.floating) else p,
         params,
     )
+
+
+def tokenize(tokenizer: Any, captions: list[str]) -> np.ndarray:
+    ids = tokenizer(
+        captions,
+        max_length=tokenizer.model_max_length,
+        padding="max_length",
+        truncation=True,
+        return_tensors="np",
+    ).input_ids
+    return ids.astype(np.int32)

@@ -118,6 +118,9 @@ def diffusion_loss(
     timesteps = jax.random.randint(time_rng, (latents.shape[0],), 0, sd.scheduler.config.num_train_timesteps)
     noisy = sd.scheduler.add_noise(frozen["scheduler"], latents, noise, timesteps)
     text = sd.text_encoder(batch["input_ids"], params=frozen["text_encoder"], train=False)[0]
+    unet_input = noisy.astype(config.dtype)
+    if "mask" in batch:  # an inpainting UNet also sees the mask and the masked photo's latents
+        unet_input = inpainting_input(unet_input, batch["mask"], pixels, frozen["vae"], sd)
     down, mid = controlnet.apply(
         {"params": params},
         noisy.astype(config.dtype),
@@ -129,7 +132,7 @@ def diffusion_loss(
     )
     prediction = sd.unet.apply(
         {"params": frozen["unet"]},
-        noisy.astype(config.dtype),
+        unet_input,
         timesteps,
         text,
         down_block_additional_residuals=down,
@@ -144,6 +147,22 @@ def diffusion_loss(
     if config.snr_gamma:
         per_example = per_example * _min_snr_weight(frozen["scheduler"], timesteps, config)
     return per_example.mean()
+
+
+def inpainting_input(
+    latents: jax.Array, mask: jax.Array, pixels: jax.Array, vae_params: Any, sd: StableDiffusion
+) -> jax.Array:
+    """The 9-channel UNet input: latents, the mask at latent size, the masked photo's latents.
+
+    `mask` is (B, 1, H, W) with 1 = repaint; `pixels` (B, 3, H, W) in [-1, 1]. The masked photo
+    keeps the pixels to preserve and zeroes the rest, as Stable Diffusion inpainting was trained."""
+    masked = pixels * (mask < 0.5).astype(pixels.dtype)
+    posterior = sd.vae.apply({"params": vae_params}, masked, deterministic=True, method=sd.vae.encode)
+    masked_latents = posterior.latent_dist.mean.transpose(0, 3, 1, 2) * sd.vae.config.scaling_factor
+    small_mask = jax.image.resize(mask, (*mask.shape[:2], *latents.shape[2:]), "nearest")
+    return jnp.concatenate(
+        [latents, small_mask.astype(latents.dtype), masked_latents.astype(latents.dtype)], axis=1
+    )
 
 
 def _min_snr_weight(scheduler_state: Any, timesteps: jax.Array, config: LossConfig) -> jax.Array:

@@ -27,6 +27,9 @@ GRID_TILE = 256
 class ValidationSet:
     prompts: list[str]
     images: list[Image.Image]  # conditioning images, one per prompt
+    # Inpainting runs only: the photo to repaint and its mask (white = repaint), one per prompt.
+    photos: list[Image.Image] | None = None
+    masks: list[Image.Image] | None = None
 
     @classmethod
     def from_flags(cls, prompts: list[str] | None, images: list[str] | None) -> ValidationSet | None:
@@ -84,6 +87,35 @@ class Validator:
             generated = (np.asarray(images) * 255).round().astype(np.uint8)
             row = [(conditioning, "conditioning")] + [(Image.fromarray(g), prompt) for g in generated]
             rows.append(row)
+        return contact_sheet(rows, tile=min(GRID_TILE, max(self.resolution, 128)))
+
+
+class InpaintValidator:
+    """Validation of an inpainting run: the photo repainted inside its mask, composited back."""
+
+    def __init__(self, sd: StableDiffusion, controlnet: Any, resolution: int, inference_steps: int):
+        from landmark_controlnet.inpainting import InpaintSampler
+
+        self.sampler = InpaintSampler(sd, controlnet, inference_steps)
+        self.frozen = {k: v for k, v in sd.params.items() if k != "scheduler"}
+        self.resolution = resolution
+
+    def __call__(
+        self, controlnet_params: Any, validation: ValidationSet, per_prompt: int, seed: int
+    ) -> Image.Image:
+        params = {**self.frozen, "controlnet": controlnet_params}
+        size = (self.resolution, self.resolution)
+        rows = []
+        for index, prompt in enumerate(validation.prompts):
+            photo = validation.photos[index].convert("RGB").resize(size, Image.Resampling.BILINEAR)
+            mask = np.asarray(validation.masks[index].convert("L").resize(size, Image.Resampling.NEAREST))
+            depth = validation.images[index].convert("RGB").resize(size, Image.Resampling.BILINEAR)
+            stack = [np.repeat(np.asarray(a)[None], per_prompt, axis=0) for a in (photo, mask, depth)]
+            generated = self.sampler(params, [prompt] * per_prompt, *stack, strength=1.0, seed=seed + index)
+            keep = (mask == 0)[..., None]
+            repaired = [np.where(keep, np.asarray(photo), g) for g in generated]
+            row = [(photo, "photo"), (Image.fromarray(mask), "mask"), (depth, "conditioning")]
+            rows.append(row + [(Image.fromarray(r), prompt) for r in repaired])
         return contact_sheet(rows, tile=min(GRID_TILE, max(self.resolution, 128)))
 
 
