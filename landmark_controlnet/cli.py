@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from .options import options_dict, parse_option, parse_size
 
@@ -64,12 +65,45 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train a ControlNet with JAX/Flax: the flags of train_flax_controlnet.py (train --help)"
     )
 
+    _add_refine_hands(commands)
+
     demo = commands.add_parser(
         "demo", help="every conditioner on built-in sample photos, a demo dataset and a tiny ControlNet"
     )
     demo.add_argument("--out-dir", type=Path, default=Path("outputs/demo"))
     demo.add_argument("--no-train", action="store_true", help="skip training the tiny ControlNet")
     return parser
+
+
+def _add_refine_hands(commands: Any) -> None:
+    refine = commands.add_parser(
+        "refine-hands",
+        help="repair malformed hands: depth ControlNet + inpainting SD inside a mask around each hand",
+    )
+    refine.add_argument("--image", required=True, help="the image to repair")
+    refine.add_argument("--prompt", required=True, help="the prompt the image was generated with")
+    refine.add_argument(
+        "--controlnet", required=True, help="a Flax ControlNet folder (trained with --inpainting)"
+    )
+    refine.add_argument(
+        "--base-model", required=True, help="an inpainting Stable Diffusion folder (9-channel UNet)"
+    )
+    refine.add_argument("--from-pt", action="store_true", help="the base model has PyTorch weights only")
+    refine.add_argument(
+        "--strength", type=float, default=0.55, help="control strength (HandRefiner: 0.4-0.8)"
+    )
+    refine.add_argument("--out", type=Path, required=True, help="the repaired image (PNG keeps it exact)")
+    refine.add_argument("--preview", type=Path, help="also write input | depth | mask | result here")
+    refine.add_argument("--steps", type=int, default=30, help="DDIM steps")
+    refine.add_argument("--guidance-scale", type=float, default=7.5)
+    refine.add_argument("--seed", type=int, default=0)
+    refine.add_argument("--resolution", type=int, default=512, help="long side the model works at")
+    refine.add_argument("--feather", type=float, default=8, help="blend width inside the mask edge, px")
+    refine.add_argument(
+        "--padding", type=float, default=0.15, help="mask padding, x the hand box's long side"
+    )
+    refine.add_argument("--min-padding", type=float, default=30, help="least mask padding, px")
+    refine.add_argument("--tight-mask", action="store_true", help="dilated hand silhouette instead of a box")
 
 
 def _add_conditioner_args(parser: argparse.ArgumentParser, required: bool) -> None:
@@ -121,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print(publish(args.name, args.repo_id, args.private, args.token))
         return 0
+    if args.command == "refine-hands":
+        return _refine_hands(args)
     if args.command == "demo":
         from .demo import run_demo
 
@@ -141,6 +177,23 @@ def _build(args: argparse.Namespace) -> int:
     report = run_build(args.name, args.source, settings, args.output, args.engine, args.overwrite)
     print(json.dumps(report.to_dict()))
     return 0
+
+
+def _refine_hands(args: argparse.Namespace) -> int:
+    from conditioners import ImageLoadError
+
+    from .refine_hands import run_refine_hands
+
+    if not 0 <= args.strength <= 2:
+        print(
+            f"error: --strength {args.strength} is outside [0, 2] (HandRefiner uses 0.4-0.8)", file=sys.stderr
+        )
+        return 2
+    try:
+        return run_refine_hands(args)
+    except (ImageLoadError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 def _show(args: argparse.Namespace) -> int:
