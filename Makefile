@@ -29,6 +29,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/conditioners.py
 	$(BIN)/python benchmarks/build.py
 	$(BIN)/python benchmarks/train_step.py
+	$(BIN)/python benchmarks/hand_repair.py
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

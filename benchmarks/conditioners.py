@@ -6,7 +6,8 @@ Prints JSON. Per conditioner, on the shared photos:
 - detector: the detector alone (MediaPipe; for spiga68 also SPIGA, for animal_pose OpenPifPaf) on
   RGB arrays already decoded and resized to the detection size;
 - full_path: file -> decode -> detect -> draw -> PNG bytes, through `condition_many` (the path
-  the CLI and the builders use, with I/O overlapped with detection);
+  the CLI and the builders use, with I/O overlapped with detection), plus the conditioner's extra
+  images as PNGs (hand_depth_mask's inpainting mask), as a build writes them;
 - sequential: the same steps one after the other, without overlap.
 Rounds alternate between the modes and the median of each is reported, since the machine is shared.
 spiga68 and animal_pose use their real weights when found locally, else random weights of the same
@@ -29,6 +30,7 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import conditioners  # noqa: E402
+from builders.worker import png_bytes  # noqa: E402
 from conditioners.runner import condition_many  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,6 +41,7 @@ PHOTO_SETS = {
     "face_pupils": ["faces"],
     "spiga68": ["faces"],
     "animal_pose": ["animals"],
+    "hand_depth_mask": ["hands", "generated"],
 }
 RANDOM_WEIGHTS = {"spiga68": "write_random_spiga_weights", "animal_pose": "write_random_animal_checkpoint"}
 
@@ -82,11 +85,15 @@ def bench(name: str, paths: list[Path], rounds: int, work: Path) -> dict:
         def full_path() -> None:
             for outcome in condition_many(conditioner, paths):
                 assert outcome.png
+                for extra in conditioner.extra_images:
+                    png_bytes(conditioner.render_extra(extra, outcome.detection))
 
         def sequential() -> None:
             for path in paths:
                 result = conditioner(path)
                 assert result.to_png()
+                for extra in result.extras.values():
+                    png_bytes(extra)
 
         rates: dict[str, list[float]] = {"detector": [], "full_path": [], "sequential": []}
         for _ in range(rounds):

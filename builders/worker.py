@@ -93,7 +93,7 @@ class ChunkProcessor:
         counts: Counter[str] = Counter()
         pending: list[_Row] = []
         try:
-            for outcome in condition_many(self.conditioner, _read(chunk.items), encode_png=False):
+            for outcome in condition_many(self.conditioner, _read(chunk.items), render=False):
                 reason, row = self._row(chunk.items[outcome.index], outcome)
                 counts[reason or "kept"] += 1
                 if progress:

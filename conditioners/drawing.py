@@ -64,10 +64,15 @@ class Canvas:
 
     def paint_levels(self, levels: np.ndarray) -> None:
         """Grey levels (h, w) uint8 onto the canvas; 0 leaves a pixel as it is (depth maps)."""
-        drawn = levels > 0
-        values, inverse = np.unique(levels[drawn], return_inverse=True)
-        lookup = np.array([self.index((int(v),) * 3) for v in values], dtype=np.uint8)
-        self.indices[drawn] = lookup[inverse]
+        rows, cols = np.flatnonzero(levels.any(axis=1)), np.flatnonzero(levels.any(axis=0))
+        if not len(rows):
+            return
+        window = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))  # only where drawn
+        drawn = levels[window]
+        lookup = np.zeros(256, np.uint8)
+        for level in np.flatnonzero(np.bincount(drawn.ravel(), minlength=256)[1:]) + 1:
+            lookup[level] = self.index((int(level),) * 3)
+        self.indices[window] = np.where(drawn > 0, lookup[drawn], self.indices[window])
 
     def is_empty(self) -> bool:
         return not self.indices.any()

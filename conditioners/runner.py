@@ -1,7 +1,7 @@
 """Run a conditioner over many images, overlapping I/O with detection.
 
-MediaPipe releases the GIL while its graph runs, so decoding the next image and PNG-encoding
-the previous one in a helper thread hides most of their cost behind the detector.
+MediaPipe releases the GIL while its graph runs, so decoding the next image, and drawing and
+PNG-encoding the previous one, in a helper thread hides most of their cost behind the detector.
 """
 
 from __future__ import annotations
@@ -41,10 +41,13 @@ def condition_many(
     *,
     size: tuple[int, int] | None = None,
     encode_png: bool = True,
+    render: bool = True,
     prefetch: int = 4,
     io_threads: int = 1,
 ) -> Iterator[Outcome]:
-    """Yield an `Outcome` per source, in order. Memory is bounded by `prefetch` images."""
+    """Yield an `Outcome` per source, in order. Memory is bounded by `prefetch` images.
+
+    `render=False` leaves the drawing to the caller (a builder draws after resizing the photo)."""
 
     def load(source: ImageSource) -> LoadedImage | ImageLoadError:
         try:
@@ -68,27 +71,37 @@ def condition_many(
         while loads:
             index, source, future = loads.popleft()
             top_up()
-            finished.append(_process(conditioner, index, source, future.result(), size, encode_png, pool))
+            loaded = future.result()
+            finished.append(_process(conditioner, index, source, loaded, size, render, encode_png, pool))
             while finished and (len(finished) > prefetch or _ready(finished[0][1])):
                 yield _complete(*finished.popleft())
         while finished:
             yield _complete(*finished.popleft())
 
 
-def _process(conditioner, index, source, loaded, size, encode_png, pool) -> tuple[Outcome, Future | None]:
+def _process(
+    conditioner, index, source, loaded, size, render, encode_png, pool
+) -> tuple[Outcome, Future | None]:
+    """Detect here; draw and encode in the helper thread, overlapped with the next detection."""
     if isinstance(loaded, ImageLoadError):
         return Outcome(index, source, loaded.source, error=loaded), None
     detection = conditioner.detect(loaded)
+    outcome = Outcome(index, source, loaded.name, detection=detection, loaded=loaded)
+    return outcome, pool.submit(_draw, conditioner, detection, size, encode_png) if render else None
+
+
+def _draw(
+    conditioner: Conditioner, detection: Detection, size, encode_png: bool
+) -> tuple[Canvas, bytes | None]:
     canvas = conditioner.render(detection, size)
-    outcome = Outcome(index, source, loaded.name, detection=detection, loaded=loaded, canvas=canvas)
-    return outcome, pool.submit(canvas.to_png) if encode_png else None
+    return canvas, canvas.to_png() if encode_png else None
 
 
 def _ready(future: Future | None) -> bool:
     return future is None or future.done()
 
 
-def _complete(outcome: Outcome, png_future: Future | None) -> Outcome:
-    if png_future is not None:
-        outcome.png = png_future.result()
+def _complete(outcome: Outcome, drawing: Future | None) -> Outcome:
+    if drawing is not None:
+        outcome.canvas, outcome.png = drawing.result()
     return outcome

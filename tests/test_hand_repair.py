@@ -64,6 +64,7 @@ def test_inpainting_training_trains_a_controlnet_and_validates_by_repainting(inp
     grid = Image.open(inpainting_run / "validation" / "step-000002.png")
     assert grid.width > 4 * 128, "photo | mask | depth | repainted"
     assert (inpainting_run / "diffusion_pytorch_model.safetensors").exists()
+    assert "StableDiffusionControlNetInpaintPipeline" in (inpainting_run / "README.md").read_text()
 
 
 @pytest.mark.parametrize(

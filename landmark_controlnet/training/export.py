@@ -79,15 +79,8 @@ def write_model_card(
         ]
     if final_loss is not None:
         lines += [f"Last logged training loss: {final_loss:.4f}", ""]
+    lines += ["## Use", "", *(_inpainting_use(base_model) if flags.get("inpainting") else _use(base_model))]
     lines += [
-        "## Use",
-        "",
-        "```python",
-        "from diffusers import ControlNetModel, StableDiffusionControlNetPipeline",
-        "controlnet = ControlNetModel.from_pretrained(PATH_OR_REPO)",
-        f'pipe = StableDiffusionControlNetPipeline.from_pretrained("{base_model}", controlnet=controlnet)',
-        "```",
-        "",
         "## Training flags",
         "",
         "| flag | value |",
@@ -102,6 +95,37 @@ def write_model_card(
     path = output_dir / "README.md"
     path.write_text(f"---\n{yaml.safe_dump(header, sort_keys=False)}---\n\n" + "\n".join(lines))
     return path
+
+
+def _use(base_model: str) -> list[str]:
+    return [
+        "```python",
+        "from diffusers import ControlNetModel, StableDiffusionControlNetPipeline",
+        "controlnet = ControlNetModel.from_pretrained(PATH_OR_REPO)",
+        f'pipe = StableDiffusionControlNetPipeline.from_pretrained("{base_model}", controlnet=controlnet)',
+        "```",
+        "",
+    ]
+
+
+def _inpainting_use(base_model: str) -> list[str]:
+    """Trained with --inpainting: it steers an inpainting UNet, e.g. to repair hands."""
+    return [
+        "An inpainting ControlNet: use it with the inpainting base model it was trained against.",
+        "",
+        "```bash",
+        "landmark-controlnet refine-hands --image IN.png --prompt PROMPT --controlnet PATH \\",
+        f"    --base-model {base_model} --strength 0.55 --out OUT.png",
+        "```",
+        "",
+        "```python",
+        "from diffusers import ControlNetModel, StableDiffusionControlNetInpaintPipeline",
+        "controlnet = ControlNetModel.from_pretrained(PATH_OR_REPO)",
+        "pipe = StableDiffusionControlNetInpaintPipeline.from_pretrained(",
+        f'    "{base_model}", controlnet=controlnet)',
+        "```",
+        "",
+    ]
 
 
 def push_to_hub(output_dir: Path, repo_id: str, token: str | None) -> str:
