@@ -71,15 +71,20 @@ def hand_points_3d(points: np.ndarray, source_size: tuple[int, int], size: tuple
     return xyz
 
 
+def palm_length(xyz: np.ndarray) -> float:
+    """Wrist to middle-finger knuckle in 3D: the hand's scale, whatever its pose."""
+    length = float(np.linalg.norm(xyz[9] - xyz[0]))
+    return length if np.isfinite(length) and length > 0 else 1.0
+
+
 def hand_depth(xyz: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(h, w) distance to the nearest hand surface, +inf off the hand (orthographic, along z)."""
     depth = np.full((size[1], size[0]), np.inf)
-    palm_length = float(np.linalg.norm(xyz[9] - xyz[0])) or 1.0
-    radius = JOINT_RADIUS * palm_length
+    radius = JOINT_RADIUS * palm_length(xyz)
     for start, end in HAND_CONNECTIONS:  # every joint ends a bone, so its sphere is a capsule's cap
         _capsule(depth, xyz[start], xyz[end], radius[start], radius[end])
     for triangle in PALM_TRIANGLES:
-        _triangle(depth, xyz[list(triangle)], PALM_HALF_THICKNESS * palm_length)
+        _triangle(depth, xyz[list(triangle)], PALM_HALF_THICKNESS * palm_length(xyz))
     return depth
 
 
@@ -147,8 +152,22 @@ def hands(detection: Detection) -> list[Instance]:
     return [instance for instance in detection.instances if instance.kind in HAND_KINDS]
 
 
-def hand_levels(detection: Detection, instance: Instance, size: tuple[int, int]) -> np.ndarray:
-    return shade(hand_depth(hand_points_3d(instance.points, detection.size, size), size))
+Window = tuple[slice, slice]
+
+
+def hand_levels(detection: Detection, instance: Instance, size: tuple[int, int]) -> tuple[Window, np.ndarray]:
+    """One hand's shaded depth over the window around it (memory bounded by the hand, not the image)."""
+    xyz = hand_points_3d(instance.points, detection.size, size)
+    finite = xyz[np.isfinite(xyz[:, :2]).all(axis=1), :2]
+    if not len(finite):
+        return (slice(0, 0), slice(0, 0)), np.zeros((0, 0), np.uint8)
+    reach = JOINT_RADIUS.max() * palm_length(xyz) + 1
+    low = np.clip(np.floor(finite.min(axis=0) - reach), 0, size).astype(int)
+    high = np.clip(np.ceil(finite.max(axis=0) + reach) + 1, 0, size).astype(int)
+    local = xyz.copy()
+    local[:, :2] -= low
+    window = (slice(low[1], high[1]), slice(low[0], high[0]))
+    return window, shade(hand_depth(local, tuple(np.maximum(high - low, 0))))
 
 
 def depth_levels(detection: Detection, size: tuple[int, int] | None = None) -> np.ndarray:
@@ -156,7 +175,8 @@ def depth_levels(detection: Detection, size: tuple[int, int] | None = None) -> n
     size = size or detection.size
     levels = np.zeros((size[1], size[0]), np.uint8)
     for instance in hands(detection):
-        np.maximum(levels, hand_levels(detection, instance, size), out=levels)
+        window, hand = hand_levels(detection, instance, size)
+        np.maximum(levels[window], hand, out=levels[window])
     return levels
 
 
@@ -188,15 +208,27 @@ def mask_image(detection: Detection, size: tuple[int, int] | None = None) -> np.
     sx, sy = size[0] / detection.width, size[1] / detection.height
     if settings.tight:
         for instance in hands(detection):
-            radius = settings.pad(instance.bbox()) * max(sx, sy)
-            kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * round(radius) + 1,) * 2)
-            silhouette = (hand_levels(detection, instance, size) > 0).astype(np.uint8)
-            np.maximum(mask, cv2.dilate(silhouette, kernel) * MASK_ON, out=mask)
+            _add_dilated_silhouette(
+                mask, detection, instance, round(settings.pad(instance.bbox()) * max(sx, sy))
+            )
         return mask
     for x0, y0, x1, y1 in mask_boxes(detection):
         rows = slice(int(np.floor(y0 * sy)), int(np.ceil(y1 * sy)))
         mask[rows, int(np.floor(x0 * sx)) : int(np.ceil(x1 * sx))] = MASK_ON
     return mask
+
+
+def _add_dilated_silhouette(mask: np.ndarray, detection: Detection, instance: Instance, radius: int) -> None:
+    """OR the hand's silhouette grown by a disc of `radius` px into `mask`, within the hand's window."""
+    (rows, cols), hand = hand_levels(detection, instance, (mask.shape[1], mask.shape[0]))
+    if not hand.size:
+        return
+    y0, x0 = max(rows.start - radius, 0), max(cols.start - radius, 0)
+    y1, x1 = min(rows.stop + radius, mask.shape[0]), min(cols.stop + radius, mask.shape[1])
+    silhouette = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    silhouette[rows.start - y0 : rows.stop - y0, cols.start - x0 : cols.stop - x0] = hand > 0
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1,) * 2)
+    np.maximum(mask[y0:y1, x0:x1], cv2.dilate(silhouette, kernel) * MASK_ON, out=mask[y0:y1, x0:x1])
 
 
 def small_hands(detection: Detection, settings: MaskSettings) -> list[int]:
