@@ -33,6 +33,8 @@ def check_inpainting_unet(sd: StableDiffusion, where: str) -> None:
 
 
 class InpaintSampler:
+    """Repaints the masked part of a batch of photos; `params` come per call (training updates them)."""
+
     def __init__(self, sd: StableDiffusion, controlnet: Any, steps: int = 30, guidance_scale: float = 7.5):
         from diffusers import FlaxDDIMScheduler
 
