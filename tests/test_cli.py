@@ -26,7 +26,15 @@ def test_console_script_is_installed():
 def test_conditioners_lists_names():
     result = run("conditioners")
     assert result.returncode == 0
-    builtins = ["animal_pose", "face_pupils", "hand_encoded", "hand_standard", "holistic", "spiga68"]
+    builtins = [
+        "animal_pose",
+        "face_pupils",
+        "hand_depth_mask",
+        "hand_encoded",
+        "hand_standard",
+        "holistic",
+        "spiga68",
+    ]
     assert result.stdout.split() == sorted(builtins)
 
 
