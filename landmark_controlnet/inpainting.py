@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .training.models import StableDiffusion, tokenize
-from .training.step import inpainting_input
+from .training.step import inpainting_channels
 
 INPAINTING_CHANNELS = 9
 
@@ -84,7 +84,7 @@ class InpaintSampler:
         state = self.scheduler.set_timesteps(self.scheduler.create_state(), self.steps, shape)
         latents = jax.random.normal(rng, shape) * state.init_noise_sigma
         # The mask and masked-photo channels are the same at every step: built once, doubled for guidance.
-        extra = inpainting_input(jnp.zeros(shape), mask, pixels, params["vae"], sd)[:, shape[1] :]
+        extra = inpainting_channels(mask, pixels, params["vae"], sd, shape[2:])
         extra, cond = jnp.concatenate([extra, extra]), jnp.concatenate([cond, cond])
         step = partial(self._denoise, params, text, extra, cond, strength)
         latents, _ = jax.lax.fori_loop(0, self.steps, step, (latents, state))

@@ -111,8 +111,8 @@ class HandRefiner:
         resolution: int = 512,
         feather: float = 8,
     ) -> Repair:
-        photo = load_image(image).pixels
-        detection = self.conditioner.detect(image)
+        photo = load_image(image).pixels  # decoded once; detection downscales this array
+        detection = self.conditioner.detect(photo, name=str(image))
         size = detection.size
         depth = self.conditioner.draw(detection)
         mask = self.conditioner.render_extra("mask", detection)

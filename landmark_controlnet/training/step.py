@@ -152,17 +152,23 @@ def diffusion_loss(
 def inpainting_input(
     latents: jax.Array, mask: jax.Array, pixels: jax.Array, vae_params: Any, sd: StableDiffusion
 ) -> jax.Array:
-    """The 9-channel UNet input: latents, the mask at latent size, the masked photo's latents.
+    """The 9-channel UNet input: latents, then `inpainting_channels`."""
+    extra = inpainting_channels(mask, pixels, vae_params, sd, latents.shape[2:])
+    return jnp.concatenate([latents, extra.astype(latents.dtype)], axis=1)
+
+
+def inpainting_channels(
+    mask: jax.Array, pixels: jax.Array, vae_params: Any, sd: StableDiffusion, latent_hw: tuple[int, int]
+) -> jax.Array:
+    """The mask at latent size and the masked photo's latents, (B, 5, h, w).
 
     `mask` is (B, 1, H, W) with 1 = repaint; `pixels` (B, 3, H, W) in [-1, 1]. The masked photo
     keeps the pixels to preserve and zeroes the rest, as Stable Diffusion inpainting was trained."""
     masked = pixels * (mask < 0.5).astype(pixels.dtype)
     posterior = sd.vae.apply({"params": vae_params}, masked, deterministic=True, method=sd.vae.encode)
     masked_latents = posterior.latent_dist.mean.transpose(0, 3, 1, 2) * sd.vae.config.scaling_factor
-    small_mask = jax.image.resize(mask, (*mask.shape[:2], *latents.shape[2:]), "nearest")
-    return jnp.concatenate(
-        [latents, small_mask.astype(latents.dtype), masked_latents.astype(latents.dtype)], axis=1
-    )
+    small_mask = jax.image.resize(mask, (*mask.shape[:2], *latent_hw), "nearest")
+    return jnp.concatenate([small_mask.astype(masked_latents.dtype), masked_latents], axis=1)
 
 
 def _min_snr_weight(scheduler_state: Any, timesteps: jax.Array, config: LossConfig) -> jax.Array:
