@@ -58,6 +58,9 @@ class Conditioner(ABC):
     default_filters: ClassVar[Filters] = Filters()
     # Single-channel images drawn beside the conditioning image; each is a column of a built dataset.
     extra_images: ClassVar[tuple[str, ...]] = ()
+    # The shorter image side below which the detector cannot work (measured per detector); such
+    # images are skipped as `image_too_small` before detection.
+    min_workable_side: ClassVar[int] = 1
 
     def __init__(
         self,

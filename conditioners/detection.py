@@ -28,6 +28,7 @@ class SkipReason(StrEnum):
     TOO_MANY_INSTANCES = "too_many_instances"
     MISSING_REQUIRED_PART = "missing_required_part"
     EMPTY_DRAWING = "empty_drawing"
+    DETECTOR_ERROR = "detector_error"
 
 
 @dataclass
@@ -105,6 +106,8 @@ class Detection:
     detector_version: str = ""
     skipped: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Why, in words, for skips that need it (`unreadable`, `detector_error`): the file's error.
+    skip_message: str | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -115,6 +118,11 @@ class Detection:
 
     def with_instances(self, instances: list[Instance], skipped: str | None = None) -> Detection:
         return replace(self, instances=instances, skipped=skipped)
+
+    def framed(self, framing: Any) -> Detection:
+        """The detection of the photo after `conditioners.images.resize_and_crop(photo, framing)`."""
+        left, top = framing.offset
+        return self.transformed(framing.scale, (-left, -top), framing.size)
 
     def transformed(
         self, scale: tuple[float, float], offset: tuple[float, float], size: tuple[int, int]
@@ -148,6 +156,7 @@ class Detection:
             "height": self.height,
             "instances": [inst.to_dict() for inst in self.instances],
             "skipped": self.skipped,
+            **({"skip_message": self.skip_message} if self.skip_message else {}),
             "detector": self.detector,
             "detector_version": self.detector_version,
             **({"extra": self.extra} if self.extra else {}),
@@ -164,6 +173,7 @@ class Detection:
             detector_version=data.get("detector_version", ""),
             skipped=data.get("skipped"),
             extra=data.get("extra", {}),
+            skip_message=data.get("skip_message"),
         )
 
     def to_json(self, **kwargs: Any) -> str:

@@ -156,6 +156,57 @@ def scaled_size(size: tuple[int, int], long_side: int | None) -> tuple[int, int]
     return (max(1, round(width * scale)), max(1, round(height * scale)))
 
 
+@dataclass(frozen=True)
+class Framing:
+    """How a picture of `source_size` becomes one of `size`: resize to `resized_size`, which covers
+    `size`, then crop the `size` box at `offset` (left, top). One geometry for photos, drawings,
+    masks and landmarks alike, so that all of them stay aligned."""
+
+    source_size: tuple[int, int]
+    resized_size: tuple[int, int]
+    offset: tuple[int, int]
+    size: tuple[int, int]
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        return (self.resized_size[0] / self.source_size[0], self.resized_size[1] / self.source_size[1])
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        """The crop box in the resized image."""
+        left, top = self.offset
+        return (left, top, left + self.size[0], top + self.size[1])
+
+
+def center_crop_framing(source_size: tuple[int, int], target: int | tuple[int, int]) -> Framing:
+    """Scale (keeping the aspect ratio) until the picture covers `target`, then centre-crop.
+
+    `target` is (width, height), or one int for a square (short side resized to it)."""
+    width, height = (target, target) if isinstance(target, int) else target
+    scale = max(width / source_size[0], height / source_size[1])
+    resized = (max(width, round(source_size[0] * scale)), max(height, round(source_size[1] * scale)))
+    offset = ((resized[0] - width) // 2, (resized[1] - height) // 2)
+    return Framing(tuple(source_size), resized, offset, (width, height))
+
+
+def resize_and_crop(
+    image: Image.Image | np.ndarray,
+    target: int | tuple[int, int] | Framing,
+    resample: Image.Resampling = Image.Resampling.BILINEAR,
+) -> Image.Image:
+    """The project's one resize + centre-crop (builds, training, validation, refine-hands).
+
+    `target` is a `Framing` or what `center_crop_framing` takes."""
+    if isinstance(image, np.ndarray):
+        image = array_to_image(image)
+    framing = target if isinstance(target, Framing) else center_crop_framing(image.size, target)
+    if framing.source_size != image.size:
+        raise ValueError(f"framing is for a {framing.source_size} image, got {image.size}")
+    if framing.resized_size != image.size:
+        image = image.resize(framing.resized_size, resample)
+    return image if framing.resized_size == framing.size else image.crop(framing.box)
+
+
 def _reduce(image: Image.Image, long_side: int | None) -> Image.Image:
     target = scaled_size(image.size, long_side)
     if target == image.size:
