@@ -207,6 +207,36 @@ def resize_and_crop(
     return image if framing.resized_size == framing.size else image.crop(framing.box)
 
 
+def uncrop(
+    image: Image.Image | np.ndarray,
+    framing: Framing,
+    background: Image.Image | np.ndarray,
+    resample: Image.Resampling = Image.Resampling.BILINEAR,
+) -> Image.Image:
+    """The inverse of `resize_and_crop(background, framing)`: `image` (of `framing.size`) put back
+    into the crop box of the resized frame, and that frame resized to `framing.source_size`.
+
+    What the crop cut off keeps `background`'s own pixels exactly; the rest of the frame is the
+    resized `background`, so that resampling near the box's edges blends with the right picture."""
+    image, background = (array_to_image(a) if isinstance(a, np.ndarray) else a for a in (image, background))
+    if image.size != framing.size or background.size != framing.source_size:
+        raise ValueError(
+            f"framing is {framing.source_size} -> {framing.size}, got {background.size} -> {image.size}"
+        )
+    frame = background.resize(framing.resized_size, resample)
+    frame.paste(image, framing.offset)
+    box = _source_box(framing)
+    result = background.copy()
+    result.paste(frame.resize(framing.source_size, resample).crop(box), box[:2])
+    return result
+
+
+def _source_box(framing: Framing) -> tuple[int, int, int, int]:
+    """The input pixels wholly inside the crop box; integer arithmetic, so no rounding drift."""
+    (left, top, right, bottom), (sw, sh), (rw, rh) = framing.box, framing.source_size, framing.resized_size
+    return (-(-left * sw // rw), -(-top * sh // rh), right * sw // rw, bottom * sh // rh)
+
+
 def _reduce(image: Image.Image, long_side: int | None) -> Image.Image:
     target = scaled_size(image.size, long_side)
     if target == image.size:
