@@ -30,7 +30,6 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import conditioners  # noqa: E402
-from builders.worker import png_bytes  # noqa: E402
 from conditioners.runner import condition_many  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,17 +82,12 @@ def bench(name: str, paths: list[Path], rounds: int, work: Path) -> dict:
                 conditioner._detect(pixels)
 
         def full_path() -> None:
-            for outcome in condition_many(conditioner, paths):
-                assert outcome.png
-                for extra in conditioner.extra_images:
-                    png_bytes(conditioner.render_extra(extra, outcome.detection))
+            for result in condition_many(conditioner, paths):  # encodes every image, extras too
+                assert result.png and len(result.extra_pngs) == len(conditioner.extra_images)
 
         def sequential() -> None:
             for path in paths:
-                result = conditioner(path)
-                assert result.to_png()
-                for extra in result.extras.values():
-                    png_bytes(extra)
+                assert conditioner(path).encode().png
 
         rates: dict[str, list[float]] = {"detector": [], "full_path": [], "sequential": []}
         for _ in range(rounds):

@@ -38,7 +38,7 @@ OURS = ["--validation_steps", "0", "--checkpointing_steps", "0"]
 EXAMPLE_ONLY = ["--report_to", "tensorboard"]  # its default, wandb, is not installed
 RUN_EXAMPLE = """
 import runpy, sys
-from conditioners._torch_compat import install_import_guard
+from conditioners.torchvision_guard import install_import_guard
 install_import_guard()  # its `from torchvision import transforms` beside a CPU torch
 import jax
 jax.tree_map = jax.tree_util.tree_map  # removed in JAX 0.6; the example still calls it

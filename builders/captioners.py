@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from conditioners import Detection
+from conditioners.errors import UnknownNameError
 
 from .sources import SourceItem
 
@@ -140,5 +141,5 @@ CAPTIONERS: dict[str, type[Captioner]] = {
 
 def make_captioner(kind: str, **options: Any) -> Captioner:
     if kind not in CAPTIONERS:
-        raise KeyError(f"unknown captioner {kind!r}; available: {', '.join(CAPTIONERS)}")
+        raise UnknownNameError(f"unknown captioner {kind!r}; available: {', '.join(CAPTIONERS)}")
     return CAPTIONERS[kind](**options)

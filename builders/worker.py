@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import io
 import json
+import math
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -11,12 +11,20 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 from PIL import Image
 
 import conditioners
-from conditioners import Detection, SkipReason
-from conditioners.images import load_image
-from conditioners.runner import Outcome, condition_many
+from conditioners import Conditioned, SkipReason, condition_many
+from conditioners.images import (
+    ImageSource,
+    LoadedImage,
+    encode_jpeg,
+    load_image,
+    read_image_size,
+    resize_and_crop,
+    scaled_size,
+)
 
 from .captioners import CaptionInput, make_captioner
 from .parquet import ShardWriter
@@ -31,7 +39,6 @@ ROW_FEATURES = {
     "landmarks": datasets.Value("string"),
     "source_id": datasets.Value("string"),
 }
-UNREADABLE = str(SkipReason.UNREADABLE)
 EMPTY_DRAWING = str(SkipReason.EMPTY_DRAWING)
 Progress = Callable[[str], None]
 
@@ -63,13 +70,23 @@ class Chunk:
 
 
 @dataclass
+class StoredPhoto(LoadedImage):
+    """A photo framed as the recipe asks: `pixels` at detection scale, `stored` the row's JPEG."""
+
+    stored: bytes = b""
+
+
+@dataclass
 class _Row:
     item: SourceItem
-    image_bytes: bytes
-    png: bytes
-    detection: Detection
-    pixels: Any
-    extra_pngs: dict[str, bytes]
+    result: Conditioned
+
+    @property
+    def image_cell(self) -> dict[str, Any]:
+        photo, name = self.result.photo, Path(self.item.name).name
+        if isinstance(photo, StoredPhoto):  # re-encoded: the name must not claim another format
+            return {"bytes": photo.stored, "path": str(Path(name).with_suffix(".jpg"))}
+        return {"bytes": self.result.source, "path": name}
 
 
 class ChunkProcessor:
@@ -92,14 +109,15 @@ class ChunkProcessor:
         writer = ShardWriter(data, shard_name(split, chunk.index), self.features, self.row_group_size)
         counts: Counter[str] = Counter()
         pending: list[_Row] = []
+        results = condition_many(self.conditioner, _read(chunk.items), render_skipped=False, load=self.load)
         try:
-            for outcome in condition_many(self.conditioner, _read(chunk.items), render=False):
-                reason, row = self._row(chunk.items[outcome.index], outcome)
+            for result in results:
+                reason = _skip_reason(result)
                 counts[reason or "kept"] += 1
                 if progress:
                     progress(reason or "kept")
-                if row is not None:
-                    pending.append(row)
+                if reason is None:
+                    pending.append(_Row(chunk.items[result.index], result))
                 if len(pending) >= self.captioner.batch_size:
                     self._write(writer, pending)
             self._write(writer, pending)
@@ -115,36 +133,37 @@ class ChunkProcessor:
             data.write_text(empty_marker_name(split, chunk.index), json.dumps(summary))
         return summary
 
-    def _row(self, item: SourceItem, outcome: Outcome) -> tuple[str | None, _Row | None]:
-        if not outcome.ok:
-            return UNREADABLE, None
-        detection = outcome.detection
-        if detection.skipped:
-            return str(detection.skipped), None
-        image_bytes = outcome.source if isinstance(outcome.source, bytes) else item.read_bytes()
-        if self.recipe.resize_short_side:
-            image_bytes, detection = resize_and_crop(image_bytes, detection, self.recipe.resize_short_side)
-        canvas = self.conditioner.render(detection)
-        if canvas.is_empty():
-            return EMPTY_DRAWING, None
-        extras = {
-            name: png_bytes(self.conditioner.render_extra(name, detection))
-            for name in self.conditioner.extra_images
-        }
-        return None, _Row(item, image_bytes, canvas.to_png(), detection, outcome.loaded.pixels, extras)
+    def load(self, source: ImageSource, name: str) -> LoadedImage:
+        """Decode once: the detector's pixels and, when the recipe frames photos, the stored JPEG.
+
+        Runs in the runner's helper thread, overlapped with detection."""
+        short_side = self.recipe.resize_short_side
+        if not short_side:
+            return self.conditioner.load(source, name)
+        width, height = read_image_size(source, name)
+        detail = math.ceil(short_side * max(width, height) / max(1, min(width, height)))
+        full = load_image(source, long_side=detail, name=name)  # JPEGs decode at reduced scale
+        if min(full.size) < max(self.conditioner.min_workable_side, self.conditioner.filters.min_image_side):
+            return full  # skipped as image_too_small; never blown up to the frame size
+        framed = resize_and_crop(full.pixels, short_side, Image.Resampling.LANCZOS)
+        detected = framed.resize(scaled_size(framed.size, self.conditioner.detect_long_side))
+        return StoredPhoto(np.asarray(detected), framed.size, name, stored=encode_jpeg(framed))
 
     def _write(self, writer: ShardWriter, rows: list[_Row]) -> None:
         if not rows:
             return
-        captions = self.captioner([CaptionInput(r.item, r.pixels, r.detection) for r in rows])
+        captions = self.captioner(
+            [CaptionInput(r.item, r.result.photo.pixels, r.result.detection) for r in rows]
+        )
         for row, caption in zip(rows, captions, strict=True):
+            result = row.result
             writer.write(
                 {
-                    "image": {"bytes": row.image_bytes, "path": Path(row.item.name).name},
-                    "conditioning_image": {"bytes": row.png, "path": None},
-                    **{name: {"bytes": png, "path": None} for name, png in row.extra_pngs.items()},
+                    "image": row.image_cell,
+                    "conditioning_image": {"bytes": result.png, "path": None},
+                    **{name: {"bytes": png, "path": None} for name, png in result.extra_pngs.items()},
                     "caption": caption,
-                    "landmarks": row.detection.to_json(),
+                    "landmarks": result.detection.to_json(),
                     "source_id": row.item.source_id,
                     **{key: row.item.extra.get(key) for key in self.source_columns},
                 }
@@ -152,11 +171,10 @@ class ChunkProcessor:
         rows.clear()
 
 
-def png_bytes(gray: Any) -> bytes:
-    """A single-channel uint8 array as a fast-compressed PNG."""
-    buffer = io.BytesIO()
-    Image.fromarray(gray, "L").save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
+def _skip_reason(result: Conditioned) -> str | None:
+    if result.skipped:
+        return str(result.skipped)
+    return EMPTY_DRAWING if result.canvas.is_empty() else None
 
 
 def _read(items: list[SourceItem]) -> Iterator[bytes | str]:
@@ -166,20 +184,3 @@ def _read(items: list[SourceItem]) -> Iterator[bytes | str]:
             yield item.read_bytes()
         except OSError:
             yield item.name
-
-
-def resize_and_crop(image_bytes: bytes, detection: Detection, short_side: int) -> tuple[bytes, Detection]:
-    """Resize so the short side is `short_side`, centre-crop to a square; landmarks follow."""
-    photo = Image.fromarray(load_image(image_bytes).pixels)
-    scale = short_side / min(photo.size)
-    resized = photo.resize(
-        (max(short_side, round(photo.width * scale)), max(short_side, round(photo.height * scale))),
-        Image.Resampling.LANCZOS,
-    )
-    left, top = (resized.width - short_side) // 2, (resized.height - short_side) // 2
-    cropped = resized.crop((left, top, left + short_side, top + short_side))
-    sx, sy = resized.width / photo.width, resized.height / photo.height
-    moved = detection.transformed((sx, sy), (-left, -top), (short_side, short_side))
-    buffer = io.BytesIO()
-    cropped.save(buffer, format="JPEG", quality=95)
-    return buffer.getvalue(), moved

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from ._torch_compat import import_torchvision
+from .errors import UserError
+from .torchvision_guard import import_torchvision
 from .weights import WeightsFile, resolve_weights
 
 ANIMALPOSE_WEIGHTS = WeightsFile(
@@ -38,12 +39,12 @@ SAFE_NAMES = frozenset(
 )
 
 
-class UnsafeCheckpointError(RuntimeError):
+class UnsafeCheckpointError(UserError, RuntimeError):
     """The checkpoint's pickle names objects outside the allow-list."""
 
 
 def import_openpifpaf() -> Any:
-    import_torchvision()  # its backbones subclass torchvision's; see _torch_compat
+    import_torchvision()  # its backbones subclass torchvision's; see torchvision_guard
     with warnings.catch_warnings():  # its visualizers use matplotlib.cm.get_cmap at import
         warnings.filterwarnings("ignore", "The get_cmap function was deprecated")
         import openpifpaf

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ._torch_compat import import_torchvision
+from .torchvision_guard import import_torchvision
 from .weights import WeightsFile, resolve_weights
 
 SPIGA_WEIGHTS = WeightsFile(

@@ -16,35 +16,60 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
-from .detection import Detection, Instance
+from .detection import Detection, Instance, SkipReason
 from .drawing import Canvas
+from .errors import UserError
 from .filters import Filters
-from .images import ImageSource, LoadedImage, load_image
+from .images import ImageLoadError, ImageSource, LoadedImage, encode_png, load_image
 
 
 @dataclass
 class Conditioned:
-    """The result of running a conditioner on one image."""
+    """One input's result: its detection, its conditioning image and every extra image.
+
+    `condition_many` also records where it came from (`index`, `name`, `source`), the pixels the
+    detector saw (`photo`) and the encoded PNGs. An unreadable input has a result too:
+    `skipped == "unreadable"`, the reason in `detection.skip_message`, and no images."""
 
     detection: Detection
-    canvas: Canvas
+    canvas: Canvas | None = None
     # The conditioner's `extra_images` (e.g. the inpainting "mask"), (h, w) uint8 each.
     extras: dict[str, np.ndarray] = field(default_factory=dict)
+    png: bytes | None = None
+    extra_pngs: dict[str, bytes] = field(default_factory=dict)
+    photo: LoadedImage | None = None
+    index: int = 0
+    name: str = ""
+    source: ImageSource | None = None
 
     @property
     def skipped(self) -> str | None:
         return self.detection.skipped
 
     @property
+    def ok(self) -> bool:
+        """Whether the input could be read (a readable image may still be skipped)."""
+        return self.detection.skipped != SkipReason.UNREADABLE
+
+    @property
     def image(self) -> Image.Image:
         """The conditioning image (palette mode; `.convert("RGB")` for RGB)."""
         return self.canvas.to_image()
+
+    def extra_image(self, name: str) -> Image.Image:
+        return Image.fromarray(self.extras[name], "L")
 
     def to_array(self) -> np.ndarray:
         return self.canvas.to_array()
 
     def to_png(self) -> bytes:
-        return self.canvas.to_png()
+        return self.png if self.png is not None else self.canvas.to_png()
+
+    def encode(self) -> Conditioned:
+        """Fill in `png` and `extra_pngs` (the runner does this in its helper thread)."""
+        self.png = self.canvas.to_png()
+        self.extra_pngs = {name: encode_png(self.extra_image(name)) for name in self.extras}
+        return self
 
 
 class Conditioner(ABC):
@@ -119,33 +144,56 @@ class Conditioner(ABC):
         return load_image(source, long_side=self.detect_long_side, name=name)
 
     def detect(self, source: ImageSource | LoadedImage, name: str | None = None) -> Detection:
-        """Detect, map to input pixels and filter. Raises `ImageLoadError` for unreadable input."""
+        """Detect, map to input pixels and filter. Raises `ImageLoadError` for unreadable input.
+
+        An exception inside the detector skips this image as `detector_error` (with the message),
+        so one bad image never ends a run; missing weights and other `UserError`s still raise."""
         loaded = source if isinstance(source, LoadedImage) else self.load(source, name)
-        width, height = loaded.size
-        too_small = min(width, height) < self.filters.min_image_side  # no need to run the detector
-        instances = []
-        for instance in [] if too_small else self._detect(loaded.pixels):
-            points = instance.points.copy()
-            points[:, 0] *= width
-            points[:, 1] *= height
-            instances.append(replace(instance, points=points))
-        detection = Detection(
+        detection = self.empty_detection(loaded.size)
+        if self._too_small(loaded):  # the detector is not run at all
+            return detection.with_instances([], SkipReason.IMAGE_TOO_SMALL)
+        self.detector  # noqa: B018 -- built outside the guard below: a missing model is not per image
+        try:
+            instances = [_to_pixels(instance, loaded.size) for instance in self._detect(loaded.pixels)]
+        except UserError:
+            raise
+        except Exception as exc:
+            message = f"{type(exc).__name__}: {exc}"
+            return replace(detection, skipped=SkipReason.DETECTOR_ERROR, skip_message=message)
+        return self.filter(replace(detection, instances=instances))
+
+    def empty_detection(self, size: tuple[int, int], skipped: str | None = None, message: str | None = None):
+        """A detection of this conditioner with no instances (`skipped` says why, if it is one)."""
+        return Detection(
             conditioner=self.name,
-            width=width,
-            height=height,
-            instances=instances,
+            width=size[0],
+            height=size[1],
             detector=self.detector_name,
             detector_version=self.detector_version,
+            skipped=skipped,
+            skip_message=message,
         )
-        return self.filter(detection)
+
+    def unreadable(self, error: ImageLoadError) -> Detection:
+        return self.empty_detection((0, 0), SkipReason.UNREADABLE, error.reason)
+
+    def _too_small(self, loaded: LoadedImage) -> bool:
+        """Below the filter's `min_image_side` (full size) or the detector's workable size (the
+        pixels it would get)."""
+        detector_side = min(loaded.pixels.shape[:2])
+        return min(loaded.size) < self.filters.min_image_side or detector_side < self.min_workable_side
 
     def filter(self, detection: Detection) -> Detection:
         return self.filters.apply(detection)
 
     def __call__(self, source: ImageSource | LoadedImage, size: tuple[int, int] | None = None) -> Conditioned:
-        detection = self.detect(source)
-        extras = {name: self.render_extra(name, detection, size) for name in self.extra_images}
-        return Conditioned(detection, self.render(detection, size), extras)
+        return self.conditioned(self.detect(source), size)
+
+    @classmethod
+    def conditioned(cls, detection: Detection, size: tuple[int, int] | None = None) -> Conditioned:
+        """`detection` with its conditioning image and extra images drawn at `size` (pure)."""
+        extras = {name: cls.render_extra(name, detection, size) for name in cls.extra_images}
+        return Conditioned(detection, cls.render(detection, size), extras)
 
     # -- drawing -------------------------------------------------------------------------
     @classmethod
@@ -177,3 +225,11 @@ class Conditioner(ABC):
     @abstractmethod
     def _detect(self, pixels: np.ndarray) -> list[Instance]:
         """Instances in normalised [0, 1] image coordinates for one upright RGB array."""
+
+
+def _to_pixels(instance: Instance, size: tuple[int, int]) -> Instance:
+    """An instance in normalised coordinates mapped to the pixels of an image of `size`."""
+    points = instance.points.copy()
+    points[:, 0] *= size[0]
+    points[:, 1] *= size[1]
+    return replace(instance, points=points)

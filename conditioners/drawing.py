@@ -8,13 +8,14 @@ an RGB one (DESIGN section 7).
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 from PIL import Image
+
+from .images import encode_png
 
 Color = tuple[int, int, int]
 Edge = tuple[int, int]
@@ -91,9 +92,7 @@ class Canvas:
         return image
 
     def to_png(self, compress_level: int = 1) -> bytes:
-        buffer = io.BytesIO()
-        self.to_image().save(buffer, format="PNG", compress_level=compress_level)
-        return buffer.getvalue()
+        return encode_png(self.to_image(), compress_level)
 
 
 @dataclass(frozen=True)

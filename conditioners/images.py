@@ -20,7 +20,12 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageCms, UnidentifiedImageError
 
+from .errors import UserError
+
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | np.ndarray
+
+# Files that folders are searched for, by the condition command and by folder sources alike.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 
 # PIL raises DecompressionBombError itself above twice its MAX_IMAGE_PIXELS; match that by default.
 DEFAULT_MAX_PIXELS = 2 * (Image.MAX_IMAGE_PIXELS or 89_478_485)
@@ -40,7 +45,7 @@ _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 _ALPHA_MODES = {"LA", "La", "PA", "RGBA", "RGBa"}
 
 
-class ImageLoadError(ValueError):
+class ImageLoadError(UserError, ValueError):
     """An input could not be read as an image; `source` names it and `reason` says why."""
 
     def __init__(self, source: str, reason: str):
@@ -97,9 +102,9 @@ def load_image(
     return LoadedImage(pixels=np.ascontiguousarray(np.asarray(image)), size=size, name=name)
 
 
-def read_image_size(source: ImageSource) -> tuple[int, int]:
+def read_image_size(source: ImageSource, name: str | None = None) -> tuple[int, int]:
     """Upright (width, height) without decoding the pixels."""
-    name = describe_source(source)
+    name = name or describe_source(source)
     image = source if isinstance(source, Image.Image) else _open(source, name)
     return _upright_size(image.size, _orientation(image))
 
@@ -235,6 +240,19 @@ def _source_box(framing: Framing) -> tuple[int, int, int, int]:
     """The input pixels wholly inside the crop box; integer arithmetic, so no rounding drift."""
     (left, top, right, bottom), (sw, sh), (rw, rh) = framing.box, framing.source_size, framing.resized_size
     return (-(-left * sw // rw), -(-top * sh // rh), right * sw // rw, bottom * sh // rh)
+
+
+def encode_png(image: Image.Image, compress_level: int = 1) -> bytes:
+    """The project's PNG encoder: fast compression, because conditioning images are mostly flat."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=compress_level)
+    return buffer.getvalue()
+
+
+def encode_jpeg(image: Image.Image, quality: int = 95) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
 
 
 def _reduce(image: Image.Image, long_side: int | None) -> Image.Image:

@@ -8,12 +8,14 @@ As a package: an entry point in the group `landmark_controlnet.conditioners`, e.
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any
 
 from .base import Conditioner
 from .detection import Detection
+from .errors import OptionError, UnknownNameError
 
 ENTRY_POINT_GROUP = "landmark_controlnet.conditioners"
 
@@ -57,7 +59,10 @@ def available() -> list[str]:
 def conditioner_class(name: str) -> type[Conditioner]:
     table = _table()
     if name not in table:
-        raise KeyError(f"unknown conditioner {name!r}; available: {', '.join(sorted(table))}")
+        raise UnknownNameError(
+            f"unknown conditioner {name!r}; available: {', '.join(sorted(table))} "
+            "(landmark-controlnet conditioners lists them)"
+        )
     target = table[name]
     if isinstance(target, str):
         module_name, _, attr = target.partition(":")
@@ -69,7 +74,28 @@ def conditioner_class(name: str) -> type[Conditioner]:
 
 def get(name: str, **options: Any) -> Conditioner:
     """A ready conditioner; `options` are its constructor's keyword arguments."""
-    return conditioner_class(name)(**options)
+    cls = conditioner_class(name)
+    accepted = accepted_options(cls)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise OptionError(
+            f"conditioner {name!r} takes no option {', '.join(unknown)}; its options: {', '.join(accepted)}"
+        )
+    return cls(**options)
+
+
+def accepted_options(cls: type[Conditioner]) -> list[str]:
+    """The keyword options of `cls`, gathered along its constructors' `**options` chain."""
+    names: list[str] = []
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        parameters = list(inspect.signature(init).parameters.values())[1:]
+        names += [p.name for p in parameters if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters):
+            break
+    return sorted(set(names))
 
 
 def draw(detection: Detection, size: tuple[int, int] | None = None, style: str | None = None) -> Any:

@@ -2,37 +2,20 @@
 
 MediaPipe releases the GIL while its graph runs, so decoding the next image, and drawing and
 PNG-encoding the previous one, in a helper thread hides most of their cost behind the detector.
+Every input yields one `Conditioned`, in order; an unreadable one says so instead of raising.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 
-from .base import Conditioner
-from .detection import Detection
-from .drawing import Canvas
+from .base import Conditioned, Conditioner
 from .images import ImageLoadError, ImageSource, LoadedImage, describe_source
 
-
-@dataclass
-class Outcome:
-    """One input's result: a detection and its drawing, or the error that made it unreadable."""
-
-    index: int
-    source: ImageSource
-    name: str
-    detection: Detection | None = None
-    loaded: LoadedImage | None = None
-    canvas: Canvas | None = None
-    png: bytes | None = None
-    error: ImageLoadError | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
+# How a source becomes the pixels a detector sees; a build passes one that also frames the photo.
+Loader = Callable[[ImageSource, str], LoadedImage]
 
 
 def condition_many(
@@ -41,23 +24,30 @@ def condition_many(
     *,
     size: tuple[int, int] | None = None,
     encode_png: bool = True,
-    render: bool = True,
+    render_skipped: bool = True,
+    load: Loader | None = None,
     prefetch: int = 4,
     io_threads: int = 1,
-) -> Iterator[Outcome]:
-    """Yield an `Outcome` per source, in order. Memory is bounded by `prefetch` images.
+) -> Iterator[Conditioned]:
+    """Yield a `Conditioned` per source, in order. Memory is bounded by `prefetch` images.
 
-    `render=False` leaves the drawing to the caller (a builder draws after resizing the photo)."""
+    `render_skipped=False` draws nothing for skipped images (a build stores none of them)."""
+    load = load or conditioner.load
 
-    def load(source: ImageSource) -> LoadedImage | ImageLoadError:
+    def read(source: ImageSource) -> LoadedImage | ImageLoadError:
         try:
-            return conditioner.load(source, name=describe_source(source))
+            return load(source, describe_source(source))
         except ImageLoadError as exc:
             return exc
 
+    def draw(result: Conditioned) -> Conditioned:
+        drawn = conditioner.conditioned(result.detection, size)
+        result.canvas, result.extras = drawn.canvas, drawn.extras
+        return result.encode() if encode_png else result
+
     with ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="condition-io") as pool:
         loads: deque[tuple[int, ImageSource, Future]] = deque()
-        finished: deque[tuple[Outcome, Future | None]] = deque()
+        finished: deque[Future | Conditioned] = deque()
         source_iter = iter(enumerate(sources))
 
         def top_up() -> None:
@@ -65,43 +55,33 @@ def condition_many(
                 item = next(source_iter, None)
                 if item is None:
                     return
-                loads.append((item[0], item[1], pool.submit(load, item[1])))
+                loads.append((item[0], item[1], pool.submit(read, item[1])))
 
         top_up()
         while loads:
             index, source, future = loads.popleft()
             top_up()
-            loaded = future.result()
-            finished.append(_process(conditioner, index, source, loaded, size, render, encode_png, pool))
-            while finished and (len(finished) > prefetch or _ready(finished[0][1])):
-                yield _complete(*finished.popleft())
+            result = _detect(conditioner, index, source, future.result())
+            drawn = result.ok and (render_skipped or not result.skipped)
+            finished.append(pool.submit(draw, result) if drawn else result)
+            while finished and (len(finished) > prefetch or _ready(finished[0])):
+                yield _result(finished.popleft())
         while finished:
-            yield _complete(*finished.popleft())
+            yield _result(finished.popleft())
 
 
-def _process(
-    conditioner, index, source, loaded, size, render, encode_png, pool
-) -> tuple[Outcome, Future | None]:
-    """Detect here; draw and encode in the helper thread, overlapped with the next detection."""
+def _detect(
+    conditioner: Conditioner, index: int, source: ImageSource, loaded: LoadedImage | ImageLoadError
+) -> Conditioned:
     if isinstance(loaded, ImageLoadError):
-        return Outcome(index, source, loaded.source, error=loaded), None
+        return Conditioned(conditioner.unreadable(loaded), index=index, name=loaded.source, source=source)
     detection = conditioner.detect(loaded)
-    outcome = Outcome(index, source, loaded.name, detection=detection, loaded=loaded)
-    return outcome, pool.submit(_draw, conditioner, detection, size, encode_png) if render else None
+    return Conditioned(detection, photo=loaded, index=index, name=loaded.name, source=source)
 
 
-def _draw(
-    conditioner: Conditioner, detection: Detection, size, encode_png: bool
-) -> tuple[Canvas, bytes | None]:
-    canvas = conditioner.render(detection, size)
-    return canvas, canvas.to_png() if encode_png else None
+def _ready(item: Future | Conditioned) -> bool:
+    return not isinstance(item, Future) or item.done()
 
 
-def _ready(future: Future | None) -> bool:
-    return future is None or future.done()
-
-
-def _complete(outcome: Outcome, drawing: Future | None) -> Outcome:
-    if drawing is not None:
-        outcome.canvas, outcome.png = drawing.result()
-    return outcome
+def _result(item: Future | Conditioned) -> Conditioned:
+    return item.result() if isinstance(item, Future) else item

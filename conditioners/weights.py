@@ -19,14 +19,16 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .errors import UserError
+
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-class WeightsNotFoundError(FileNotFoundError):
+class WeightsNotFoundError(UserError, FileNotFoundError):
     """No copy of a weight file could be found or downloaded; the message says where to put one."""
 
 
-class ChecksumError(ValueError):
+class ChecksumError(UserError, ValueError):
     """A downloaded weight file is not the published one."""
 
 

@@ -32,6 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_conditioner_args(draw, required=False)
     draw.add_argument("--out", type=Path, required=True, metavar="FILE.png")
     draw.add_argument("--size", type=parse_size, help="WxH (default: the stored image size)")
+    draw.add_argument(
+        "--image",
+        default="conditioning_image",
+        metavar="NAME",
+        help="which image: conditioning_image (default) or an extra image of the conditioner, e.g. mask",
+    )
 
     build = commands.add_parser("build", help="build a dataset folder (Parquet shards + dataset card)")
     build.add_argument("name", help="a builder name (folder under builders/) or a builder folder")
@@ -120,7 +126,18 @@ def _add_conditioner_args(parser: argparse.ArgumentParser, required: bool) -> No
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """Run one command. A mistake the user can fix (a `UserError`: bad file, missing weights, unknown
+    name or option) prints one line and exits 2; only unexpected bugs show a traceback."""
+    from conditioners.errors import UserError
+
+    try:
+        return _run(sys.argv[1:] if argv is None else argv)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(argv: list[str]) -> int:
     if argv[:1] == ["train"]:
         from .training.flags import main as train_main
 
@@ -145,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "draw":
         from .condition import run_draw
 
-        return run_draw(args.detection, args.out, args.conditioner, options_dict(args.option), args.size)
+        return run_draw(
+            args.detection, args.out, args.conditioner, options_dict(args.option), args.size, args.image
+        )
     if args.command == "build":
         return _build(args)
     if args.command == "show":
@@ -180,30 +199,22 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _refine_hands(args: argparse.Namespace) -> int:
-    from conditioners import ImageLoadError
+    from conditioners import OptionError, UserError
 
     from .refine_hands import run_refine_hands
 
     if not 0 <= args.strength <= 2:
-        print(
-            f"error: --strength {args.strength} is outside [0, 2] (HandRefiner uses 0.4-0.8)", file=sys.stderr
-        )
-        return 2
+        raise OptionError(f"--strength {args.strength} is outside [0, 2] (HandRefiner uses 0.4-0.8)")
     try:
         return run_refine_hands(args)
-    except (ImageLoadError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    except OSError as exc:  # a model folder that is missing or incomplete
+        raise UserError(f"refine-hands: {exc}") from exc
 
 
 def _show(args: argparse.Namespace) -> int:
-    from builders.run import DatasetNotBuiltError, load_builder
+    from builders.run import load_builder
 
-    try:
-        dataset = load_builder(args.name, args.split)
-    except (DatasetNotBuiltError, FileNotFoundError) as exc:
-        print(exc, file=sys.stderr)
-        return 1
+    dataset = load_builder(args.name, args.split)
     print(dataset)
     for row in dataset.select(range(min(3, len(dataset)))):
         print(f"- {row['source_id']}: {row['image'].size} {row['caption']!r}")

@@ -13,12 +13,12 @@ from PIL import Image
 from tqdm import tqdm
 
 import conditioners
-from conditioners.detection import Detection
-from conditioners.preview import contact_sheet, thumbnail
-from conditioners.runner import Outcome, condition_many
+from conditioners import Conditioned, Detection, condition_many, contact_sheet
+from conditioners.images import IMAGE_SUFFIXES, encode_png
+from conditioners.preview import thumbnail
 
 SHEET_TILE = 256
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+CONDITIONING_IMAGE = "conditioning_image"
 
 
 def expand_inputs(inputs: Iterable[str]) -> list[Path]:
@@ -62,10 +62,10 @@ def run_condition(
     sheet_rows = []
     with conditioners.get(conditioner_name, **options) as conditioner:
         progress = tqdm(total=len(paths), desc=conditioner_name, unit="img")
-        for outcome in condition_many(conditioner, paths, size=size):
-            counts[_write_outcome(outcome, out_dir / stems[outcome.index])] += 1
+        for result in condition_many(conditioner, paths, size=size):
+            counts[_write_result(result, out_dir / stems[result.index])] += 1
             if contact_sheet_path:
-                sheet_rows.append(_sheet_row(outcome, stems[outcome.index]))
+                sheet_rows.append(_sheet_row(result, stems[result.index]))
             progress.update()
             progress.set_postfix(counts, refresh=False)
         progress.close()
@@ -76,21 +76,28 @@ def run_condition(
     return 1 if counts["unreadable"] == len(paths) else 0
 
 
-def _write_outcome(outcome: Outcome, stem_path: Path) -> str:
-    if not outcome.ok:
-        tqdm.write(f"unreadable: {outcome.error}", file=sys.stderr)
+def _write_result(result: Conditioned, stem_path: Path) -> str:
+    """`<stem>.json` for every input; `<stem>.png` and `<stem>_<extra>.png` for readable ones."""
+    stem_path.with_suffix(".json").write_text(result.detection.to_json(indent=1))
+    if not result.ok:
+        tqdm.write(f"unreadable: {result.name}: {result.detection.skip_message}", file=sys.stderr)
         return "unreadable"
-    stem_path.with_suffix(".png").write_bytes(outcome.png)
-    stem_path.with_suffix(".json").write_text(outcome.detection.to_json(indent=1))
-    return "skipped" if outcome.detection.skipped else "kept"
+    if result.skipped == conditioners.SkipReason.DETECTOR_ERROR:
+        tqdm.write(f"detector error: {result.name}: {result.detection.skip_message}", file=sys.stderr)
+    stem_path.with_suffix(".png").write_bytes(result.png)
+    for name, png in result.extra_pngs.items():
+        stem_path.with_name(f"{stem_path.name}_{name}.png").write_bytes(png)
+    return "skipped" if result.skipped else "kept"
 
 
-def _sheet_row(outcome: Outcome, stem: str) -> list[tuple[Image.Image | None, str]]:
-    if not outcome.ok:
-        return [(None, f"{stem}: unreadable"), (None, outcome.error.reason)]
-    photo = Image.fromarray(conditioners.load_image(outcome.source, long_side=SHEET_TILE).pixels)
-    status = outcome.detection.skipped or f"{len(outcome.detection.instances)} found"
-    return [(photo, stem), (thumbnail(outcome.canvas.to_image(), SHEET_TILE), status)]
+def _sheet_row(result: Conditioned, stem: str) -> list[tuple[Image.Image | None, str]]:
+    if not result.ok:
+        return [(None, f"{stem}: unreadable"), (None, result.detection.skip_message or "")]
+    photo = Image.fromarray(result.photo.pixels)
+    status = result.skipped or f"{len(result.detection.instances)} found"
+    drawings = [(thumbnail(result.image, SHEET_TILE), status)]
+    drawings += [(result.extra_image(name), name) for name in result.extras]
+    return [(photo, stem), *drawings]
 
 
 def run_draw(
@@ -99,10 +106,24 @@ def run_draw(
     conditioner_name: str | None,
     options: dict[str, Any],
     size: tuple[int, int] | None,
+    image: str = CONDITIONING_IMAGE,
 ) -> int:
+    """Re-draw a stored detection: its conditioning image, or one of its extra images by name."""
+    if not detection_path.is_file():
+        raise conditioners.OptionError(f"{detection_path}: no such detection JSON (condition writes them)")
     detection = Detection.from_json(detection_path.read_text())
+    if detection.skipped == conditioners.SkipReason.UNREADABLE:
+        raise conditioners.OptionError(
+            f"{detection_path}: its input was unreadable, so there is nothing to draw"
+        )
     conditioner = conditioners.get(conditioner_name or detection.conditioner, **options)
-    canvas = conditioner.render(detection, size)
+    if image == CONDITIONING_IMAGE:
+        picture = conditioner.render(detection, size).to_image()
+    elif image in conditioner.extra_images:
+        picture = Image.fromarray(conditioner.render_extra(image, detection, size), "L")
+    else:
+        choices = ", ".join([CONDITIONING_IMAGE, *conditioner.extra_images])
+        raise conditioners.OptionError(f"--image {image}: {conditioner.name} draws {choices}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(canvas.to_png())
+    out.write_bytes(encode_png(picture))
     return 0

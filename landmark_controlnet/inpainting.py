@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from conditioners.errors import OptionError
+
 from .training.models import StableDiffusion, tokenize
 from .training.step import inpainting_channels
 
@@ -25,7 +27,7 @@ INPAINTING_CHANNELS = 9
 def check_inpainting_unet(sd: StableDiffusion, where: str) -> None:
     channels = sd.unet.config.in_channels
     if channels != INPAINTING_CHANNELS:
-        raise ValueError(
+        raise OptionError(
             f"{where} is not an inpainting model: its UNet takes {channels} input channels, not "
             f"{INPAINTING_CHANNELS} (latents, mask, masked-image latents). Use an inpainting "
             "Stable Diffusion, e.g. a copy of stable-diffusion-inpainting."

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 import conditioners
@@ -60,6 +61,7 @@ def test_condition_writes_png_and_json_and_survives_bad_inputs(tmp_path, data_di
     assert result.returncode == 0, result.stderr
     assert "broken.jpg" in result.stderr and "unreadable" in result.stderr
     assert sorted(p.name for p in out.iterdir()) == [
+        "broken.json",  # every input is accounted for, unreadable ones too
         "fan_grass.json",
         "fan_grass.png",
         "mmpose_freihand_00000355.json",
@@ -69,6 +71,8 @@ def test_condition_writes_png_and_json_and_survives_bad_inputs(tmp_path, data_di
     assert record["conditioner"] == "hand_encoded" and record["skipped"] is None
     assert record["instances"][0]["kind"] == "right_hand" and len(record["instances"][0]["points"]) == 21
     assert json.loads((out / "fan_grass.json").read_text())["skipped"] == "no_detection"
+    unreadable = json.loads((out / "broken.json").read_text())
+    assert unreadable["skipped"] == "unreadable" and "not a recognised image" in unreadable["skip_message"]
     conditioning = Image.open(out / "mmpose_freihand_00000355.png")
     assert conditioning.size == (224, 224)
     assert Image.open(sheet).size[0] > 2 * 256
@@ -86,6 +90,50 @@ def test_condition_fails_only_when_nothing_is_readable(tmp_path):
     bad.write_bytes(b"\x89PNG nope")
     result = run("condition", "--conditioner", "hand_standard", "--out-dir", str(tmp_path / "o"), str(bad))
     assert result.returncode != 0 and "a.png" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["condition", "--conditioner", "no_such", "x.jpg"], "unknown conditioner 'no_such'"),
+        (
+            ["condition", "--conditioner", "hand_standard", "--option", "colour=red", "x.jpg"],
+            "no option colour",
+        ),
+        (["build", "no_such_builder", "--source", "."], "no builder 'no_such_builder'"),
+        (["build", "hagrid_hand_enc", "--source", "/no/such/folder"], "/no/such/folder"),
+        (["draw", "missing.json", "--out", "x.png"], "missing.json"),
+    ],
+)
+def test_known_errors_print_one_line_and_exit_2(tmp_path, args, message):
+    result = run(*args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_condition_and_draw_write_every_extra_image(tmp_path, data_dir):
+    photo = data_dir / "images/generated/handrefiner_test_1.jpg"
+    out, sheet = tmp_path / "o", tmp_path / "sheet.png"
+    args = [
+        "condition",
+        "--conditioner",
+        "hand_depth_mask",
+        "--out-dir",
+        str(out),
+        "--contact-sheet",
+        str(sheet),
+    ]
+    assert run(*args, str(photo)).returncode == 0
+    mask = np.asarray(Image.open(out / f"{photo.stem}_mask.png"))
+    assert mask.shape == np.asarray(Image.open(out / f"{photo.stem}.png")).shape[:2] and mask.max() == 255
+    assert Image.open(sheet).size[0] >= 3 * 256  # photo, depth and mask
+    redrawn = tmp_path / "mask.png"
+    result = run("draw", str(out / f"{photo.stem}.json"), "--image", "mask", "--out", str(redrawn))
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_array_equal(np.asarray(Image.open(redrawn)), mask)
+    result = run("draw", str(out / f"{photo.stem}.json"), "--image", "depth", "--out", str(redrawn))
+    assert result.returncode == 2 and "conditioning_image, mask" in result.stderr
 
 
 def test_condition_accepts_folders_and_output_size(tmp_path, data_dir):

@@ -154,7 +154,7 @@ def test_refine_hands_leaves_an_image_without_hands_alone_and_names_bad_files(wo
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff\xe0 truncated")
     result = refine("--image", str(broken), *common, str(tmp_path / "x.png"))
-    assert result.returncode == 1 and "broken.jpg" in result.stderr
+    assert result.returncode == 2 and "broken.jpg" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_composite_is_exact_outside_the_mask_and_feathers_inside():

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from conditioners.errors import UnknownNameError, UserError
+
 from .base import Source, SourceItem
 from .face_synthetics import FaceSyntheticsSource
 from .folder import FolderSource
@@ -21,6 +23,10 @@ SOURCES: dict[str, type[Source]] = {
 }
 
 
+
+class SourceNotFoundError(UserError, FileNotFoundError):
+    """The `--source` path does not exist."""
+
 def make_source(kind: str, location: str, split: str | None = None, **options: Any) -> Source:
     """The source `kind` reading `location` (a path, or a dataset name for `hf_dataset`).
 
@@ -29,14 +35,14 @@ def make_source(kind: str, location: str, split: str | None = None, **options: A
     if kind == "images":
         kind = "img2dataset" if _holds_img2dataset_shards(Path(location)) else "folder"
     if kind not in SOURCES:
-        raise KeyError(f"unknown source type {kind!r}; available: {', '.join(SOURCES)}, images")
+        raise UnknownNameError(f"unknown source type {kind!r}; available: {', '.join(SOURCES)}, images")
     cls = SOURCES[kind]
     if kind in ("hagrid", "hf_dataset"):
         options["split"] = split
     if kind == "hf_dataset":
         return cls(location, **options)
     if not Path(location).exists():
-        raise FileNotFoundError(f"source not found: {location}")
+        raise SourceNotFoundError(f"--source {location}: no such file or folder")
     return cls(location, **options)
 
 

@@ -11,6 +11,8 @@ from typing import Any
 
 import datasets
 
+from conditioners.images import IMAGE_SUFFIXES
+
 
 @dataclass
 class SourceItem:
@@ -47,9 +49,6 @@ class Source(ABC):
 
     def features(self) -> dict[str, Any]:
         return dict(self.extra_features)
-
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
 
 def image_files(root: Path) -> list[Path]:

@@ -1,8 +1,8 @@
 """Flax ControlNet training behind train_flax_controlnet.py: data, models, step, checkpoints, export."""
 
-from conditioners._torch_compat import install_import_guard
+from conditioners.torchvision_guard import install_import_guard
 
-install_import_guard()  # transformers' image processors import torchvision (see _torch_compat)
+install_import_guard()  # transformers' image processors import torchvision (see torchvision_guard)
 
 from .models import silence_flax_deprecation  # noqa: E402
 
