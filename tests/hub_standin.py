@@ -2,12 +2,15 @@
 
 It speaks the subset of the Hub API that huggingface_hub 0.36 (create_repo, upload_folder,
 upload_large_folder, create_commit) and datasets 5 (load_dataset, streaming) use: repo creation,
-preupload, the LFS batch API and uploads, ndjson commits, repo info, tree and paths-info listings,
-YAML validation, and file resolution with HEAD and HTTP Range. Storage is in memory; every commit
-is a full snapshot so old revisions stay readable.
+preupload, the LFS batch API and uploads, ndjson commits, branches, repo info, tree and paths-info
+listings, YAML validation, and file resolution with HEAD and HTTP Range. Storage is in memory; every
+commit is a full snapshot so old revisions stay readable.
 
     with HubStandIn() as hub:
         env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HUB_DISABLE_XET": "1"}
+
+Test controls: `UploadGate` holds LFS uploads after the first few (to kill a client mid-upload
+deterministically) and `drop_paths` makes commits silently lose files (a Hub that lost an upload).
 """
 
 from __future__ import annotations
@@ -29,28 +32,68 @@ def git_blob_oid(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
+def _branch(revision: str | None) -> str:
+    revision = revision or "main"
+    return revision.removeprefix("refs/heads/")
+
+
 class Repo:
     def __init__(self, repo_id: str, private: bool):
         self.repo_id = repo_id
         self.private = private
         self.commits: list[tuple[str, dict[str, dict]]] = [(hashlib.sha1(repo_id.encode()).hexdigest(), {})]
+        self.heads: dict[str, tuple[str, dict[str, dict]]] = {"main": self.commits[0]}
 
-    def snapshot(self, revision: str) -> tuple[str, dict[str, dict]] | None:
-        if revision in ("main", "refs/heads/main", "", None):
-            return self.commits[-1]
+    def snapshot(self, revision: str | None) -> tuple[str, dict[str, dict]] | None:
+        """The head of branch `revision`, or the commit whose sha it is."""
+        if _branch(revision) in self.heads:
+            return self.heads[_branch(revision)]
         return next((c for c in self.commits if c[0] == revision), None)
 
 
+class UploadGate:
+    """Lets the first `allow` LFS uploads through; later ones wait, without storing anything, until
+    `release()`, then fail (an upload cut off). `stored` is set once `allow` uploads are stored, so a
+    test can kill a client that has some but not all of its files uploaded, with no race."""
+
+    def __init__(self, allow: int = 1):
+        self.allow = allow
+        self.stored = threading.Event()
+        self.released = threading.Event()
+        self._admitted = 0
+        self._lock = threading.Lock()
+
+    def admit(self) -> bool:
+        with self._lock:
+            if self.released.is_set() or self._admitted < self.allow:
+                self._admitted += 1
+                return True
+        self.released.wait(timeout=600)
+        return False
+
+    def note_stored(self, count: int) -> None:
+        if count >= self.allow:
+            self.stored.set()
+
+    def release(self) -> None:
+        self.released.set()
+
+
 class HubState:
-    def __init__(self):
+    def __init__(self, gate: UploadGate | None = None, drop_paths: frozenset[str] = frozenset()):
         self.repos: dict[str, Repo] = {}
         self.lfs: dict[str, bytes] = {}
         self.lock = threading.Lock()
         self.requests: list[str] = []
+        self.preuploads: list[tuple[str, str]] = []  # (repo, path) of every file asked about
+        self.gate = gate
+        self.drop_paths = drop_paths
 
-    def commit(self, repo: Repo, lines: list[dict]) -> str:
-        files = dict(repo.commits[-1][1])
+    def commit(self, repo: Repo, lines: list[dict], branch: str = "main") -> str:
+        files = dict(repo.heads[branch][1])
         for line in lines:
+            if line.get("value", {}).get("path") in self.drop_paths:
+                continue
             value = line.get("value", {})
             if line["key"] == "file":
                 data = (
@@ -68,6 +111,7 @@ class HubState:
                 files = {p: f for p, f in files.items() if p != prefix and not p.startswith(prefix + "/")}
         sha = hashlib.sha1(json.dumps(sorted(files)).encode() + str(len(repo.commits)).encode()).hexdigest()
         repo.commits.append((sha, files))
+        repo.heads[branch] = repo.commits[-1]
         return sha
 
 
@@ -136,6 +180,15 @@ class Handler(BaseHTTPRequestHandler):
         self._route("POST")
 
     def do_PUT(self) -> None:
+        # Held outside the state lock, so other requests go on while an upload waits.
+        if self.state.gate and not self.state.gate.admit():
+            self.close_connection = True
+            try:
+                self._body()
+                self._json(503, {"error": "upload cut off"})
+            except OSError:  # the client is gone (killed mid-upload)
+                pass
+            return
         self._route("PUT")
 
     def _repo(self, repo: str) -> Repo | None:
@@ -201,9 +254,11 @@ class Handler(BaseHTTPRequestHandler):
         )
 
     def preupload(self, query, kind, repo, revision) -> None:
-        if not self._repo(repo):
+        snapshot = self._snapshot(repo, revision)
+        if snapshot is None:
             return
         files = json.loads(self._body())["files"]
+        self.state.preuploads += [(repo, f["path"]) for f in files]
         modes = [
             {
                 "path": f["path"],
@@ -212,7 +267,7 @@ class Handler(BaseHTTPRequestHandler):
             }
             for f in files
         ]
-        self._json(200, {"files": modes, "commitOid": self.state.repos[repo].commits[-1][0]})
+        self._json(200, {"files": modes, "commitOid": snapshot[1]})
 
     def lfs_batch(self, query, kind, repo) -> None:
         request = json.loads(self._body())
@@ -233,6 +288,8 @@ class Handler(BaseHTTPRequestHandler):
         if hashlib.sha256(data).hexdigest() != oid:
             return self._json(400, {"error": "sha256 mismatch"})
         self.state.lfs[oid] = data
+        if self.state.gate:
+            self.state.gate.note_stored(len(self.state.lfs))
         self._send(200)
 
     def commit(self, query, kind, repo, revision) -> None:
@@ -240,6 +297,8 @@ class Handler(BaseHTTPRequestHandler):
         if not found:
             return
         lines = [json.loads(line) for line in self._body().splitlines() if line.strip()]
+        if _branch(revision) not in found.heads:
+            return self._not_found("RevisionNotFound")
         missing = [
             ln["value"]["oid"]
             for ln in lines
@@ -247,7 +306,7 @@ class Handler(BaseHTTPRequestHandler):
         ]
         if missing:
             return self._json(422, {"error": f"LFS objects not uploaded: {missing}"})
-        sha = self.state.commit(found, lines)
+        sha = self.state.commit(found, lines, _branch(revision))
         self._json(
             200,
             {
@@ -256,6 +315,19 @@ class Handler(BaseHTTPRequestHandler):
                 "pullRequestUrl": None,
             },
         )
+
+    def create_branch(self, query, kind, repo, branch) -> None:
+        found = self._repo(repo)
+        if not found:
+            return
+        starting_point = (json.loads(self._body() or b"{}")).get("startingPoint")
+        if branch in found.heads:
+            return self._json(409, {"error": "Reference already exists"})
+        snapshot = found.snapshot(starting_point)
+        if snapshot is None:
+            return self._not_found("RevisionNotFound")
+        found.heads[branch] = snapshot
+        self._json(200, {})
 
     def tree(self, query, kind, repo, revision, subpath="") -> None:
         snapshot = self._snapshot(repo, revision)
@@ -359,6 +431,7 @@ ROUTES = {
         (rf"/api/{KINDS}/{REPO}/preupload/(?P<revision>.+)", Handler.preupload),
         (rf"/api/{KINDS}/{REPO}/commit/(?P<revision>.+)", Handler.commit),
         (rf"/api/{KINDS}/{REPO}/paths-info/(?P<revision>.+)", Handler.paths_info),
+        (rf"/api/{KINDS}/{REPO}/branch/(?P<branch>[^/]+)", Handler.create_branch),
         (rf"/(?P<kind>datasets|spaces)/{REPO}\.git/info/lfs/objects/batch", Handler.lfs_batch),
         (
             rf"/{REPO}\.git/info/lfs/objects/batch",
@@ -371,10 +444,12 @@ ROUTES = {
 
 
 class HubStandIn:
-    """`with HubStandIn() as hub:` serves on http://127.0.0.1:<free port> until the block ends."""
+    """`with HubStandIn() as hub:` serves on http://127.0.0.1:<free port> until the block ends.
 
-    def __init__(self):
-        self.state = HubState()
+    `gate` holds LFS uploads (see UploadGate); commits silently leave out the files in `drop_paths`."""
+
+    def __init__(self, gate: UploadGate | None = None, drop_paths: frozenset[str] = frozenset()):
+        self.state = HubState(gate, drop_paths)
         handler = type("BoundHandler", (Handler,), {"state": self.state})
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -386,6 +461,8 @@ class HubStandIn:
         return self
 
     def __exit__(self, *exc) -> None:
+        if self.state.gate:
+            self.state.gate.release()  # let held uploads end
         self.server.shutdown()
         self.server.server_close()
 
@@ -397,5 +474,5 @@ class HubStandIn:
             self.state.lfs[oid] = data
             self.state.commit(repo, [{"key": "lfsFile", "value": {"path": path, "oid": oid}}])
 
-    def files(self, repo_id: str) -> dict[str, bytes]:
-        return {p: f["data"] for p, f in self.state.repos[repo_id].commits[-1][1].items()}
+    def files(self, repo_id: str, revision: str = "main") -> dict[str, bytes]:
+        return {p: f["data"] for p, f in self.state.repos[repo_id].snapshot(revision)[1].items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import os
@@ -15,9 +16,11 @@ import builder_fixtures as fx
 import datasets
 import pyarrow.parquet as pq
 import pytest
-from hub_standin import HubStandIn
+from hub_standin import HubStandIn, Repo, UploadGate
+from huggingface_hub import HfApi
 
 from builders import BuildSettings
+from builders.publish import PublishMismatch, published_files, verify_published
 from builders.run import run_build
 
 CLI = Path(sys.executable).with_name("landmark-controlnet")
@@ -29,10 +32,12 @@ READ_BACK = textwrap.dedent(
     import datasets
     from builder_fixtures import comparable_rows
 
-    repo = sys.argv[1]
+    repo, revision = sys.argv[1], (sys.argv[2:] or ["main"])[0]
     print(json.dumps({
-        "regular": comparable_rows(datasets.load_dataset(repo, split="train")),
-        "streaming": comparable_rows(datasets.load_dataset(repo, split="train", streaming=True)),
+        "regular": comparable_rows(datasets.load_dataset(repo, split="train", revision=revision)),
+        "streaming": comparable_rows(
+            datasets.load_dataset(repo, split="train", revision=revision, streaming=True)
+        ),
     }))
     """
 )
@@ -58,16 +63,35 @@ def hub_env(hub: HubStandIn, tmp_path: Path) -> dict[str, str]:
     }
 
 
+def publish_command(built: Path, repo: str) -> list[str]:
+    return [str(CLI), "publish", str(built), "--repo-id", repo, "--token", TOKEN]
+
+
+def publish_cli(built: Path, repo: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(publish_command(built, repo), capture_output=True, text=True, env=env, timeout=300)
+
+
+def read_back(env: dict[str, str], repo: str, revision: str = "main") -> dict[str, list]:
+    """The rows of the remote dataset, read in a subprocess (load_dataset and streaming)."""
+    read = subprocess.run(
+        [sys.executable, "-c", READ_BACK, repo, revision],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert read.returncode == 0, read.stderr[-3000:]
+    return json.loads(read.stdout.strip().splitlines()[-1])
+
+
+def local_rows(built: Path) -> list:
+    return fx.comparable_rows(datasets.load_dataset(str(built), split="train"))
+
+
 def test_publish_then_load_dataset_and_streaming(built, tmp_path):
     with HubStandIn() as hub:
         env = hub_env(hub, tmp_path)
-        result = subprocess.run(
-            [str(CLI), "publish", str(built), "--repo-id", "tester/hands", "--token", TOKEN],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=300,
-        )
+        result = publish_cli(built, "tester/hands", env)
         assert result.returncode == 0, result.stderr[-3000:]
         assert TOKEN not in result.stdout + result.stderr
         assert result.stdout.strip().endswith("/datasets/tester/hands")
@@ -79,19 +103,116 @@ def test_publish_then_load_dataset_and_streaming(built, tmp_path):
             "data/train-00002.parquet",
         ]
         assert not any("/." in p or p.startswith(".") for p in files)  # build bookkeeping stays local
-        read = subprocess.run(
-            [sys.executable, "-c", READ_BACK, "tester/hands"],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=300,
-        )
-        assert read.returncode == 0, read.stderr[-3000:]
-    remote = json.loads(read.stdout.strip().splitlines()[-1])
-    expected = fx.comparable_rows(datasets.load_dataset(str(built), split="train"))
+        remote = read_back(env, "tester/hands")
+    expected = local_rows(built)
     assert len(expected) == 6
     assert remote["regular"] == expected
     assert remote["streaming"] == expected
+
+
+PUBLISH_TO_BRANCH = (
+    "import sys; from builders.publish import publish; print(publish(*sys.argv[1:3], revision='v2'))"
+)
+
+
+def test_the_same_build_published_to_another_repo_and_branch_uploads_everything(built, tmp_path):
+    """The upload state is per (repo, revision): a second destination is not "already committed"."""
+    destinations = [("tester/first", "main"), ("tester/second", "main"), ("tester/first", "v2")]
+    with HubStandIn() as hub:
+        env = hub_env(hub, tmp_path)
+        remotes = []
+        for repo, revision in destinations:
+            asked = len(hub.state.preuploads)
+            if revision == "main":
+                result = publish_cli(built, repo, env)
+            else:
+                command = [sys.executable, "-c", PUBLISH_TO_BRANCH, str(built), repo]
+                result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+            assert result.returncode == 0, result.stderr[-3000:]
+            assert {p for _, p in hub.state.preuploads[asked:]} == set(published_files(built))
+            assert set(published_files(built)) <= set(hub.files(repo, revision))
+            remotes.append(read_back(env, repo, revision))
+        assert result.stdout.strip().endswith("/datasets/tester/first/tree/v2")
+    expected = local_rows(built)
+    assert all(remote == {"regular": expected, "streaming": expected} for remote in remotes)
+
+
+def test_a_publish_killed_mid_upload_resumes_and_uploads_the_rest(built, tmp_path):
+    gate = UploadGate(allow=1)  # the first LFS upload is stored, later ones wait
+    repo = "tester/resumed"
+    with HubStandIn(gate=gate) as hub:
+        env = hub_env(hub, tmp_path)
+        first = subprocess.Popen(
+            publish_command(built, repo), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            stored = gate.stored.wait(timeout=300)
+        finally:
+            first.kill()  # SIGKILL: no cleanup runs
+            first.wait(timeout=60)
+        assert stored, "the publish never uploaded an LFS file"
+        assert len(hub.state.lfs) == 1
+        assert not any(p.startswith("data/") for p in hub.files(repo))  # nothing committed yet
+        uploaded = local_path_of(built, next(iter(hub.state.lfs)))
+        gate.release()
+
+        asked = len(hub.state.preuploads)
+        again = publish_cli(built, repo, env)
+        assert again.returncode == 0, again.stderr[-3000:]
+        # Resumed, not restarted: the killed run had hashed that file and fetched its upload mode.
+        assert (repo, uploaded) not in hub.state.preuploads[asked:]
+        remote = read_back(env, repo)
+    expected = local_rows(built)
+    assert remote == {"regular": expected, "streaming": expected}
+
+
+def local_path_of(built: Path, sha256: str) -> str:
+    return next(
+        p for p in published_files(built) if hashlib.sha256((built / p).read_bytes()).hexdigest() == sha256
+    )
+
+
+def test_publish_fails_loudly_when_the_hub_loses_a_file(built, tmp_path):
+    lost = "data/train-00001.parquet"
+    with HubStandIn(drop_paths=frozenset({lost})) as hub:
+        result = publish_cli(built, "tester/lossy", hub_env(hub, tmp_path))
+    assert result.returncode != 0
+    assert "PublishMismatch" in result.stderr and "tester/lossy" in result.stderr
+    assert f"{lost}: missing" in result.stderr
+    assert TOKEN not in result.stdout + result.stderr
+
+
+def test_verification_names_missing_resized_and_extra_files(built):
+    repo_id = "tester/checked"
+    with HubStandIn() as hub:
+        api = HfApi(endpoint=hub.endpoint, token=TOKEN)
+        repo = hub.state.repos[repo_id] = Repo(repo_id, private=False)
+        hub.state.commit(repo, [file_line(p, (built / p).read_bytes()) for p in published_files(built)])
+        verify_published(api, built, repo_id)  # an exact copy passes
+
+        hub.state.commit(
+            repo,
+            [
+                {"key": "deletedFile", "value": {"path": "data/train-00002.parquet"}},
+                file_line("preview.png", b"not the preview"),
+                file_line("data/train-00009.parquet", b"left over from an older build"),
+            ],
+        )
+        with pytest.raises(PublishMismatch) as raised:
+            verify_published(api, built, repo_id)
+    message = str(raised.value)
+    assert f"{hub.endpoint}/datasets/{repo_id}" in message
+    assert "data/train-00002.parquet: missing" in message
+    assert f"preview.png: 15 bytes remotely, {(built / 'preview.png').stat().st_size} locally" in message
+    assert "data/train-00009.parquet: not in this build" in message
+    assert "data/train-00000.parquet" not in message
+
+
+def file_line(path: str, data: bytes) -> dict:
+    return {
+        "key": "file",
+        "value": {"path": path, "content": base64.b64encode(data).decode(), "encoding": "base64"},
+    }
 
 
 def test_publish_refuses_an_unbuilt_folder(tmp_path):
@@ -133,12 +254,8 @@ def test_build_into_an_fsspec_url_resumes_and_matches_the_local_build(built, tmp
         files = hub.files("tester/direct")
         assert base64.b64encode(files[shards[0]]).decode() == marked
         assert {"README.md", "preview.png", "recipe.toml", *shards} <= set(files)
-        read = subprocess.run(
-            [sys.executable, "-c", READ_BACK, "tester/direct"], capture_output=True, text=True, env=env
-        )
-        assert read.returncode == 0, read.stderr[-3000:]
-    remote = json.loads(read.stdout.strip().splitlines()[-1])
-    assert remote["regular"] == fx.comparable_rows(datasets.load_dataset(str(built), split="train"))
+        remote = read_back(env, "tester/direct")
+    assert remote["regular"] == local_rows(built)
 
 
 def resaved(shard: bytes) -> str:
