@@ -135,7 +135,9 @@ def remote_mismatches(api: HfApi, folder: Path, repo_id: str, revision: str = "m
         if p in remote and remote[p] != size
     ]
     problems += [
-        f"{p}: not in this build" for p in sorted(remote) if p.startswith("data/") and p not in local
+        f"{p}: not in this build (load_dataset would read it: delete it from the repo)"
+        for p in sorted(remote)
+        if p.startswith("data/") and p not in local
     ]
     return problems
 
@@ -147,7 +149,11 @@ def verify_published(
     holds the published files of `folder` at their local sizes."""
     problems = remote_mismatches(api, folder, repo_id, revision)
     if problems:
-        hint = f"\nTo upload everything again, delete {state}" if state else ""
+        hint = (
+            f"\nIf the repo lost files since an earlier publish, delete {state} to upload all again."
+            if state
+            else ""
+        )
         raise PublishMismatch(
             f"{api.endpoint}/datasets/{repo_id} (revision {revision}) does not match {folder} after "
             f"publishing:\n  " + "\n  ".join(problems) + hint
