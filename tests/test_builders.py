@@ -143,6 +143,39 @@ def test_resize_and_crop_moves_the_landmarks(tmp_path, data_dir):
         )
 
 
+@pytest.mark.parametrize("short_side", [None, 256])
+def test_a_build_decodes_each_photo_once_and_captions_the_stored_pixels(
+    tmp_path, data_dir, monkeypatch, short_side
+):
+    import builders.captioners
+    import conditioners.base
+    from builders import worker
+
+    decodes: list[str] = []
+    for module in (conditioners.base, worker):
+        real = module.load_image
+        monkeypatch.setattr(
+            module, "load_image", lambda *a, _real=real, **k: decodes.append(1) or _real(*a, **k)
+        )
+    seen: list[tuple[int, ...]] = []
+
+    class Recording(builders.captioners.ColumnCaptioner):  # the captioner of fx.folder_recipe
+        def __call__(self, inputs):
+            seen.extend(item.pixels.shape for item in inputs)
+            return super().__call__(inputs)
+
+    monkeypatch.setitem(builders.captioners.CAPTIONERS, "column", Recording)
+    photos = fx.photo_folder(data_dir, tmp_path)
+    extra = f"[image]\nresize_short_side = {short_side}\n" if short_side else ""
+    report = run_build(
+        str(fx.folder_recipe(tmp_path, extra=extra)), str(photos), BuildSettings(), progress=False
+    )
+    readable = report.items - report.skipped.get("unreadable", 0)
+    assert readable <= len(decodes) <= report.items and len(seen) == report.rows > 0
+    if short_side:  # the captioner sees the photo as stored in the row: framed, not the uncropped one
+        assert all(shape[:2] == (short_side, short_side) for shape in seen)
+
+
 @pytest.mark.parametrize("v2", [False, True])
 def test_hagrid_layouts(tmp_path, data_dir, v2):
     root = fx.hagrid(data_dir, tmp_path, v2=v2)
