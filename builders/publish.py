@@ -9,6 +9,8 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from conditioners.errors import UserError
+
 from .recipe import resolve_builder
 
 if TYPE_CHECKING:
@@ -21,7 +23,7 @@ REPO_TYPE = "dataset"
 PUBLISH_STATE = Path(".cache", "landmark-controlnet", "publish")
 
 
-class PublishMismatch(RuntimeError):
+class PublishMismatch(UserError, RuntimeError):
     """After a publish, the remote repo does not hold the folder's files."""
 
 

@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("name", metavar="NAME_OR_DIR", help="a builder name or a built folder")
     publish.add_argument("--repo-id", required=True, metavar="OWNER/NAME")
     publish.add_argument("--private", action="store_true")
+    publish.add_argument("--revision", default="main", help="a branch; created from main when missing")
     publish.add_argument("--token", help="Hub token (default: HF_TOKEN or the saved login); never printed")
 
     # Parsed by the trainer itself (main() hands it the rest of the line); listed here for --help.
@@ -172,7 +173,7 @@ def _run(argv: list[str]) -> int:
     if args.command == "publish":
         from builders.publish import publish
 
-        print(publish(args.name, args.repo_id, args.private, args.token))
+        print(publish(args.name, args.repo_id, args.private, args.token, revision=args.revision))
         return 0
     if args.command == "refine-hands":
         return _refine_hands(args)
