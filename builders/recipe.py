@@ -11,14 +11,19 @@
 
 from __future__ import annotations
 
+import sysconfig
 import tomllib
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
+
+from conditioners.errors import UnknownNameError
 
 BUILDERS_DIR = Path(__file__).resolve().parent
 RECIPE_FILE = "recipe.toml"
 CARD_TEMPLATE_FILE = "card_template.md"
+PROJECT_NAME = "landmark-controlnet"
 
 
 @dataclass
@@ -85,13 +90,57 @@ def builder_names() -> list[str]:
     return sorted(p.parent.name for p in BUILDERS_DIR.glob(f"*/{RECIPE_FILE}"))
 
 
+@cache
+def in_checkout() -> bool:
+    """True when this package is a repository checkout (editable or on sys.path), False when it is an
+    installed copy: then its folder is site-packages, which builds must never write into."""
+    pyproject = BUILDERS_DIR.parent / "pyproject.toml"
+    if _inside_site_packages(BUILDERS_DIR) or not pyproject.is_file():
+        return False
+    try:
+        return tomllib.loads(pyproject.read_text()).get("project", {}).get("name") == PROJECT_NAME
+    except (OSError, tomllib.TOMLDecodeError):
+        return False
+
+
+def _inside_site_packages(path: Path) -> bool:
+    if {"site-packages", "dist-packages"} & set(path.parts):
+        return True
+    install_dirs = {sysconfig.get_paths()[key] for key in ("purelib", "platlib")}
+    return any(path.is_relative_to(Path(d).resolve()) for d in install_dirs)
+
+
+def builds_dir() -> Path:
+    """Where a packaged builder NAME builds by default: the checkout's builders/, else ./builders."""
+    return BUILDERS_DIR if in_checkout() else Path.cwd() / "builders"
+
+
+def is_packaged(folder: Path) -> bool:
+    """A builder folder that ships inside this package (and is read-only for an installed copy)."""
+    return folder.resolve().parent == BUILDERS_DIR
+
+
+def default_output(recipe_folder: Path) -> Path:
+    """A build's folder when no --output is given: the recipe folder itself, except for a packaged
+    recipe of an installed copy, which builds into ./builders/<name> (getting a copy of the recipe)."""
+    if is_packaged(recipe_folder) and not in_checkout():
+        return builds_dir() / recipe_folder.resolve().name
+    return recipe_folder
+
+
+class UnknownBuilderError(UnknownNameError, FileNotFoundError):
+    """Neither a builder folder nor a builder name (a FileNotFoundError too, for older callers)."""
+
+
 def resolve_builder(name_or_dir: str | Path) -> Path:
-    """A builder name (its folder under builders/) or the path of a builder folder."""
+    """A builder folder's path, or a builder name: for an installed copy ./builders/<name> once a
+    build has put its recipe there, else the packaged recipe folder."""
     path = Path(name_or_dir)
     if (path / RECIPE_FILE).exists():
         return path
-    if (BUILDERS_DIR / str(name_or_dir) / RECIPE_FILE).exists():
-        return BUILDERS_DIR / str(name_or_dir)
-    raise FileNotFoundError(
+    for folder in dict.fromkeys([builds_dir() / str(name_or_dir), BUILDERS_DIR / str(name_or_dir)]):
+        if (folder / RECIPE_FILE).exists():
+            return folder
+    raise UnknownBuilderError(
         f"no builder {str(name_or_dir)!r}: give a name ({', '.join(builder_names())}) or a builder folder"
     )

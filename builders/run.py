@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from .card import write_card
 from .engine import BuildReport, BuildSettings, build, summarize
-from .recipe import CARD_TEMPLATE_FILE, RECIPE_FILE, Recipe, resolve_builder
+from .recipe import CARD_TEMPLATE_FILE, RECIPE_FILE, Recipe, default_output, resolve_builder
 from .sources import make_source
 from .storage import Folder
 from .worker import EMPTY_DIR, dataset_features
@@ -18,11 +19,13 @@ class DatasetNotBuiltError(RuntimeError):
 
 
 def prepare_output(recipe_folder: Path, output: str | Path | None) -> Folder:
-    """The folder (local or fsspec URL) to build into; a separate --output gets the recipe too,
-    so it stays self-describing."""
-    folder = Folder(output or recipe_folder)
-    if folder.is_local and Path(folder.root) == recipe_folder.resolve():
-        return folder
+    """The folder (local or fsspec URL) to build into, by default `default_output(recipe_folder)`;
+    one that is not the recipe folder gets the recipe too, so it stays self-describing."""
+    folder = Folder(output or default_output(recipe_folder))
+    if folder.is_local:  # reports give this path: absolute and without `..`
+        folder = Folder(os.path.normpath(folder.root))
+        if Path(folder.root).resolve() == recipe_folder.resolve():
+            return folder
     folder.makedirs()
     for name in (RECIPE_FILE, CARD_TEMPLATE_FILE):
         if (recipe_folder / name).exists():
@@ -69,7 +72,7 @@ def load_builder(name_or_dir: str, split: str = "train", **kwargs: Any):
     """`datasets.load_dataset` on a builder folder, with a useful sentence when it is not built yet."""
     import datasets
 
-    folder = resolve_builder(name_or_dir)
+    folder = default_output(resolve_builder(name_or_dir))  # an unbuilt packaged name: where it would go
     if not any((folder / "data").glob("*.parquet")):
         raise DatasetNotBuiltError(
             f"{folder} has no data yet. Build it first: "
