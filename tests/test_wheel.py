@@ -177,3 +177,16 @@ def test_installed_wheel_runs_the_demo(fresh_venv, tmp_path):
             assert path.exists(), path
     assert report["dataset"]["rows"] > 0
     assert _files(fresh_venv.site_packages) == fresh_venv.installed_files
+
+
+def test_a_checkout_builds_packaged_builders_in_place(tmp_path, monkeypatch):
+    """In the repository, `builders/<name>/` stays the build folder, whatever the working directory."""
+    from builders.recipe import BUILDERS_DIR, default_output, in_checkout, resolve_builder
+
+    assert in_checkout() == (BUILDERS_DIR.parent == REPO)
+    monkeypatch.chdir(tmp_path)
+    packaged = resolve_builder(BUILDER)
+    assert packaged == BUILDERS_DIR / BUILDER
+    assert default_output(packaged) == (packaged if in_checkout() else tmp_path / "builders" / BUILDER)
+    user_recipe = fx.folder_recipe(tmp_path)
+    assert default_output(resolve_builder(str(user_recipe))) == user_recipe
