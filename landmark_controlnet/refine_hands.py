@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import cv2
@@ -19,7 +21,7 @@ from PIL import Image
 
 import conditioners
 from conditioners import Detection
-from conditioners.images import load_image
+from conditioners.images import Framing, center_crop_framing, load_image, resize_and_crop, uncrop
 from conditioners.preview import contact_sheet
 
 LATENT_MULTIPLE = 64  # SD's UNet needs sides divisible by 64 pixels (8 latent pixels x 3 downsamples)
@@ -56,6 +58,13 @@ def working_size(size: tuple[int, int], resolution: int) -> tuple[int, int]:
     return tuple(
         max(LATENT_MULTIPLE, round(side * scale / LATENT_MULTIPLE) * LATENT_MULTIPLE) for side in size
     )
+
+
+def framed_drawing(draw: Callable[[tuple[int, int]], np.ndarray], framing: Framing) -> np.ndarray:
+    """A drawing aligned with `resize_and_crop(photo, framing)`: drawn crisp at the resized size, then
+    cropped. Drawn from the input's detection, so pads set in input pixels scale with the picture."""
+    left, top, right, bottom = framing.box
+    return draw(framing.resized_size)[top:bottom, left:right]
 
 
 def composite(photo: np.ndarray, generated: np.ndarray, mask: np.ndarray, feather: float) -> np.ndarray:
@@ -121,17 +130,19 @@ class HandRefiner:
             return Repair(photo, photo.copy(), depth, mask, detection, settings)
         if self._sampler is None:
             self._load()
-        work = working_size(size, resolution)
+        # Centre-cropped, not squashed, to the multiple-of-64 work size: a few pixels are lost at two
+        # borders, and there the result keeps the input's own.
+        framing = center_crop_framing(size, working_size(size, resolution))
         generated = self._sampler(
             self._params,
             [prompt],
-            np.asarray(Image.fromarray(photo).resize(work, Image.Resampling.LANCZOS))[None],
-            self.conditioner.render_extra("mask", detection, work)[None],
-            self.conditioner.draw(detection, work)[None],
+            np.asarray(resize_and_crop(photo, framing, Image.Resampling.LANCZOS))[None],
+            framed_drawing(partial(self.conditioner.render_extra, "mask", detection), framing)[None],
+            framed_drawing(partial(self.conditioner.draw, detection), framing)[None],
             strength,
             seed,
         )[0]
-        generated = np.asarray(Image.fromarray(generated).resize(size, Image.Resampling.LANCZOS))
+        generated = np.asarray(uncrop(generated, framing, photo, Image.Resampling.LANCZOS))
         return Repair(photo, composite(photo, generated, mask, feather), depth, mask, detection, settings)
 
 

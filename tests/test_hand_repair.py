@@ -8,6 +8,7 @@ the plumbing: channels, masks, the composite, the files written.
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -20,7 +21,7 @@ from PIL import Image
 import conditioners
 from builders import BuildSettings
 from builders.run import run_build
-from conditioners.images import load_image
+from conditioners.images import center_crop_framing, load_image
 from landmark_controlnet.refine_hands import composite, working_size
 from landmark_controlnet.training.logs import read_metrics
 from landmark_controlnet.training.tiny_sd import write_tiny_sd
@@ -120,6 +121,27 @@ def test_refined_images_change_only_inside_the_hand_masks(photo, refiner, data_d
     np.testing.assert_array_equal(repair.result[outside], original[outside])
     assert np.abs(repair.result[inside].astype(int) - original[inside]).mean() > 1, "the hand was repainted"
     assert (repair.depth[inside] > 0).any()
+
+
+def test_a_non_square_image_is_centre_cropped_to_the_work_size_and_put_back(refiner, data_dir, tmp_path):
+    """A portrait crop whose hand reaches into the bottom border that the centre crop to the 64x64
+    work size cuts off: repainted inside the framed region only, the input's own pixels elsewhere."""
+    path = tmp_path / "portrait.png"
+    Image.open(data_dir / "images" / "generated" / GENERATED[1]).crop((130, 0, 410, 440)).save(path)
+    repair = refiner(path, PROMPT, strength=0.55, resolution=64)
+    original = load_image(path).pixels
+    assert repair.hands == 1 and repair.result.shape == original.shape == (440, 280, 3)
+    framing = center_crop_framing((280, 440), working_size((280, 440), 64))
+    (left, top), (sx, sy), (width, height) = framing.offset, framing.scale, framing.size
+    framed = np.zeros(original.shape[:2], bool)
+    framed[
+        math.ceil(top / sy) : math.floor((top + height) / sy),
+        math.ceil(left / sx) : math.floor((left + width) / sx),
+    ] = True
+    repainted = (repair.mask > 0) & framed
+    assert ((repair.mask > 0) & ~framed).any(), "the hand's mask reaches into the cropped-off border"
+    np.testing.assert_array_equal(repair.result[~repainted], original[~repainted])
+    assert np.abs(repair.result[repainted].astype(int) - original[repainted]).mean() > 1
 
 
 def refine(*args: str) -> subprocess.CompletedProcess:

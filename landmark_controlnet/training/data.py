@@ -27,7 +27,7 @@ from PIL import Image
 
 import conditioners
 from conditioners import Detection
-from conditioners.images import load_image
+from conditioners.images import load_image, resize_and_crop
 
 SHUFFLE_BUFFER = 1000
 
@@ -87,19 +87,28 @@ class ExampleOptions:
 
 
 def decode(value: Any, name: str) -> Image.Image:
-    """A `datasets` image cell ({"bytes", "path"}) or a PIL image, upright RGB."""
-    if isinstance(value, Image.Image):
-        return Image.fromarray(load_image(value, name=name).pixels)
-    source = value.get("bytes") or value.get("path")
-    return Image.fromarray(load_image(source, name=value.get("path") or name).pixels)
+    """A `datasets` image cell ({"bytes", "path"}), a PIL image or a file path, upright RGB."""
+    if isinstance(value, dict):
+        name = value.get("path") or name
+        value = value.get("bytes") or value.get("path")
+    return Image.fromarray(load_image(value, name=name).pixels)
 
 
-def resize_and_center_crop(image: Image.Image, size: int) -> Image.Image:
-    scale = size / min(image.size)
-    width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
-    image = image.resize((width, height), Image.Resampling.BILINEAR)
-    left, top = (width - size) // 2, (height - size) // 2
-    return image.crop((left, top, left + size, top + size))
+def frame(image: Image.Image, resolution: int) -> Image.Image:
+    """How training frames every picture of a row (photo, conditioning image, mask): the short side
+    resized to `resolution` (bilinear), the long side centre-cropped. Validation frames its pictures
+    with this too, so that it shows the model what training showed it."""
+    return resize_and_crop(image, resolution, Image.Resampling.BILINEAR)
+
+
+def conditioning_values(conditioning: Image.Image) -> np.ndarray:
+    """A framed RGB conditioning image as the ControlNet's input: (3, H, W) float32 in [0, 1]."""
+    return np.asarray(conditioning, np.float32).transpose(2, 0, 1) / 255.0
+
+
+def prepare_mask(mask: Image.Image, resolution: int, radius: int = 0) -> np.ndarray:
+    """An L mask framed as training frames it, thresholded and grown by `radius` px: (1, H, W) in {0, 1}."""
+    return dilate(frame(mask, resolution), radius)
 
 
 def flipped_conditioning(conditioning: Image.Image, landmarks: str | None) -> Image.Image:
@@ -128,16 +137,15 @@ def prepare_example(
         conditioning = flipped_conditioning(conditioning, row.get(columns.landmarks))
         mask = mask.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if mask else None
     caption = "" if empty < options.proportion_empty_prompts else caption_text(row[columns.caption])
-    photo = resize_and_center_crop(photo, options.resolution)
-    conditioning = resize_and_center_crop(conditioning, options.resolution)
+    photo = frame(photo, options.resolution)
     example = {
         "pixel_values": np.asarray(photo, np.float32).transpose(2, 0, 1) / 127.5 - 1.0,
-        "conditioning_pixel_values": np.asarray(conditioning, np.float32).transpose(2, 0, 1) / 255.0,
+        "conditioning_pixel_values": conditioning_values(frame(conditioning, options.resolution)),
         "caption": caption,
     }
     if mask is not None:
         radius = int(rng.integers(0, round(options.mask_dilation * options.resolution) + 1))
-        example["mask"] = dilate(resize_and_center_crop(mask, options.resolution), radius)
+        example["mask"] = prepare_mask(mask, options.resolution, radius)
     return example
 
 

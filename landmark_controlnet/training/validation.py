@@ -18,6 +18,7 @@ from PIL import Image
 
 from conditioners.preview import contact_sheet
 
+from .data import conditioning_values, decode, frame, prepare_mask
 from .models import StableDiffusion
 
 GRID_TILE = 256
@@ -44,7 +45,20 @@ class ValidationSet:
             prompts = prompts * len(images)
         elif len(prompts) != len(images):
             raise ValueError("give one --validation_image, one --validation_prompt, or as many of each")
-        return cls(list(prompts), [Image.open(path).convert("RGB") for path in images])
+        return cls(list(prompts), [decode(path, path) for path in images])  # decoded as training decodes
+
+    def framed(self, resolution: int) -> ValidationSet:
+        """Every picture framed exactly as training frames a row's (centre-cropped, never squashed);
+        masks come back binary, 0 or 255, as training thresholds them."""
+        images = [frame(image.convert("RGB"), resolution) for image in self.images]
+        photos = [frame(photo.convert("RGB"), resolution) for photo in self.photos or []]
+        masks = [_mask_image(prepare_mask(mask.convert("L"), resolution)) for mask in self.masks or []]
+        return ValidationSet(self.prompts, images, photos or None, masks or None)
+
+
+def _mask_image(mask: np.ndarray) -> Image.Image:
+    """(1, H, W) {0, 1} -> an L image, 255 = repaint."""
+    return Image.fromarray((mask[0] * 255).astype(np.uint8), "L")
 
 
 class Validator:
@@ -77,11 +91,10 @@ class Validator:
     ) -> Image.Image:
         params = {**self.frozen, "controlnet": controlnet_params, "scheduler": self.scheduler_state}
         rows = []
-        for index, (prompt, image) in enumerate(zip(validation.prompts, validation.images, strict=True)):
-            conditioning = image.resize((self.resolution, self.resolution), Image.Resampling.BILINEAR)
+        framed = validation.framed(self.resolution)
+        for index, (prompt, conditioning) in enumerate(zip(framed.prompts, framed.images, strict=True)):
             prompt_ids = self.pipeline.prepare_text_inputs([prompt] * per_prompt)
-            cond = jnp.asarray(np.asarray(conditioning, np.float32) / 255.0).transpose(2, 0, 1)[None]
-            cond = jnp.repeat(cond, per_prompt, axis=0)
+            cond = jnp.repeat(jnp.asarray(conditioning_values(conditioning))[None], per_prompt, axis=0)
             rng = jax.random.fold_in(jax.random.PRNGKey(seed), index)
             images = self.generate(prompt_ids, cond, params, rng)
             generated = (np.asarray(images) * 255).round().astype(np.uint8)
@@ -104,12 +117,11 @@ class InpaintValidator:
         self, controlnet_params: Any, validation: ValidationSet, per_prompt: int, seed: int
     ) -> Image.Image:
         params = {**self.frozen, "controlnet": controlnet_params}
-        size = (self.resolution, self.resolution)
+        framed = validation.framed(self.resolution)
         rows = []
-        for index, prompt in enumerate(validation.prompts):
-            photo = validation.photos[index].convert("RGB").resize(size, Image.Resampling.BILINEAR)
-            mask = np.asarray(validation.masks[index].convert("L").resize(size, Image.Resampling.NEAREST))
-            depth = validation.images[index].convert("RGB").resize(size, Image.Resampling.BILINEAR)
+        for index, prompt in enumerate(framed.prompts):
+            photo, depth = framed.photos[index], framed.images[index]
+            mask = np.asarray(framed.masks[index])
             stack = [np.repeat(np.asarray(a)[None], per_prompt, axis=0) for a in (photo, mask, depth)]
             generated = self.sampler(params, [prompt] * per_prompt, *stack, strength=1.0, seed=seed + index)
             keep = (mask == 0)[..., None]
