@@ -1,5 +1,6 @@
 """The built-in default job, offline: every conditioner on sample photos that ship inside installed
-wheels, a dataset built from them, and a tiny random ControlNet trained on it for a few steps."""
+wheels (AI-generated hand photos in this package, and scikit-image's and matplotlib's samples), a
+hand dataset built from the hand photos, and a tiny random ControlNet trained on it for a few steps."""
 
 from __future__ import annotations
 
@@ -8,13 +9,34 @@ import importlib.util
 import json
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from PIL import Image
 
 import conditioners
+from conditioners import Detection
+from conditioners.mediapipe_hands import HAND_KINDS
 from conditioners.preview import contact_sheet
 from conditioners.runner import condition_many
+
+# Shipped as package data (see demo_photos/NOTICE.md): read beside this module, so that it works
+# from an installed wheel as from a checkout.
+DEMO_PHOTOS = Path(__file__).with_name("demo_photos")
+# The prompt each photo was generated from, as the HandRefiner repository gives it (MIT licence,
+# demo_photos/NOTICE.md); the demo dataset's captions. Kept here, not in a JSON file, because the
+# wheel ships only the folder's JPEGs and Markdown.
+HAND_PHOTO_PROMPTS = {
+    "handrefiner_test_2.jpg": "a woman facing the camera, making a hand gesture, indoor",
+    "handrefiner_test_3.jpg": "a man facing the camera, making a hand gesture, indoor",
+    "handrefiner_test_4.jpg": "a man facing the camera, making a hand gesture, indoor",
+}
+DEMO_BUILDER = "demo_hands"
+
+
+def hand_photos() -> dict[str, Path]:
+    """The AI-generated photos of people making hand gestures that ship in this package."""
+    return {Path(name).stem: DEMO_PHOTOS / name for name in HAND_PHOTO_PROMPTS}
 
 
 def sample_images() -> dict[str, Path]:
@@ -31,34 +53,30 @@ def sample_images() -> dict[str, Path]:
 
 
 def run_demo(out_dir: Path, train: bool = True) -> Path:
-    """Condition every sample with every conditioner (PNG + JSON per pair and a contact sheet), build
-    the `demo_faces` dataset from them and, with `train`, train a tiny ControlNet on it."""
-    samples = sample_images()
+    """Condition every photo with every conditioner (PNG + JSON per pair, extra images such as
+    hand_depth_mask's `mask` as PNGs too, and a contact sheet), build the `demo_hands` dataset from
+    the hand photos and, with `train`, train a tiny ControlNet on it."""
+    photos = hand_photos() | sample_images()  # hands first: they are the project's headline
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = [[(Image.open(path), stem)] for stem, path in samples.items()]
-    summary: dict[str, dict[str, str]] = {}
-    names, unavailable = [], {}
-    for name in conditioners.available():
-        reason = conditioners.conditioner_class(name).unavailable_reason()
-        if reason:
-            unavailable[name] = reason
-        else:
-            names.append(name)
+    rows = {stem: [(Image.open(path), stem)] for stem, path in photos.items()}
+    results: dict[str, dict[str, str]] = {stem: {} for stem in photos}
+    hands: dict[str, dict[str, int]] = {stem: {} for stem in photos}
+    names, unavailable = usable_conditioners()
     for name in names:
-        with conditioners.get(name) as conditioner:
-            for outcome in condition_many(conditioner, list(samples.values())):
-                stem = list(samples)[outcome.index]
-                (out_dir / f"{stem}_{name}.png").write_bytes(outcome.png)
-                (out_dir / f"{stem}_{name}.json").write_text(outcome.detection.to_json(indent=1))
-                status = outcome.detection.skipped or f"{len(outcome.detection.instances)} found"
-                rows[outcome.index].append((outcome.canvas.to_image(), f"{name}: {status}"))
-                summary.setdefault(stem, {})[name] = status
+        for stem, detection, image, extras in condition_photos(name, photos, out_dir):
+            status = describe(detection)
+            results[stem][name] = status
+            if count_hands(detection):
+                hands[stem][name] = count_hands(detection)
+            rows[stem].append((image, f"{name}: {status}"))
+            rows[stem] += [(extra, f"{name} {extra_name}") for extra_name, extra in extras.items()]
     sheet_path = out_dir / "contact_sheet.png"
-    contact_sheet(rows, title="Landmark ControlNet: " + ", ".join(names)).save(sheet_path)
-    dataset = build_demo_dataset(samples, out_dir)
+    contact_sheet(list(rows.values()), title="Landmark ControlNet: " + ", ".join(names)).save(sheet_path)
+    dataset = build_demo_dataset(out_dir)
     report = {
         "contact_sheet": str(sheet_path),
-        "results": summary,
+        "results": results,
+        "hands_found": hands,
         "unavailable": unavailable,
         "dataset": dataset,
     }
@@ -68,24 +86,72 @@ def run_demo(out_dir: Path, train: bool = True) -> Path:
     return sheet_path
 
 
-def build_demo_dataset(samples: dict[str, Path], out_dir: Path) -> dict[str, object]:
-    """Build the `demo_faces` builder from the samples and load it back with `datasets.load_dataset`."""
+def usable_conditioners() -> tuple[list[str], dict[str, str]]:
+    """The conditioners that can run here, and why each of the others cannot (missing weights)."""
+    names, unavailable = [], {}
+    for name in conditioners.available():
+        reason = conditioners.conditioner_class(name).unavailable_reason()
+        if reason:
+            unavailable[name] = reason
+        else:
+            names.append(name)
+    return names, unavailable
+
+
+def condition_photos(
+    name: str, photos: dict[str, Path], out_dir: Path
+) -> Iterator[tuple[str, Detection, Image.Image, dict[str, Image.Image]]]:
+    """Run conditioner `name` on every photo, write its PNG, JSON and extra-image PNGs, and yield
+    (stem, detection, conditioning image, {extra name: extra image}) per photo."""
+    stems = list(photos)
+    with conditioners.get(name) as conditioner:
+        for outcome in condition_many(conditioner, list(photos.values())):
+            stem, detection = stems[outcome.index], outcome.detection
+            (out_dir / f"{stem}_{name}.png").write_bytes(outcome.png)
+            (out_dir / f"{stem}_{name}.json").write_text(detection.to_json(indent=1))
+            extras = {}
+            for extra in conditioner.extra_images:
+                # A pure function of the stored detection, as `landmark-controlnet draw` re-draws it.
+                extras[extra] = Image.fromarray(conditioner.render_extra(extra, detection), "L")
+                extras[extra].save(out_dir / f"{stem}_{name}_{extra}.png")
+            yield stem, detection, outcome.canvas.to_image(), extras
+
+
+def count_hands(detection: Detection) -> int:
+    return sum(instance.kind in HAND_KINDS for instance in detection.instances)
+
+
+def describe(detection: Detection) -> str:
+    """`2 found`, or the skip reason; `3 found (1 hand)` when hands are among other parts."""
+    if detection.skipped:
+        return str(detection.skipped)
+    found, hands = len(detection.instances), count_hands(detection)
+    if hands in (0, found):
+        return f"{found} found"
+    return f"{found} found ({hands} hand{'s' if hands > 1 else ''})"
+
+
+def build_demo_dataset(out_dir: Path) -> dict[str, object]:
+    """Build the `demo_hands` builder from the hand photos, captioned with their prompts, and load it
+    back with `datasets.load_dataset`."""
     from builders import BuildSettings
     from builders.run import load_builder, run_build
 
-    photos = out_dir / "demo_photos"
-    photos.mkdir(exist_ok=True)
-    captions = []
-    for stem, path in samples.items():
-        link = photos / path.name
-        if not link.exists():
-            link.symlink_to(path)
-        captions.append(json.dumps({"file_name": path.name, "text": f"a photo of {stem.replace('_', ' ')}"}))
+    photos = out_dir / "hand_photos"
+    shutil.rmtree(photos, ignore_errors=True)  # exactly the shipped photos, whatever ran here before
+    photos.mkdir()
+    for path in hand_photos().values():
+        (photos / path.name).symlink_to(path.resolve())
+    captions = [json.dumps({"file_name": name, "text": text}) for name, text in HAND_PHOTO_PROMPTS.items()]
     (photos / "metadata.jsonl").write_text("\n".join(captions) + "\n")
-    output = out_dir / "demo_faces"
-    report = run_build("demo_faces", str(photos), BuildSettings(), output=output, overwrite=True)
-    dataset = load_builder(str(output))
+    output = out_dir / DEMO_BUILDER
+    report = run_build(DEMO_BUILDER, str(photos), BuildSettings(), output=output, overwrite=True)
+    # `datasets` caches a folder by its name and its card (features, row counts), not its files: a
+    # rebuild of as many rows would load an earlier build's. Re-reading also refreshes the cache
+    # that the trainer reads next.
+    dataset = load_builder(str(output), download_mode="force_redownload")
     return {
+        "builder": DEMO_BUILDER,
         "folder": str(output),
         "rows": len(dataset),
         "skipped": report.skipped,

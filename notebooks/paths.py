@@ -35,8 +35,10 @@ def photos(subject: str) -> list[Path]:
     """Photos of `subject` (hands, faces, bodies, animals), from ../shared/data or the built-in samples."""
     if DATA is not None:
         return [DATA / "images" / name for name in _SHARED[subject] if (DATA / "images" / name).exists()]
-    from landmark_controlnet.demo import sample_images
+    from landmark_controlnet.demo import hand_photos, sample_images
 
-    samples = sample_images()  # astronaut (a face, a hand), grace_hopper (a face), chelsea (a cat)
+    if subject == "hands":
+        return list(hand_photos().values())  # AI-generated people making hand gestures (HandRefiner's)
+    samples = sample_images()  # astronaut (a face, a body), grace_hopper (a face), chelsea (a cat)
     chosen = {"animals": ["chelsea"], "faces": ["grace_hopper", "astronaut"]}.get(subject, ["astronaut"])
     return [samples[name] for name in chosen]

@@ -12,12 +12,16 @@ import pytest
 from PIL import Image
 
 import conditioners
+import landmark_controlnet
+from builders.run import load_builder
+from landmark_controlnet.demo import HAND_PHOTO_PROMPTS
 
 CLI = Path(sys.executable).with_name("landmark-controlnet")
+DEMO_PHOTOS = Path(landmark_controlnet.__file__).parent / "demo_photos"
 
 
-def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([str(CLI), *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+def run(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([str(CLI), *args], capture_output=True, text=True, cwd=cwd, timeout=timeout)
 
 
 def test_console_script_is_installed():
@@ -185,7 +189,8 @@ def test_draw_redraws_a_stored_detection(tmp_path, data_dir):
 
 
 def test_demo_writes_a_contact_sheet_a_dataset_and_a_trained_tiny_controlnet(tmp_path):
-    result = run("demo", "--out-dir", str(tmp_path / "demo"))
+    # A hang guard, not a speed test: the trainer's first JIT compile takes minutes on busy cores.
+    result = run("demo", "--out-dir", str(tmp_path / "demo"), timeout=900)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert Path(summary["contact_sheet"]).exists()
@@ -195,6 +200,11 @@ def test_demo_writes_a_contact_sheet_a_dataset_and_a_trained_tiny_controlnet(tmp
     # The others need weights that are not downloaded here: listed with the reason, not crashed.
     for name in set(conditioners.available()) - mediapipe - set(summary["results"]["astronaut"]):
         assert "not found locally" in summary["unavailable"][name]
+    hand_photos = sorted(DEMO_PHOTOS.glob("*.jpg"))
+    assert len(hand_photos) >= 2, "the package ships its demo hand photos"
+    for photo in hand_photos:
+        assert_hands_found(tmp_path / "demo", photo.stem, summary)
+    assert_hand_encoded_dataset(Path(summary["dataset"]["folder"]), hand_photos)
     # ...then trains a tiny ControlNet on the demo dataset and writes a validation grid.
     training = summary["training"]
     assert len(training["losses"]) == 6 and all(np.isfinite(training["losses"]))
@@ -203,6 +213,44 @@ def test_demo_writes_a_contact_sheet_a_dataset_and_a_trained_tiny_controlnet(tmp
     model = Path(training["model"])
     assert (model / "diffusion_pytorch_model.safetensors").exists()
     assert "controlnet" in (model / "README.md").read_text()
+
+
+def assert_hands_found(out: Path, stem: str, summary: dict) -> None:
+    """MediaPipe's hand conditioners find a hand on a shipped hand photo: in the report, in the
+    stored detection, and in hand_depth_mask's mask (drawn beside its depth image)."""
+    for name in ("hand_standard", "hand_encoded", "hand_depth_mask"):
+        found = summary["hands_found"][stem][name]
+        assert found >= 1 and summary["results"][stem][name] == f"{found} found"
+        stored = conditioners.Detection.from_json((out / f"{stem}_{name}.json").read_text())
+        assert len(stored.instances) == found
+    mask = np.asarray(Image.open(out / f"{stem}_hand_depth_mask_mask.png"))
+    assert mask.shape == Image.open(out / f"{stem}_hand_depth_mask.png").size[::-1]
+    assert 0 < (mask > 0).mean() < 0.5  # a box around the hand, not the whole photo
+
+
+def assert_hand_encoded_dataset(folder: Path, hand_photos: list[Path]) -> None:
+    """The demo dataset has one row per hand photo, each a hand_encoded drawing of its detection."""
+    rows = load_builder(str(folder), download_mode="force_redownload")  # the files, not a cached build
+    assert sorted(rows["source_id"]) == [photo.name for photo in hand_photos]
+    for row in rows:
+        detection = conditioners.Detection.from_json(row["landmarks"])
+        assert detection.conditioner == "hand_encoded" and detection.instances
+        drawn = conditioners.conditioner_class("hand_encoded").draw(detection, row["conditioning_image"].size)
+        np.testing.assert_array_equal(np.asarray(row["conditioning_image"].convert("RGB")), drawn)
+        assert row["caption"] == HAND_PHOTO_PROMPTS[row["source_id"]]
+
+
+def test_demo_photos_are_the_handrefiner_originals_with_their_prompts_and_licence(data_dir):
+    generated = data_dir / "images" / "generated"
+    lines = (generated / "handrefiner_prompts.jsonl").read_text().splitlines()
+    prompt_of = {f"handrefiner_test_{record['img']}": record["txt"] for record in map(json.loads, lines)}
+    notice = (DEMO_PHOTOS / "NOTICE.md").read_text()
+    assert sorted(HAND_PHOTO_PROMPTS) == sorted(photo.name for photo in DEMO_PHOTOS.glob("*.jpg"))
+    for name, prompt in HAND_PHOTO_PROMPTS.items():
+        assert (DEMO_PHOTOS / name).read_bytes() == (generated / name).read_bytes()
+        assert prompt == prompt_of[name] and name in notice
+    assert (data_dir / "licenses" / "wenquanlu+HandRefiner.LICENSE").read_text().strip() in notice
+    assert "github.com/wenquanlu/HandRefiner" in notice
 
 
 def test_train_is_also_a_subcommand():
