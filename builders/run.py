@@ -78,4 +78,15 @@ def load_builder(name_or_dir: str, split: str = "train", **kwargs: Any):
             f"{folder} has no data yet. Build it first: "
             f"landmark-controlnet build {name_or_dir} --source PATH_OR_DATASET"
         )
-    return datasets.load_dataset(str(folder), split=split, **kwargs)
+    return datasets.load_dataset(str(folder), split=split, data_files=built_data_files(folder), **kwargs)
+
+
+def built_data_files(folder: Path) -> dict[str, list[str]]:
+    """The shards of a built folder by split, to pass to `load_dataset` as `data_files`.
+
+    Given this way, `datasets` keys its cache on the files themselves (their mtimes). Left to the
+    card's `configs`, datasets 5.0 keys it on the patterns alone, so a folder rebuilt with as many
+    rows would load the previous build's rows from the cache."""
+    shards = sorted((folder / "data").glob("*-*.parquet"))
+    splits = sorted({path.name.rsplit("-", 1)[0] for path in shards})
+    return {split: [str(p.resolve()) for p in shards if p.name.rsplit("-", 1)[0] == split] for split in splits}

@@ -149,7 +149,7 @@ def build_demo_dataset(out_dir: Path) -> dict[str, object]:
     # `datasets` caches a folder by its name and its card (features, row counts), not its files: a
     # rebuild of as many rows would load an earlier build's. Re-reading also refreshes the cache
     # that the trainer reads next.
-    dataset = load_builder(str(output), download_mode="force_redownload")
+    dataset = load_builder(str(output))
     return {
         "builder": DEMO_BUILDER,
         "folder": str(output),

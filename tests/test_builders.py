@@ -301,3 +301,17 @@ def fx_vocab() -> list[str]:
     from tiny_models import TINY_VOCAB
 
     return [w for w in TINY_VOCAB if not w.startswith("[")]
+
+
+def test_a_rebuilt_folder_loads_its_new_rows_not_a_cached_build(tmp_path, data_dir):
+    photos = sorted((data_dir / "images/hands").glob("hagrid_*.jpg"))[:4]
+    builder = fx.folder_recipe(tmp_path)
+    loaded = []
+    for batch in (photos[:2], photos[2:]):  # as many rows each time: datasets' cache key alone stays the same
+        folder = tmp_path / f"photos_{len(loaded)}"
+        folder.mkdir()
+        for photo in batch:
+            fx.link(photo, folder / photo.name)
+        run_build(str(builder), str(folder), BuildSettings(), overwrite=True, progress=False)
+        loaded.append(sorted(load_builder(str(builder))["source_id"]))
+    assert loaded == [sorted(p.name for p in photos[:2]), sorted(p.name for p in photos[2:])]

@@ -230,7 +230,7 @@ def assert_hands_found(out: Path, stem: str, summary: dict) -> None:
 
 def assert_hand_encoded_dataset(folder: Path, hand_photos: list[Path]) -> None:
     """The demo dataset has one row per hand photo, each a hand_encoded drawing of its detection."""
-    rows = load_builder(str(folder), download_mode="force_redownload")  # the files, not a cached build
+    rows = load_builder(str(folder))
     assert sorted(rows["source_id"]) == [photo.name for photo in hand_photos]
     for row in rows:
         detection = conditioners.Detection.from_json(row["landmarks"])

@@ -47,6 +47,12 @@ def open_dataset(
         raise FileNotFoundError(
             f"{path} holds no data. Build it first: landmark-controlnet build {path.name} --source ..."
         )
+    if path.is_dir() and any((path / "data").glob("*-*.parquet")) and config_name is None:
+        from builders.run import built_data_files  # a builder folder: keyed on its files, not its card
+
+        return datasets.load_dataset(
+            name, split=split, streaming=streaming, data_files=built_data_files(path)
+        )
     return datasets.load_dataset(name, config_name, split=split, streaming=streaming)
 
 
