@@ -162,7 +162,9 @@ class Conditioner(ABC):
             return replace(detection, skipped=SkipReason.DETECTOR_ERROR, skip_message=message)
         return self.filter(replace(detection, instances=instances))
 
-    def empty_detection(self, size: tuple[int, int], skipped: str | None = None, message: str | None = None):
+    def empty_detection(
+        self, size: tuple[int, int], skipped: str | None = None, message: str | None = None
+    ) -> Detection:
         """A detection of this conditioner with no instances (`skipped` says why, if it is one)."""
         return Detection(
             conditioner=self.name,
