@@ -7,7 +7,7 @@ and their bones are left out. The drawing is pure; `_openpifpaf.py` holds the de
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -92,6 +92,8 @@ class AnimalPoseConditioner(Conditioner):
     detector_name = "openpifpaf.shufflenetv2k30-animalpose"
     detector_version = installed_version("openpifpaf")
     default_filters = Filters(min_instance_size=16)
+    # benchmarks/min_image_size.py: OpenPifPaf's scale transform divides by (side - 1), so 1 px raises
+    min_workable_side: ClassVar[int] = 2
 
     def __init__(
         self,

@@ -247,6 +247,8 @@ class HandDepthMaskConditioner(StandardHandConditioner):
 
     name = "hand_depth_mask"
     extra_images: ClassVar[tuple[str, ...]] = ("mask",)
+    # benchmarks/min_image_size.py: MediaPipe Hands never raised, from 1x1 and 1x2000 up
+    min_workable_side: ClassVar[int] = 1
 
     def __init__(
         self,

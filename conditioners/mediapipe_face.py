@@ -6,7 +6,7 @@ appears as RGB (250, 200, 10); the canvas does the reversal through its palette.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -74,6 +74,8 @@ class FacePupilsConditioner(Conditioner):
     detector_version = MEDIAPIPE_VERSION
     reverse_channels = True
     default_filters = Filters(min_image_side=384, min_instance_size=64)
+    # benchmarks/min_image_size.py: FaceMesh never raised, from 1x1 up (min_image_side=384 is a data filter)
+    min_workable_side: ClassVar[int] = 1
 
     def __init__(self, *, max_num_faces: int = 5, min_detection_confidence: float = 0.5, **options: Any):
         super().__init__(**options)

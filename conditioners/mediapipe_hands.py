@@ -92,6 +92,8 @@ class StandardHandConditioner(Conditioner):
     name = "hand_standard"
     detector_name = "mediapipe.solutions.hands"
     detector_version = MEDIAPIPE_VERSION
+    # benchmarks/min_image_size.py: MediaPipe Hands never raised, from 1x1 and 1x2000 up
+    min_workable_side: ClassVar[int] = 1
 
     def __init__(
         self,

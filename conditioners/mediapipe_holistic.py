@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -37,6 +37,8 @@ class HolisticConditioner(Conditioner):
     name = "holistic"
     detector_name = "mediapipe.solutions.holistic"
     detector_version = MEDIAPIPE_VERSION
+    # benchmarks/min_image_size.py: MediaPipe Holistic never raised, from 1x1 and 1x2000 up
+    min_workable_side: ClassVar[int] = 1
 
     def __init__(self, *, require_hands: bool = True, min_detection_confidence: float = 0.5, **options: Any):
         super().__init__(**options)

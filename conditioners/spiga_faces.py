@@ -7,7 +7,7 @@ Faces are found with MediaPipe face detection (bundled, offline); each padded bo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -70,6 +70,8 @@ class Spiga68Conditioner(Conditioner):
     detector_name = "spiga.300wpublic+mediapipe.face_detection"
     detector_version = installed_version("spiga")
     default_filters = Filters(min_instance_size=32)
+    # benchmarks/min_image_size.py: never raised from 1x1 up (MediaPipe finds no face box below ~16 px)
+    min_workable_side: ClassVar[int] = 1
 
     def __init__(
         self,

@@ -66,6 +66,18 @@ def animal_weights(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def conditioner_options(request):
+    """`conditioner_options(name)` -> the options that run `name` here (the tests' random weights
+    for the conditioners whose real weights cannot be downloaded), for code that builds its own."""
+    weights = {"spiga68": "spiga_weights", "animal_pose": "animal_weights"}
+
+    def options(name: str) -> dict[str, str]:
+        return {"weights": str(request.getfixturevalue(weights[name]))} if name in weights else {}
+
+    return options
+
+
+@pytest.fixture(scope="session")
 def conditioner_cache(request):
     """One conditioner per name for the whole session (detectors are expensive to build).
 
