@@ -87,6 +87,7 @@ def built_data_files(folder: Path) -> dict[str, list[str]]:
     Given this way, `datasets` keys its cache on the files themselves (their mtimes). Left to the
     card's `configs`, datasets 5.0 keys it on the patterns alone, so a folder rebuilt with as many
     rows would load the previous build's rows from the cache."""
-    shards = sorted((folder / "data").glob("*-*.parquet"))
-    splits = sorted({path.name.rsplit("-", 1)[0] for path in shards})
-    return {split: [str(p.resolve()) for p in shards if p.name.rsplit("-", 1)[0] == split] for split in splits}
+    by_split: dict[str, list[str]] = {}
+    for shard in sorted((folder / "data").glob("*-*.parquet")):
+        by_split.setdefault(shard.name.rsplit("-", 1)[0], []).append(str(shard.resolve()))
+    return by_split

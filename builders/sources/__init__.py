@@ -23,9 +23,9 @@ SOURCES: dict[str, type[Source]] = {
 }
 
 
-
 class SourceNotFoundError(UserError, FileNotFoundError):
     """The `--source` path does not exist."""
+
 
 def make_source(kind: str, location: str, split: str | None = None, **options: Any) -> Source:
     """The source `kind` reading `location` (a path, or a dataset name for `hf_dataset`).
