@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from conditioners.errors import UserError
+
 from .card import write_card
 from .engine import BuildReport, BuildSettings, build, summarize
 from .recipe import CARD_TEMPLATE_FILE, RECIPE_FILE, Recipe, default_output, resolve_builder
@@ -14,7 +16,7 @@ from .storage import Folder
 from .worker import EMPTY_DIR, dataset_features
 
 
-class DatasetNotBuiltError(RuntimeError):
+class DatasetNotBuiltError(UserError, RuntimeError):
     """The builder folder has no data yet; the message says which command builds it."""
 
 

@@ -238,7 +238,8 @@ def test_show_says_how_to_build(tmp_path):
     with pytest.raises(DatasetNotBuiltError, match="landmark-controlnet build"):
         load_builder(str(builder))
     result = subprocess.run([str(CLI), "show", str(builder)], capture_output=True, text=True)
-    assert result.returncode == 1 and "landmark-controlnet build" in result.stderr
+    assert result.returncode == 2 and "landmark-controlnet build" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_template_captioner_formats_words():

@@ -153,7 +153,7 @@ def test_installed_wheel_builds_into_the_working_directory(fresh_venv, data_dir,
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     unbuilt = fresh_venv.run_cli("show", BUILDER, cwd=elsewhere)
-    assert unbuilt.returncode == 1
+    assert unbuilt.returncode == 2 and "Traceback" not in unbuilt.stderr
     assert f"{elsewhere / 'builders' / BUILDER} has no data yet" in unbuilt.stderr
 
 
