@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from conditioners.errors import UserError
 
 from .recipe import resolve_builder
+from .run import DatasetNotBuiltError
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
@@ -50,11 +51,11 @@ def publish(
 
     folder = resolve_builder(name_or_dir) if not Path(name_or_dir).is_dir() else Path(name_or_dir)
     if not any((folder / "data").glob("*.parquet")):
-        raise FileNotFoundError(
+        raise DatasetNotBuiltError(
             f"{folder} has no data/*.parquet: build it first (landmark-controlnet build ...)"
         )
     if not (folder / "README.md").exists():
-        raise FileNotFoundError(
+        raise DatasetNotBuiltError(
             f"{folder} has no README.md dataset card: build it with landmark-controlnet build"
         )
     api = HfApi(token=token)

@@ -18,7 +18,6 @@ import conditioners
 from conditioners import Detection
 from conditioners.mediapipe_hands import HAND_KINDS
 from conditioners.preview import contact_sheet
-from conditioners.runner import condition_many
 
 # Shipped as package data (see demo_photos/NOTICE.md): read beside this module, so that it works
 # from an installed wheel as from a checkout.
@@ -105,16 +104,14 @@ def condition_photos(
     (stem, detection, conditioning image, {extra name: extra image}) per photo."""
     stems = list(photos)
     with conditioners.get(name) as conditioner:
-        for outcome in condition_many(conditioner, list(photos.values())):
-            stem, detection = stems[outcome.index], outcome.detection
-            (out_dir / f"{stem}_{name}.png").write_bytes(outcome.png)
+        for result in conditioners.condition_many(conditioner, list(photos.values())):
+            stem, detection = stems[result.index], result.detection
+            (out_dir / f"{stem}_{name}.png").write_bytes(result.png)
             (out_dir / f"{stem}_{name}.json").write_text(detection.to_json(indent=1))
-            extras = {}
-            for extra in conditioner.extra_images:
-                # A pure function of the stored detection, as `landmark-controlnet draw` re-draws it.
-                extras[extra] = Image.fromarray(conditioner.render_extra(extra, detection), "L")
-                extras[extra].save(out_dir / f"{stem}_{name}_{extra}.png")
-            yield stem, detection, outcome.canvas.to_image(), extras
+            for extra, png in result.extra_pngs.items():
+                (out_dir / f"{stem}_{name}_{extra}.png").write_bytes(png)
+            extras = {extra: result.extra_image(extra) for extra in result.extras}
+            yield stem, detection, result.image, extras
 
 
 def count_hands(detection: Detection) -> int:
@@ -146,10 +143,7 @@ def build_demo_dataset(out_dir: Path) -> dict[str, object]:
     (photos / "metadata.jsonl").write_text("\n".join(captions) + "\n")
     output = out_dir / DEMO_BUILDER
     report = run_build(DEMO_BUILDER, str(photos), BuildSettings(), output=output, overwrite=True)
-    # `datasets` caches a folder by its name and its card (features, row counts), not its files: a
-    # rebuild of as many rows would load an earlier build's. Re-reading also refreshes the cache
-    # that the trainer reads next.
-    dataset = load_builder(str(output))
+    dataset = load_builder(str(output))  # by its files, so a rebuild never reads an earlier build's rows
     return {
         "builder": DEMO_BUILDER,
         "folder": str(output),
