@@ -1,0 +1,1 @@
+"""Stable Diffusion models owned by this project (Flax NNX); no torch, no diffusers."""
