@@ -9,6 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from conditioners.torchvision_guard import install_import_guard
+
+# Before any test module imports diffusers or transformers, which import torchvision (see the guard).
+install_import_guard()
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("LANDMARK_CONTROLNET_DATA", REPO.parent / "shared" / "data")).resolve()
 
