@@ -129,6 +129,12 @@ def _directories(files: dict[str, dict]) -> set[str]:
     return {"/".join(p.split("/")[:i]) for p in files for i in range(1, p.count("/") + 1)}
 
 
+def _missing_code(repo: Repo | None, snapshot) -> str:
+    if snapshot:
+        return "EntryNotFound"
+    return "RevisionNotFound" if repo else "RepoNotFound"
+
+
 class Handler(BaseHTTPRequestHandler):
     state: HubState
     endpoint: str
@@ -377,9 +383,7 @@ class Handler(BaseHTTPRequestHandler):
         found = self.state.repos.get(repo)
         snapshot = found.snapshot(revision) if found else None
         if snapshot is None or filename not in snapshot[1]:
-            return self._send(
-                404, b"", {"X-Error-Code": "EntryNotFound" if snapshot else "RepoNotFound"}, head
-            )
+            return self._send(404, b"", {"X-Error-Code": _missing_code(found, snapshot)}, head)
         sha, files = snapshot
         file = files[filename]
         data = file["data"]
@@ -466,13 +470,18 @@ class HubStandIn:
         self.server.shutdown()
         self.server.server_close()
 
-    def add_model_file(self, repo_id: str, path: str, data: bytes, lfs_sha256: str | None = None) -> None:
-        """Serve `data` as an LFS file of model repo `repo_id`; `lfs_sha256` overrides its published hash."""
+    def add_model_file(
+        self, repo_id: str, path: str, data: bytes, lfs_sha256: str | None = None, revision: str = "main"
+    ) -> None:
+        """Serve `data` as an LFS file of model repo `repo_id`; `lfs_sha256` overrides its published hash.
+
+        A `revision` other than main is a branch, started from main's head when it does not exist yet."""
         with self.state.lock:
             repo = self.state.repos.setdefault(repo_id, Repo(repo_id, private=False))
+            repo.heads.setdefault(revision, repo.heads["main"])
             oid = lfs_sha256 or hashlib.sha256(data).hexdigest()
             self.state.lfs[oid] = data
-            self.state.commit(repo, [{"key": "lfsFile", "value": {"path": path, "oid": oid}}])
+            self.state.commit(repo, [{"key": "lfsFile", "value": {"path": path, "oid": oid}}], revision)
 
     def files(self, repo_id: str, revision: str = "main") -> dict[str, bytes]:
         return {p: f["data"] for p, f in self.state.repos[repo_id].snapshot(revision)[1].items()}
