@@ -395,7 +395,7 @@ class DDIMPlan:
         latents: jax.Array,
         noise: jax.Array | None = None,
     ) -> jax.Array:
-        """One DDIM step with the given fresh noise (used only when eta > 0)."""
+        """One DDIM step; `noise` is scaled by noise_std, which is 0 when eta = 0."""
         alpha, sigma = _at(self.alpha, index), _at(self.sigma, index)
         x0 = _predict_x0(self.prediction_type, model_output, latents, alpha, sigma)
         epsilon = _predict_epsilon(self.prediction_type, model_output, latents, alpha, sigma)
@@ -422,7 +422,7 @@ _register_plan(
 
 
 def _ddim_timesteps(spacing: str, num_steps: int, num_train: int, steps_offset: int) -> np.ndarray:
-    """diffusers' DDIMScheduler.set_timesteps (Lin et al. 2024, table 2, for the spacings)."""
+    """diffusers' DDIMScheduler.set_timesteps (the spacings: Lin et al. 2023, table 2)."""
     if spacing == "linspace":
         return np.linspace(0, num_train - 1, num_steps).round()[::-1].astype(np.int64)
     if spacing == "leading":
