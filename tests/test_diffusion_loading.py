@@ -371,7 +371,7 @@ def test_a_missing_or_extra_key_or_a_missing_shard_is_named(tmp_path):
 
 HUB_SCRIPT = textwrap.dedent(
     """
-    import json, sys
+    import json, os, sys
     import numpy as np
     from conditioners.errors import UserError
     from landmark_controlnet.diffusion import loading, weights
@@ -379,18 +379,22 @@ HUB_SCRIPT = textwrap.dedent(
 
     repo, out = sys.argv[1], sys.argv[2]
     errors = {}
-    for name, kwargs in {
-        "main": dict(subfolder="unet"),
-        "branch": dict(subfolder="unet", revision="v2"),
-        "no_revision": dict(subfolder="unet", revision="nope"),
-        "no_weights": dict(subfolder="text_encoder"),
-        "no_repo": dict(subfolder="unet", repo="someone/absent"),
-    }.items():
+
+    def attempt(name, repo=repo, **kwargs):
         try:
-            model = loading.from_pretrained(TinyModel, kwargs.pop("repo", repo), **kwargs)
+            model = loading.from_pretrained(TinyModel, repo, **kwargs)
             np.savez(f"{out}/{name}.npz", **weights.torch_state_dict(model))
         except UserError as exc:
             errors[name] = f"{type(exc).__name__}: {exc}"
+
+    attempt("main", subfolder="unet")
+    attempt("branch", subfolder="unet", revision="v2")
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        attempt("not_cached", subfolder="vae")
+    else:
+        attempt("no_revision", subfolder="unet", revision="nope")
+        attempt("no_weights", subfolder="text_encoder")
+        attempt("no_repo", repo="someone/absent", subfolder="unet")
     print(json.dumps(errors))
     """
 )
@@ -413,36 +417,38 @@ def publish(hub: HubStandIn, repo: str, folder: Path, prefix: str, revision: str
         hub.add_model_file(repo, f"{prefix}/{path.name}", path.read_bytes(), revision=revision)
 
 
+def load_in_child(env: dict[str, str], out: Path) -> dict[str, str]:
+    """Run HUB_SCRIPT; the models it loads land in `out`, the errors it met come back by name."""
+    out.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-c", HUB_SCRIPT, "owner/pipe", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert TOKEN not in result.stdout + result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def test_a_hub_repo_loads_by_revision_and_subfolder_downloading_only_what_it_needs(tmp_path):
     """main is sharded (the index is fetched first); branch v2 adds a single file, which wins there."""
     main, branch = random_checkpoint(TinyConfig(), seed=5), random_checkpoint(TinyConfig(), seed=6)
     write_shards(write_config(tmp_path / "main"), main, shards=2)
     write_folder(tmp_path / "branch", branch)
-    out = tmp_path / "out"
-    out.mkdir()
     with HubStandIn() as hub:
         publish(hub, "owner/pipe", tmp_path / "main", "unet")
         hub.add_model_file("owner/pipe", "unet/diffusion_pytorch_model.bin", b"decoy: never downloaded")
-        hub.add_model_file(
-            "owner/pipe", "vae/diffusion_pytorch_model.safetensors", b"decoy: another component"
-        )
+        hub.add_model_file("owner/pipe", "vae/diffusion_pytorch_model.safetensors", b"decoy: other model")
         hub.add_model_file("owner/pipe", "text_encoder/config.json", b"{}")
         hub.add_model_file("owner/pipe", "text_encoder/model.safetensors", b"decoy")
         publish(hub, "owner/pipe", tmp_path / "branch", "unet", revision="v2")
-        result = subprocess.run(
-            [sys.executable, "-c", HUB_SCRIPT, "owner/pipe", str(out)],
-            capture_output=True,
-            text=True,
-            env=hub_env(hub, tmp_path),
-            timeout=300,
-        )
+        env = hub_env(hub, tmp_path)
+        errors = load_in_child(env, tmp_path / "online")
         requested = list(hub.state.requests)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert TOKEN not in result.stdout + result.stderr
-    errors = json.loads(result.stdout.strip().splitlines()[-1])
-    assert_same_tensors(dict(np.load(out / "main.npz")), main)
-    assert_same_tensors(dict(np.load(out / "branch.npz")), branch)
-
+    assert_same_tensors(dict(np.load(tmp_path / "online" / "main.npz")), main)
+    assert_same_tensors(dict(np.load(tmp_path / "online" / "branch.npz")), branch)
     assert set(errors) == {"no_revision", "no_weights", "no_repo"}
     assert "Hub repo owner/pipe" in errors["no_revision"] and "revision 'nope'" in errors["no_revision"]
     assert "no such revision" in errors["no_revision"]
@@ -451,6 +457,12 @@ def test_a_hub_repo_loads_by_revision_and_subfolder_downloading_only_what_it_nee
     assert "diffusion_pytorch_model.safetensors" in no_weights
     assert "found instead: config.json, model.safetensors" in no_weights
     assert "someone/absent" in errors["no_repo"] and "repo not found" in errors["no_repo"]
+
+    # The stand-in is gone: offline, both revisions load from the Hugging Face cache.
+    offline = load_in_child({**env, "HF_HUB_OFFLINE": "1"}, tmp_path / "offline")
+    assert_same_tensors(dict(np.load(tmp_path / "offline" / "main.npz")), main)
+    assert_same_tensors(dict(np.load(tmp_path / "offline" / "branch.npz")), branch)
+    assert set(offline) == {"not_cached"} and "could not be reached" in offline["not_cached"]
 
     downloads = [r.split(" ", 1)[1] for r in requested if "/resolve/" in r]
     assert not any(p.endswith(".bin") or "/vae/" in p for p in downloads), downloads
