@@ -151,14 +151,9 @@ def diffusers_reference_class():
 
 @pytest.fixture(scope="module")
 def torch_model():
-    import torch
+    from tests.diffusion_parity import perturb  # imports torch: not at module level (the children import us)
 
-    torch.manual_seed(0)
-    model = diffusers_reference_class()()
-    with torch.no_grad():
-        for parameter in model.parameters():  # every weight non-trivial (unit norms, zero biases)
-            parameter.add_(torch.randn_like(parameter) * 0.02)
-    return model.eval()
+    return perturb(diffusers_reference_class()(), seed=0)
 
 
 def torch_tensors(model, dtype=None) -> dict[str, np.ndarray]:
@@ -365,6 +360,60 @@ def test_a_missing_or_extra_key_or_a_missing_shard_is_named(tmp_path):
     (sharded / write_shards(sharded, reference, shards=2)[1]).unlink()
     with pytest.raises(MissingFileError, match="shard diffusion_pytorch_model-00002-of-00002.safetensors"):
         from_pretrained(TinyModel, sharded)
+
+
+# -- the project's own models, from a pipeline folder the PyTorch libraries wrote -----------------------
+
+TINY_UNET = {
+    "block_out_channels": [32, 64],
+    "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+    "layers_per_block": 1,
+    "cross_attention_dim": 32,
+    "attention_head_dim": 8,
+    "norm_num_groups": 8,
+    "sample_size": 8,
+}
+TINY_CLIP = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_attention_heads": 2,
+    "num_hidden_layers": 2,
+    "vocab_size": 1000,
+    "projection_dim": 16,
+}
+
+
+def test_a_pipeline_of_our_unet_and_clip_loads_from_fp16_sharded_save_pretrained_folders(tmp_path):
+    """diffusers and transformers each write their sharded fp16 variant; both load into fp32 params."""
+    import diffusers
+    import transformers
+
+    from landmark_controlnet.diffusion.clip import CLIPTextModel
+    from landmark_controlnet.diffusion.unet import UNet2DConditionModel
+    from tests.diffusion_parity import perturb
+
+    unet = perturb(diffusers.UNet2DConditionModel(**TINY_UNET), seed=1).half()
+    clip = perturb(transformers.CLIPTextModel(transformers.CLIPTextConfig(**TINY_CLIP)), seed=2).half()
+    unet.save_pretrained(tmp_path / "unet", variant="fp16", max_shard_size="100KB")
+    clip.save_pretrained(tmp_path / "text_encoder", variant="fp16", max_shard_size="40KB")
+    assert (tmp_path / "text_encoder" / "model.safetensors.index.fp16.json").is_file()
+    index = {"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"]}
+    index["text_encoder"] = ["transformers", "CLIPTextModel"]
+    (tmp_path / "model_index.json").write_text(json.dumps(index))
+
+    pipeline = loading.read_model_index(tmp_path)
+    for component, ours, theirs in [
+        ("unet", UNet2DConditionModel, unet),
+        ("text_encoder", CLIPTextModel, clip),
+    ]:
+        assert pipeline.components[component] == ours.config_class.class_name
+        model = from_pretrained(ours, tmp_path, subfolder=component, variant="fp16")
+        reference = {
+            k: v.float().numpy() for k, v in theirs.state_dict().items() if not ours.ignore_unexpected(k)
+        }
+        assert_same_tensors(loaded(model), reference)
+        assert {v.value.dtype for _, v in weights.parameter_paths(model)} == {jnp.dtype(jnp.float32)}
 
 
 # -- the Hub ------------------------------------------------------------------------------------------
