@@ -313,6 +313,9 @@ def test_a_pickled_bin_is_refused_without_the_opt_in_and_loaded_with_it(torch_mo
         from_pretrained(cls, tmp_path)
     model = from_pretrained(cls, tmp_path, allow_pickle=True)
     assert_same_tensors(loaded(model), {k: v.float().numpy() for k, v in state.items()})
+    (tmp_path / bin_name).write_bytes(b"not a pickle")
+    with pytest.raises(LoadingError, match=f"{bin_name}: torch.load"):
+        from_pretrained(cls, tmp_path, allow_pickle=True)
 
 
 # -- errors -------------------------------------------------------------------------------------------
@@ -339,6 +342,8 @@ def test_a_missing_config_or_weights_file_is_named_with_what_was_found(tmp_path)
         from_pretrained(TinyModel, tmp_path / "default", variant="fp16")
     with pytest.raises(MissingFileError, match="nowhere"):
         from_pretrained(TinyModel, tmp_path / "nowhere")
+    with pytest.raises(MissingFileError, match=r"no subfolder 'vae' \(subfolders: \['default', 'unet'\]\)"):
+        from_pretrained(TinyModel, tmp_path, subfolder="vae")
     with pytest.raises(LoadingError, match="revision='v2' applies to Hub repos"):
         from_pretrained(TinyModel, tmp_path / "default", revision="v2")
     with pytest.raises(LoadingError, match="convert_single_file"):

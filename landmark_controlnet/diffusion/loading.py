@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -145,7 +146,12 @@ def pickle_source(files: Sequence[str | Path], legacy_key: Callable[[str], str] 
         ) from exc
     tensors: dict[str, np.ndarray] = {}
     for path in files:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+            raise LoadingError(f"{path}: torch.load(weights_only=True) cannot read it ({exc})") from exc
+        if not isinstance(state, dict):
+            raise LoadingError(f"{path}: holds a {type(state).__name__}, not a state dict")
         for stored, tensor in state.items():
             if isinstance(tensor, torch.Tensor):
                 tensors[legacy_key(stored)] = _torch_to_numpy(tensor, torch)
@@ -274,6 +280,9 @@ def open_folder(
     if path.is_dir():
         if revision is not None:
             raise LoadingError(f"revision={revision!r} applies to Hub repos; {path} is a local folder")
+        if subfolder and not (path / subfolder).is_dir():
+            found = sorted(p.name for p in path.iterdir() if p.is_dir())
+            raise MissingFileError(f"folder {path} has no subfolder {subfolder!r} (subfolders: {found})")
         return LocalFolder(path, subfolder)
     if isinstance(location, str) and _REPO_ID.fullmatch(location):
         return HubFolder(location, subfolder, revision, token)
