@@ -71,6 +71,11 @@ class TinyModel(PretrainedModule):
     def legacy_key(key: str) -> str:
         return key.replace("old_resnets.", "resnets.")
 
+    @staticmethod
+    def legacy_tensor(key: str, tensor: np.ndarray) -> np.ndarray:
+        """An imagined older writer stored norm1's scale as (C, 1)."""
+        return tensor.reshape(-1) if key.endswith("norm1.weight") and tensor.ndim == 2 else tensor
+
 
 class TinyTextModel(TinyModel):
     """The same model in the transformers layout (model.safetensors, pytorch_model.bin)."""
@@ -270,9 +275,10 @@ def test_the_transformers_layout_single_variant_and_sharded(torch_model, tmp_pat
     assert_same_tensors(loaded(from_pretrained(TinyTextModel, tmp_path / "sharded")), reference)
 
 
-def test_legacy_keys_are_renamed_and_ignorable_keys_skipped(tmp_path):
+def test_legacy_keys_and_layouts_are_converted_and_ignorable_keys_skipped(tmp_path):
     reference = random_checkpoint(TinyConfig(), seed=1)
     stored = {k.replace("resnets.0.", "old_resnets.0."): v for k, v in reference.items()}
+    stored["old_resnets.0.norm1.weight"] = reference["resnets.0.norm1.weight"][:, None]
     stored["position_ids"] = np.arange(4, dtype=np.int64)
     write_folder(tmp_path, stored)
     assert_same_tensors(loaded(from_pretrained(TinyModel, tmp_path)), reference)
@@ -379,6 +385,14 @@ TINY_UNET = {
     "norm_num_groups": 8,
     "sample_size": 8,
 }
+TINY_VAE = {
+    "block_out_channels": [32, 64],
+    "down_block_types": ["DownEncoderBlock2D"] * 2,
+    "up_block_types": ["UpDecoderBlock2D"] * 2,
+    "layers_per_block": 1,
+    "norm_num_groups": 8,
+    "sample_size": 16,
+}
 TINY_CLIP = {
     "hidden_size": 32,
     "intermediate_size": 64,
@@ -389,29 +403,34 @@ TINY_CLIP = {
 }
 
 
-def test_a_pipeline_of_our_unet_and_clip_loads_from_fp16_sharded_save_pretrained_folders(tmp_path):
-    """diffusers and transformers each write their sharded fp16 variant; both load into fp32 params."""
+def test_a_pipeline_of_our_unet_vae_and_clip_loads_from_fp16_sharded_save_pretrained_folders(tmp_path):
+    """diffusers and transformers write fp16 variants (sharded and not); they load into fp32 params."""
     import diffusers
     import transformers
 
     from landmark_controlnet.diffusion.clip import CLIPTextModel
     from landmark_controlnet.diffusion.unet import UNet2DConditionModel
+    from landmark_controlnet.diffusion.vae import AutoencoderKL
     from tests.diffusion_parity import perturb
 
     unet = perturb(diffusers.UNet2DConditionModel(**TINY_UNET), seed=1).half()
+    vae = perturb(diffusers.AutoencoderKL(**TINY_VAE), seed=3).half()
     clip = perturb(transformers.CLIPTextModel(transformers.CLIPTextConfig(**TINY_CLIP)), seed=2).half()
     unet.save_pretrained(tmp_path / "unet", variant="fp16", max_shard_size="100KB")
+    vae.save_pretrained(tmp_path / "vae", variant="fp16")
     clip.save_pretrained(tmp_path / "text_encoder", variant="fp16", max_shard_size="40KB")
     assert (tmp_path / "text_encoder" / "model.safetensors.index.fp16.json").is_file()
     index = {"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"]}
-    index["text_encoder"] = ["transformers", "CLIPTextModel"]
+    index.update(vae=["diffusers", "AutoencoderKL"], text_encoder=["transformers", "CLIPTextModel"])
     (tmp_path / "model_index.json").write_text(json.dumps(index))
 
     pipeline = loading.read_model_index(tmp_path)
-    for component, ours, theirs in [
+    components = [
         ("unet", UNet2DConditionModel, unet),
+        ("vae", AutoencoderKL, vae),
         ("text_encoder", CLIPTextModel, clip),
-    ]:
+    ]
+    for component, ours, theirs in components:
         assert pipeline.components[component] == ours.config_class.class_name
         model = from_pretrained(ours, tmp_path, subfolder=component, variant="fp16")
         reference = {

@@ -70,16 +70,31 @@ class MissingExtraError(LoadingError):
 # -- reading tensors ---------------------------------------------------------------------------------
 
 
+def _same_key(key: str) -> str:
+    return key
+
+
+def _same_tensor(key: str, tensor: np.ndarray) -> np.ndarray:
+    return tensor
+
+
 class SafetensorsSource:
     """A TensorSource over one or several `.safetensors` shards, read one tensor at a time.
 
     Tensors come back in their stored dtype (fp32, fp16 or bf16); `weights.load_module` casts each to
-    the model's param dtype. `legacy_key` renames stored keys (a model's `legacy_key`). Use as a context
+    the model's param dtype. `legacy_key` renames stored keys and `legacy_tensor(key, tensor)` reshapes
+    a tensor stored in an older layout (a model's static methods of those names). Use as a context
     manager (or call `close()`) to release the open files.
     """
 
-    def __init__(self, files: Sequence[str | Path], legacy_key: Callable[[str], str] = lambda key: key):
+    def __init__(
+        self,
+        files: Sequence[str | Path],
+        legacy_key: Callable[[str], str] = _same_key,
+        legacy_tensor: Callable[[str, np.ndarray], np.ndarray] = _same_tensor,
+    ):
         self.files = [Path(f) for f in files]
+        self.legacy_tensor = legacy_tensor
         if not self.files:
             raise WeightsError("SafetensorsSource needs at least one .safetensors file")
         self._handles: dict[int, Any] = {}
@@ -107,7 +122,7 @@ class SafetensorsSource:
 
     def get(self, key: str) -> np.ndarray:
         index, stored = self._where[key]
-        return self._handle(index).get_tensor(stored)
+        return self.legacy_tensor(key, self._handle(index).get_tensor(stored))
 
     def describe(self) -> str:
         if len(self.files) == 1:
@@ -132,7 +147,11 @@ def _open_streaming(path: Path):
         return safe_open(path, framework="numpy")
 
 
-def pickle_source(files: Sequence[str | Path], legacy_key: Callable[[str], str] = lambda key: key):
+def pickle_source(
+    files: Sequence[str | Path],
+    legacy_key: Callable[[str], str] = _same_key,
+    legacy_tensor: Callable[[str, np.ndarray], np.ndarray] = _same_tensor,
+):
     """A TensorSource over pickled PyTorch state dicts (.bin), loaded whole with weights_only=True.
 
     Only for callers that opted in (`allow_pickle=True`): unpickling runs code from the file's author,
@@ -154,7 +173,8 @@ def pickle_source(files: Sequence[str | Path], legacy_key: Callable[[str], str] 
             raise LoadingError(f"{path}: holds a {type(state).__name__}, not a state dict")
         for stored, tensor in state.items():
             if isinstance(tensor, torch.Tensor):
-                tensors[legacy_key(stored)] = _torch_to_numpy(tensor, torch)
+                key = legacy_key(stored)
+                tensors[key] = legacy_tensor(key, _torch_to_numpy(tensor, torch))
     name = str(files[0]) if len(files) == 1 else f"{Path(files[0]).parent} ({len(files)} .bin shards)"
     return DictTensorSource(tensors, name)
 
@@ -364,17 +384,18 @@ def _shards(folder: ModelFolder, index_name: str, index: Path) -> list[Path]:
 
 def weights_source(
     folder: ModelFolder,
-    weights_name: str,
-    legacy_key: Callable[[str], str] = lambda key: key,
+    cls: type[PretrainedModule],
     variant: str | None = None,
     allow_pickle: bool = False,
 ) -> TensorSource:
-    """The TensorSource of a model folder: safetensors if present, else .bin only with `allow_pickle`."""
-    safe = weight_file_names(weights_name, variant, "safetensors")
+    """The TensorSource of `cls`'s weights in a model folder: safetensors if present, else .bin only
+    with `allow_pickle`. Keys and tensors go through `cls.legacy_key` and `cls.legacy_tensor` (if any)."""
+    legacy = (cls.legacy_key, getattr(cls, "legacy_tensor", _same_tensor))
+    safe = weight_file_names(cls.weights_name, variant, "safetensors")
     files = _find(folder, safe)
     if files is not None:
-        return SafetensorsSource(files, legacy_key)
-    pickled = weight_file_names(weights_name, variant, "bin")
+        return SafetensorsSource(files, *legacy)
+    pickled = weight_file_names(cls.weights_name, variant, "bin")
     if not allow_pickle:
         present = [n for n in (pickled.single, *pickled.indexes) if n in folder.listing()]
         if present:
@@ -388,7 +409,7 @@ def weights_source(
         raise _missing(
             folder, f"weights {safe.single}, {safe.indexes[0]} or {pickled.single}", _variant_hint(variant)
         )
-    return pickle_source(files, legacy_key)
+    return pickle_source(files, *legacy)
 
 
 def _variant_hint(variant: str | None) -> str:
@@ -424,7 +445,7 @@ def from_pretrained(
     if config_path is None:
         raise _missing(folder, CONFIG_NAME)
     config = cls.config_class.from_json_file(config_path)
-    source = weights_source(folder, cls.weights_name, cls.legacy_key, variant, allow_pickle)
+    source = weights_source(folder, cls, variant, allow_pickle)
     try:
         return load_module(lambda: cls(config, options, rngs=nnx.Rngs(0)), source, cls.ignore_unexpected)
     finally:
