@@ -44,23 +44,6 @@ BARE_VARIANT = {
 CURRENT_TO_LEGACY = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
 
 
-class LegacyTensorSource:
-    """loading.SafetensorsSource renames keys with `legacy_key`; this adds the `legacy_tensor` reshape,
-    which loading.py does not apply yet."""
-
-    def __init__(self, inner: SafetensorsSource):
-        self.inner = inner
-
-    def keys(self):
-        return self.inner.keys()
-
-    def get(self, key: str) -> np.ndarray:
-        return AutoencoderKL.legacy_tensor(key, self.inner.get(key))
-
-    def describe(self) -> str:
-        return self.inner.describe()
-
-
 @dataclass
 class Reference:
     folder: Path
@@ -189,8 +172,7 @@ def test_legacy_conv_shaped_attention_loads_with_legacy_tensor(sd_reference, sd_
         renamed_but_conv_shaped = r"attentions\.0\.to_[qkv]\.weight' has shape \(64, 64, 1, 1\)"
         with pytest.raises(WeightsError, match=renamed_but_conv_shaped):
             load_module(build, renamed)
-        vae = load_module(build, LegacyTensorSource(renamed))
-    outputs = run_ours(vae, sd_reference)
+    outputs = run_ours(from_pretrained(AutoencoderKL, folder), sd_reference)
     for name, value in outputs.items():
         np.testing.assert_array_equal(value, sd_outputs[name], err_msg=name)
 

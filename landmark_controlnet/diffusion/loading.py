@@ -390,7 +390,7 @@ def weights_source(
 ) -> TensorSource:
     """The TensorSource of `cls`'s weights in a model folder: safetensors if present, else .bin only
     with `allow_pickle`. Keys and tensors go through `cls.legacy_key` and `cls.legacy_tensor` (if any)."""
-    legacy = (cls.legacy_key, getattr(cls, "legacy_tensor", _same_tensor))
+    legacy = (cls.legacy_key, cls.legacy_tensor)
     safe = weight_file_names(cls.weights_name, variant, "safetensors")
     files = _find(folder, safe)
     if files is not None:

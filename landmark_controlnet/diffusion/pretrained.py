@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import numpy as np
 from flax import nnx
 
 from .config import ModelConfig
@@ -28,3 +29,8 @@ class PretrainedModule(nnx.Module):
     def legacy_key(key: str) -> str:
         """Today's name for a key from an older checkpoint layout (identity unless a model overrides it)."""
         return key
+
+    @staticmethod
+    def legacy_tensor(key: str, tensor: np.ndarray) -> np.ndarray:
+        """Today's layout for tensor `key` (already renamed) of an older checkpoint (identity by default)."""
+        return tensor
