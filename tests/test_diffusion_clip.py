@@ -7,15 +7,14 @@ saved by `save_pretrained` (the real safetensors layout and config.json) and loa
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+import transformers
 from flax import nnx
-from safetensors import safe_open
 
 from landmark_controlnet.diffusion import weights
 from landmark_controlnet.diffusion.clip import (
@@ -28,7 +27,9 @@ from landmark_controlnet.diffusion.clip import (
     eos_positions,
 )
 from landmark_controlnet.diffusion.config import UnsupportedConfigError
+from landmark_controlnet.diffusion.loading import from_pretrained
 from landmark_controlnet.diffusion.weights import WeightsError
+from tests.diffusion_parity import perturb
 
 LENGTH = 77
 BOS, EOS = 49406, 49407
@@ -54,44 +55,6 @@ SDXL_2 = dict(  # OpenCLIP ViT-bigG/14 with its text_projection (legacy eos_toke
 )  # fmt: skip
 
 
-def reference_library():
-    """transformers, importable even where the venv's torchvision cannot load.
-
-    The venv pairs CPU torch with a CUDA build of torchvision whose ops fail to register; transformers
-    then fails to import any model, though text models never use torchvision. Hiding a broken torchvision
-    (only when its import fails) lets transformers see it as absent.
-    """
-    try:
-        import torchvision  # noqa: F401
-    except (ImportError, OSError, RuntimeError):
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
-        sys.modules["torchvision"] = None  # find_spec() -> None: "not installed"
-        utils = sys.modules.get("transformers.utils.import_utils")
-        if utils is not None:  # transformers was imported before and took torchvision as present
-            utils._torchvision_available = False
-    import transformers
-
-    return transformers
-
-
-class SafetensorsSource:
-    """A TensorSource over one safetensors file (the real loader is loading.py's)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.file = safe_open(str(path), framework="numpy")
-
-    def keys(self):
-        return self.file.keys()
-
-    def get(self, key: str) -> np.ndarray:
-        return self.file.get_tensor(key)
-
-    def describe(self) -> str:
-        return str(self.path)
-
-
 def prompt_ids(lengths: list[int], pad: int, seed: int, added_token_at: int | None = None) -> np.ndarray:
     """Tokenizer-shaped rows: BOS, `n` word ids, EOS, then `pad` up to 77 (SD 1.x pads with EOS, SD 2.x
     with 0). `added_token_at` puts an id above EOS in the first row, where the two EOS rules disagree."""
@@ -107,20 +70,17 @@ def prompt_ids(lengths: list[int], pad: int, seed: int, added_token_at: int | No
 
 
 def perturbed_reference(class_name: str, settings: dict, seed: int, directory: Path):
-    library = reference_library()
     torch.manual_seed(seed)
-    config = library.CLIPTextConfig(max_position_embeddings=LENGTH, **settings)
-    model = getattr(library, class_name)(config).eval()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(torch.randn_like(parameter) * 0.02)
+    config = transformers.CLIPTextConfig(max_position_embeddings=LENGTH, **settings)
+    model = perturb(getattr(transformers, class_name)(config), seed)
     model.save_pretrained(directory, safe_serialization=True)
     return model
 
 
 def load_ours(cls, directory: Path, source=None):
+    if source is None:
+        return from_pretrained(cls, directory)
     config = cls.config_class.from_json_file(directory / "config.json")
-    source = source or SafetensorsSource(directory / f"{cls.weights_name}.safetensors")
     return weights.load_module(lambda: cls(config, rngs=nnx.Rngs(0)), source, cls.ignore_unexpected)
 
 
