@@ -5,6 +5,7 @@ inpainting UNet with their real block structure at scaled-down widths."""
 from __future__ import annotations
 
 import gc
+import re
 
 import jax
 import jax.numpy as jnp
@@ -15,10 +16,11 @@ from diffusers import ControlNetModel as TorchControlNet
 from diffusers import UNet2DConditionModel as TorchUNet
 from flax import nnx
 
-from landmark_controlnet.diffusion.controlnet import ControlNetConfig, ControlNetModel
+from landmark_controlnet.diffusion.controlnet import ControlNetModel
+from landmark_controlnet.diffusion.loading import from_pretrained
 from landmark_controlnet.diffusion.options import ModelOptions
 from landmark_controlnet.diffusion.unet import TextTimeConditioning, UNet2DConditionModel, UNetConfig
-from tests.diffusion_parity import assert_matches, load_ours, nhwc, perturb
+from tests.diffusion_parity import assert_matches, nhwc, perturb
 
 SD15_UNET = {
     "act_fn": "silu",
@@ -95,6 +97,17 @@ SD15_SMALL = {
     "cross_attention_dim": 48,
 }
 INPAINT_UNET = {**SD15_SMALL, "in_channels": 9}
+# Two levels, one layer each: enough to check remat and dtypes, cheap to differentiate.
+TINY_UNET = {
+    **SD15_UNET,
+    "block_out_channels": [16, 32],
+    "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+    "layers_per_block": 1,
+    "norm_num_groups": 8,
+    "attention_head_dim": 2,
+    "cross_attention_dim": 16,
+}
 UNET_ONLY = (
     "out_channels",
     "sample_size",
@@ -192,12 +205,11 @@ def reference_pair(unet_config: dict, controlnet_config: dict, folder, seed: int
 
 
 def our_pair(folder, options: ModelOptions | None = None):
+    """Loaded as a user loads an existing PyTorch UNet and ControlNet (e.g. control_v11p) to fine-tune."""
     options = options or ModelOptions()
-    unet_config = UNetConfig.from_json_file(folder / "unet" / "config.json")
-    controlnet_config = ControlNetConfig.from_json_file(folder / "controlnet" / "config.json")
     return (
-        load_ours(UNet2DConditionModel, unet_config, folder / "unet", options=options),
-        load_ours(ControlNetModel, controlnet_config, folder / "controlnet", options=options),
+        from_pretrained(UNet2DConditionModel, folder, subfolder="unet", options=options),
+        from_pretrained(ControlNetModel, folder / "controlnet", options=options),
     )
 
 
@@ -240,8 +252,8 @@ def test_scaled_unets_and_controlnets_match_diffusers(case, tmp_path):
     assert_pair_matches(ours, theirs, case)
 
 
-def _small_unet(options: ModelOptions) -> UNet2DConditionModel:
-    return UNet2DConditionModel(UNetConfig.from_dict(SD15_SMALL), options, rngs=nnx.Rngs(0))
+def _tiny_unet(options: ModelOptions) -> UNet2DConditionModel:
+    return UNet2DConditionModel(UNetConfig.from_dict(TINY_UNET), options, rngs=nnx.Rngs(0))
 
 
 def _loss(model: UNet2DConditionModel, inputs: dict) -> jax.Array:
@@ -251,9 +263,17 @@ def _loss(model: UNet2DConditionModel, inputs: dict) -> jax.Array:
     return jnp.mean(noise.astype(jnp.float32) ** 2)
 
 
+def _gradient_jaxpr(model: UNet2DConditionModel, inputs: dict) -> str:
+    graphdef, state = nnx.split(model)
+    return str(jax.make_jaxpr(jax.grad(lambda s: _loss(nnx.merge(graphdef, s), inputs)))(state))
+
+
 def test_remat_changes_neither_the_output_nor_the_gradients():
-    inputs = make_inputs(SD15_SMALL, latent=8, tokens=8)
-    plain, remat = _small_unet(ModelOptions()), _small_unet(ModelOptions(remat=True))
+    inputs = make_inputs(TINY_UNET, latent=8, tokens=8)
+    plain, remat = _tiny_unet(ModelOptions()), _tiny_unet(ModelOptions(remat=True))
+    # jax.checkpoint shows in the gradient's jaxpr as the `remat` primitive.
+    assert re.search(r"\bremat\d*\b", _gradient_jaxpr(remat, inputs))
+    assert not re.search(r"\bremat\d*\b", _gradient_jaxpr(plain, inputs))
     loss_plain, grads_plain = nnx.value_and_grad(_loss)(plain, inputs)
     loss_remat, grads_remat = nnx.value_and_grad(_loss)(remat, inputs)
     assert abs(float(loss_plain) - float(loss_remat)) <= 1e-6 * abs(float(loss_plain))
@@ -262,9 +282,9 @@ def test_remat_changes_neither_the_output_nor_the_gradients():
 
 
 def test_bf16_compute_keeps_fp32_master_weights():
-    inputs = make_inputs(SD15_SMALL, latent=8, tokens=8)
-    full = _small_unet(ModelOptions())
-    half = _small_unet(ModelOptions(dtype=jnp.bfloat16))
+    inputs = make_inputs(TINY_UNET, latent=8, tokens=8)
+    full = _tiny_unet(ModelOptions())
+    half = _tiny_unet(ModelOptions(dtype=jnp.bfloat16))
     assert {leaf.dtype for leaf in jax.tree.leaves(nnx.state(half, nnx.Param))} == {jnp.dtype(jnp.float32)}
     args = (
         jnp.asarray(nhwc(inputs["sample"])),
