@@ -137,17 +137,32 @@ def check_block_types(types: tuple[str, ...], allowed: tuple[str, ...], key: str
             )
 
 
-def _transformer(channels: int, spec: AttentionSpec, depth: int, groups: int, options, rngs):
-    return Transformer2DModel(
-        channels,
-        spec.heads,
-        channels // spec.heads,
-        spec.context_dim,
-        depth,
-        groups,
-        spec.use_linear_projection,
-        options,
-        rngs,
+def _resnet_stack(in_widths, out_channels: int, temb_channels: int, config, options, rngs) -> nnx.List:
+    groups, eps = config.norm_num_groups, config.norm_eps
+    return nnx.List(
+        [ResnetBlock2D(w, out_channels, temb_channels, groups, eps, options, rngs) for w in in_widths]
+    )
+
+
+def _transformer_stack(channels: int, spec: AttentionSpec | None, config, options, rngs) -> nnx.List | None:
+    """One Transformer2DModel per layer (`spec.layers` gives each one's depth); None without attention."""
+    if spec is None:
+        return None
+    return nnx.List(
+        [
+            Transformer2DModel(
+                channels,
+                spec.heads,
+                channels // spec.heads,
+                spec.context_dim,
+                depth,
+                config.norm_num_groups,
+                spec.use_linear_projection,
+                options,
+                rngs,
+            )
+            for depth in spec.layers
+        ]
     )
 
 
@@ -173,31 +188,9 @@ class DownBlock(nnx.Module):
         options: ModelOptions,
         rngs: nnx.Rngs,
     ):
-        groups, eps = config.norm_num_groups, config.norm_eps
-        self.resnets = nnx.List(
-            [
-                ResnetBlock2D(
-                    in_channels if i == 0 else out_channels,
-                    out_channels,
-                    temb_channels,
-                    groups,
-                    eps,
-                    options,
-                    rngs,
-                )
-                for i in range(layers)
-            ]
-        )
-        self.attentions = (
-            nnx.List(
-                [
-                    _transformer(out_channels, attention, attention.layers[i], groups, options, rngs)
-                    for i in range(layers)
-                ]
-            )
-            if attention
-            else None
-        )
+        widths = [in_channels] + [out_channels] * (layers - 1)
+        self.resnets = _resnet_stack(widths, out_channels, temb_channels, config, options, rngs)
+        self.attentions = _transformer_stack(out_channels, attention, config, options, rngs)
         self.downsamplers = (
             nnx.List([Downsample2D(out_channels, config.downsample_padding, options, rngs)])
             if add_downsample
@@ -221,20 +214,9 @@ class MidBlock(nnx.Module):
     """diffusers' UNetMidBlock2DCrossAttn: resnet, then (transformer, resnet) pairs."""
 
     def __init__(self, channels: int, temb_channels: int, attention: AttentionSpec, config, options, rngs):
-        groups, eps = config.norm_num_groups, config.norm_eps
-        pairs = len(attention.layers)
-        self.resnets = nnx.List(
-            [
-                ResnetBlock2D(channels, channels, temb_channels, groups, eps, options, rngs)
-                for _ in range(pairs + 1)
-            ]
-        )
-        self.attentions = nnx.List(
-            [
-                _transformer(channels, attention, attention.layers[i], groups, options, rngs)
-                for i in range(pairs)
-            ]
-        )
+        widths = [channels] * (len(attention.layers) + 1)
+        self.resnets = _resnet_stack(widths, channels, temb_channels, config, options, rngs)
+        self.attentions = _transformer_stack(channels, attention, config, options, rngs)
 
     def __call__(self, x: Array, temb: Array, context: Array) -> Array:
         x = self.resnets[0](x, temb)
@@ -258,32 +240,10 @@ class UpBlock(nnx.Module):
         options: ModelOptions,
         rngs: nnx.Rngs,
     ):
-        groups, eps = config.norm_num_groups, config.norm_eps
-        layers = len(skip_channels)
-        self.resnets = nnx.List(
-            [
-                ResnetBlock2D(
-                    (prev_channels if i == 0 else out_channels) + skip_channels[i],
-                    out_channels,
-                    temb_channels,
-                    groups,
-                    eps,
-                    options,
-                    rngs,
-                )
-                for i in range(layers)
-            ]
-        )
-        self.attentions = (
-            nnx.List(
-                [
-                    _transformer(out_channels, attention, attention.layers[i], groups, options, rngs)
-                    for i in range(layers)
-                ]
-            )
-            if attention
-            else None
-        )
+        inputs = [prev_channels] + [out_channels] * (len(skip_channels) - 1)
+        widths = [width + skip for width, skip in zip(inputs, skip_channels, strict=True)]
+        self.resnets = _resnet_stack(widths, out_channels, temb_channels, config, options, rngs)
+        self.attentions = _transformer_stack(out_channels, attention, config, options, rngs)
         self.upsamplers = nnx.List([Upsample2D(out_channels, options, rngs)]) if add_upsample else None
 
     def __call__(self, x: Array, skips: tuple[Array, ...], temb: Array, context: Array) -> Array:
