@@ -10,7 +10,8 @@ not matter, but no side then compiles an init) and feed the same numpy inputs (t
 for ours); the step is the gradient w.r.t. the ControlNet's parameters of the noise MSE of the
 frozen UNet's output.
 Prints one JSON line: trace+lower and XLA compile times (jax's AOT `lower().compile()`), the
-first run, and every timed steady-state step.
+first run, and every timed steady-state step; with `--serve`, the compile report and then one line
+per step asked for on stdin.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--side", choices=SIDES, required=True)
     add_shape_arguments(parser)
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps after the first run")
-    parser.add_argument("--repeats", type=int, default=10, help="timed steps; the median is reported")
+    parser.add_argument("--repeats", type=int, default=10, help="timed steps (without --serve)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--serve", action="store_true", help="time steps on request (see serve)")
     return parser.parse_args(argv)
 
 
@@ -217,55 +219,83 @@ class Clock:
         return elapsed
 
 
-def measure(args: argparse.Namespace) -> dict[str, Any]:
-    import jax
-    import numpy as np
+class CompiledStep:
+    """The step compiled ahead of time for its arguments, and what compiling it cost."""
 
-    jax.config.update("jax_enable_compilation_cache", False)  # every round compiles from scratch
-    build = build_ours if args.side == "ours" else build_diffusers_flax
-    loss, host_args = build(unet_config(args), numpy_inputs(args))
-    step_args = jax.device_put(host_args)
-    step = jax.jit(jax.value_and_grad(loss))
+    def __init__(self, args: argparse.Namespace):
+        import jax
+        import numpy as np
 
-    # Wall and process CPU time (all threads) of each phase: on a shared machine the CPU time is
-    # the steadier of the two, since waiting for a core is not counted.
-    clock = Clock()
-    lowered = step.lower(*step_args)
-    trace_lower = clock.lap()
-    compiled = lowered.compile()
-    xla_compile = clock.lap()
-    value, grads = jax.block_until_ready(compiled(*step_args))
-    first_run = clock.lap()
-    for _ in range(args.warmup):
-        jax.block_until_ready(compiled(*step_args))
-    clock.lap()
-    steps = []
-    for _ in range(args.repeats):
-        jax.block_until_ready(compiled(*step_args))
-        steps.append(clock.lap())
-    leaves = jax.tree_util.tree_leaves(grads)
-    wall_ms, cpu_ms = ([1e3 * s[i] for s in steps] for i in (0, 1))
+        jax.config.update("jax_enable_compilation_cache", False)  # every process compiles from scratch
+        build = build_ours if args.side == "ours" else build_diffusers_flax
+        loss, host_args = build(unet_config(args), numpy_inputs(args))
+        self.args = jax.device_put(host_args)
+        step = jax.jit(jax.value_and_grad(loss))
+        # Wall and process CPU time (all threads) of each phase: waiting for a core on a shared
+        # machine is not CPU time, but XLA's worker threads spinning for work is.
+        clock = Clock()
+        lowered = step.lower(*self.args)
+        trace_lower = clock.lap()
+        self.compiled = lowered.compile()
+        xla_compile = clock.lap()
+        value, grads = jax.block_until_ready(self.compiled(*self.args))
+        first_run = clock.lap()
+        for _ in range(args.warmup):
+            self.time_one()
+        self.report = {
+            "side": args.side,
+            "trace_lower_s": round(trace_lower[0], 3),
+            "xla_compile_s": round(xla_compile[0], 3),
+            "compile_s": round(trace_lower[0] + xla_compile[0], 3),
+            "compile_cpu_s": round(trace_lower[1] + xla_compile[1], 3),
+            "first_run_s": round(first_run[0], 4),
+            "loss": float(value),
+            "loss_finite": bool(np.isfinite(float(value))),
+            "trainable_parameters": int(sum(leaf.size for leaf in jax.tree_util.tree_leaves(grads))),
+            "hlo": hlo_summary(lowered, self.compiled),
+            "versions": versions(args.side),
+            "isolation": isolation(args.side),
+            "backend": jax.default_backend(),
+            "python": platform.python_version(),
+            "cpu_count": os.cpu_count(),
+        }
+
+    def time_one(self) -> dict[str, float]:
+        import jax
+
+        clock = Clock()
+        jax.block_until_ready(self.compiled(*self.args))
+        wall, cpu = clock.lap()
+        return {"wall_ms": round(1e3 * wall, 2), "cpu_ms": round(1e3 * cpu, 2)}
+
+
+def step_summary(steps: list[dict[str, float]]) -> dict[str, Any]:
+    wall = [s["wall_ms"] for s in steps]
     return {
-        "side": args.side,
-        "trace_lower_s": round(trace_lower[0], 3),
-        "xla_compile_s": round(xla_compile[0], 3),
-        "compile_s": round(trace_lower[0] + xla_compile[0], 3),
-        "compile_cpu_s": round(trace_lower[1] + xla_compile[1], 3),
-        "first_run_s": round(first_run[0], 4),
-        "step_ms_median": round(statistics.median(wall_ms), 2),
-        "step_ms_min": round(min(wall_ms), 2),
-        "step_ms_all": [round(t, 2) for t in wall_ms],
-        "step_cpu_ms_median": round(statistics.median(cpu_ms), 2),
-        "loss": float(value),
-        "loss_finite": bool(np.isfinite(float(value))),
-        "trainable_parameters": int(sum(leaf.size for leaf in leaves)),
-        "hlo": hlo_summary(lowered, compiled),
-        "versions": versions(args.side),
-        "isolation": isolation(args.side),
-        "backend": jax.default_backend(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
+        "step_ms_median": round(statistics.median(wall), 2),
+        "step_ms_min": round(min(wall), 2),
+        "step_ms_all": wall,
+        "step_cpu_ms_median": round(statistics.median(s["cpu_ms"] for s in steps), 2),
     }
+
+
+def serve(step: CompiledStep) -> None:
+    """Compile report first, then one timed step per `step` line on stdin, until `quit` or EOF; the driver
+    interleaves two such processes so that both sides' steps share the machine's load of the moment."""
+    print(json.dumps(step.report), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "step":
+            break
+        print(json.dumps(step.time_one()), flush=True)
+
+
+def main() -> None:
+    args = parse_args()
+    step = CompiledStep(args)
+    if args.serve:
+        serve(step)
+        return
+    print(json.dumps({**step.report, **step_summary([step.time_one() for _ in range(args.repeats)])}))
 
 
 def versions(side: str) -> dict[str, str]:
@@ -285,4 +315,4 @@ def isolation(side: str) -> dict[str, bool]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(measure(parse_args())))
+    main()
