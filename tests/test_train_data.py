@@ -144,3 +144,22 @@ def test_columns_missing_from_the_dataset_are_named():
 def test_learning_rate_schedules_are_honoured(name, expected):
     schedule = learning_rate_schedule(name, 1.0, warmup_steps=2, total_steps=6)
     assert [float(schedule(step)) for step in (0, 1, 2, 4)] == pytest.approx(expected, abs=1e-6)
+
+
+def test_closing_prefetch_stops_and_joins_its_thread():
+    """A prefetch thread left running at exit aborts the interpreter once JAX is loaded."""
+    import threading
+
+    produced = []
+
+    def endless():
+        while True:
+            produced.append(len(produced))
+            yield {"x": np.zeros(1)}, {"batch": len(produced)}
+
+    batches = input_data.prefetch(endless(), put=lambda batch: batch, depth=2)
+    first, position = next(batches)
+    assert position == {"batch": 1} and first["x"].shape == (1,)
+    batches.close()
+    assert not [t for t in threading.enumerate() if t.name == "prefetch"]
+    assert len(produced) <= 4  # the one taken, two queued, at most one more in hand when it stopped

@@ -294,20 +294,32 @@ class BatchLoader:
 
 
 def prefetch(iterator: Iterator[Any], put: Callable[[Any], Any], depth: int = 2) -> Iterator[Any]:
-    """Run `iterator` in a background thread, `put` each item on the devices, keep `depth` ready."""
+    """Run `iterator` in a background thread, `put` each item on the devices, keep `depth` ready.
+
+    Closing the generator stops the thread and waits for it: a thread still running JAX while
+    the interpreter exits aborts the process ("terminate called without an active exception").
+    """
     ready: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
     done = object()
 
+    def offer(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for batch, position in iterator:
-                if stop.is_set():
+                if stop.is_set() or not offer((put(batch), position)):
                     return
-                ready.put((put(batch), position))
         except BaseException as exc:  # surfaced in the training loop, not lost in a thread
-            ready.put(exc)
-        ready.put(done)
+            offer(exc)
+        offer(done)
 
     thread = threading.Thread(target=produce, daemon=True, name="prefetch")
     thread.start()
@@ -318,3 +330,4 @@ def prefetch(iterator: Iterator[Any], put: Callable[[Any], Any], depth: int = 2)
             yield item
     finally:
         stop.set()
+        thread.join(timeout=120)  # a batch being read finishes; a hung read does not hang the exit

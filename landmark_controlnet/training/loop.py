@@ -83,6 +83,7 @@ def train(args: argparse.Namespace) -> Path:
         final_loss = run_loop(run)
         return finish(run, final_loss)
     finally:
+        run.batches.close()  # joins the prefetch thread before the interpreter exits
         if run.checkpoints:
             run.checkpoints.close()
         if run.log:
