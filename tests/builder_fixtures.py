@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
@@ -87,6 +89,33 @@ def folder_recipe(root: Path, conditioner: str = "hand_encoded", extra: str = ""
         f'[captioner]\ntype = "column"\ndefault = "a hand"\n{extra}'
     )
     return builder
+
+
+@dataclass(frozen=True)
+class HandBuild:
+    """`photo_folder` built with `folder_recipe` (hand_encoded, 3 items a shard) under `root`."""
+
+    root: Path
+    rows: int
+    items: int
+    skipped: dict[str, int]
+
+    def copy_to(self, root: Path) -> tuple[Path, Path]:
+        """A test's own (photos, builder) under `root`: the built files and their bookkeeping copied
+        (mtimes kept), the photos still symlinks to the shared data. Nothing a test does to its copy
+        reaches another test."""
+        for name in ("photos", "builder"):
+            shutil.copytree(self.root / name, root / name, symlinks=True)
+        return root / "photos", root / "builder"
+
+
+def build_hand_photos(data: Path, root: Path) -> HandBuild:
+    from builders import BuildSettings
+    from builders.run import run_build
+
+    photos, builder = photo_folder(data, root), folder_recipe(root)
+    report = run_build(str(builder), str(photos), BuildSettings(shard_size=3), progress=False)
+    return HandBuild(root, report.rows, report.items, dict(report.skipped))
 
 
 HAGRID_GESTURES = {

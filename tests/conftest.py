@@ -57,6 +57,15 @@ def annotation(data_dir: Path):
 
 
 @pytest.fixture(scope="session")
+def hand_build(tmp_path_factory, data_dir):
+    """One build of builder_fixtures' hand photo folder for the whole session (each build detects
+    and encodes every photo again); tests work on their own `hand_build.copy_to(folder)`."""
+    import builder_fixtures as fx
+
+    return fx.build_hand_photos(data_dir, tmp_path_factory.mktemp("hand_build"))
+
+
+@pytest.fixture(scope="session")
 def spiga_weights(tmp_path_factory) -> Path:
     from detector_weights import write_random_spiga_weights
 

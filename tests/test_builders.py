@@ -30,11 +30,10 @@ def sha(data: bytes) -> str:
 
 
 @pytest.fixture()
-def folder_build(tmp_path, data_dir):
-    photos = fx.photo_folder(data_dir, tmp_path)
-    builder = fx.folder_recipe(tmp_path)
-    report = run_build(str(builder), str(photos), BuildSettings(shard_size=3), progress=False)
-    return photos, builder, report
+def folder_build(tmp_path, hand_build):
+    """This test's copy of the session's hand photo build (3 items a shard)."""
+    photos, builder = hand_build.copy_to(tmp_path)
+    return photos, builder, hand_build
 
 
 def test_folder_build_loads_with_datasets(folder_build):
@@ -97,10 +96,9 @@ def test_two_processes_build_the_same_rows(tmp_path, data_dir, folder_build):
     assert rows[single] == rows[parallel]
 
 
-def test_killed_build_resumes_without_duplicates_or_gaps(tmp_path, data_dir):
+def test_killed_build_resumes_without_duplicates_or_gaps(tmp_path, data_dir, hand_build):
     photos = fx.photo_folder(data_dir, tmp_path)
-    reference = fx.folder_recipe(tmp_path / "reference")
-    run_build(str(reference), str(photos), BuildSettings(shard_size=1), progress=False)
+    reference = hand_build.root / "builder"  # the same photos, built straight through
     builder = fx.folder_recipe(tmp_path / "killed")
     command = [str(CLI), "build", str(builder), "--source", str(photos), "--shard-size", "1"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -19,9 +19,7 @@ import pytest
 from hub_standin import HubStandIn, Repo, UploadGate
 from huggingface_hub import HfApi
 
-from builders import BuildSettings
 from builders.publish import PublishMismatch, published_files, verify_published
-from builders.run import run_build
 
 CLI = Path(sys.executable).with_name("landmark-controlnet")
 TOKEN = "hf_secretTestToken1234567890"
@@ -44,11 +42,9 @@ READ_BACK = textwrap.dedent(
 
 
 @pytest.fixture()
-def built(tmp_path, data_dir):
-    photos = fx.photo_folder(data_dir, tmp_path)
-    builder = fx.folder_recipe(tmp_path)
-    run_build(str(builder), str(photos), BuildSettings(shard_size=3), progress=False)
-    return builder
+def built(tmp_path, hand_build):
+    """This test's copy of the session's hand photo build (3 shards), its photos in tmp_path/photos."""
+    return hand_build.copy_to(tmp_path)[1]
 
 
 def hub_env(hub: HubStandIn, tmp_path: Path) -> dict[str, str]:

@@ -166,8 +166,11 @@ def _paths_in(report: object) -> list[Path]:
 
 
 def test_installed_wheel_runs_the_demo(fresh_venv, tmp_path):
+    """The demo's conditioners, shipped photos and dataset build, from the wheel. Without its tiny
+    training run: test_cli's demo trains (minutes of JIT compiling); here it is enough that every
+    training module ships and imports from the wheel."""
     out_dir = tmp_path / "demo"
-    result = fresh_venv.run_cli("demo", "--out-dir", str(out_dir))
+    result = fresh_venv.run_cli("demo", "--no-train", "--out-dir", str(out_dir))
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(result.stdout)
     paths = _paths_in(report)
@@ -175,8 +178,23 @@ def test_installed_wheel_runs_the_demo(fresh_venv, tmp_path):
     for path in paths:
         if path.is_relative_to(out_dir):
             assert path.exists(), path
-    assert report["dataset"]["rows"] > 0
+    assert report["dataset"]["rows"] > 0 and "training" not in report
     assert _files(fresh_venv.site_packages) == fresh_venv.installed_files
+
+
+def test_installed_wheel_ships_every_training_module(fresh_venv):
+    package = "landmark_controlnet.training"
+    source_modules = sorted(p.stem for p in (REPO / package.replace(".", "/")).glob("*.py"))
+    imported = json.loads(
+        fresh_venv.query(
+            f"import importlib, json, pkgutil, {package} as p; "
+            "names = sorted(m.name for m in pkgutil.iter_modules(p.__path__)); "
+            f"print(json.dumps({{n: importlib.import_module('{package}.' + n).__file__ for n in names}}))"
+        )
+    )
+    assert sorted(["__init__", *imported]) == source_modules
+    for location in imported.values():
+        assert Path(location).is_relative_to(fresh_venv.site_packages), location
 
 
 def test_a_checkout_builds_packaged_builders_in_place(tmp_path, monkeypatch):
