@@ -52,19 +52,27 @@ def conv2d(
     )
 
 
-def group_norm(
-    channels: int, groups: int, eps: float, options: ModelOptions, rngs: nnx.Rngs
-) -> nnx.GroupNorm:
-    # Two-pass variance: the one-pass form loses fp32 precision on large activations.
-    return nnx.GroupNorm(
-        channels,
-        num_groups=groups,
-        epsilon=eps,
-        use_fast_variance=False,
-        dtype=options.dtype,
-        param_dtype=options.param_dtype,
-        rngs=rngs,
-    )
+class GroupNorm(nnx.Module):
+    """PyTorch's GroupNorm over channel-last input, with `scale` and `bias` as Flax names them.
+
+    Statistics are taken in fp32 with a two-pass variance (the one-pass form loses precision on
+    large activations), and the input is normalised in its grouped view: broadcasting the group
+    statistics back to every channel first costs time and compile.
+    """
+
+    def __init__(self, channels: int, groups: int, eps: float, options: ModelOptions, rngs: nnx.Rngs):
+        del rngs  # ones and zeros, as PyTorch initialises them
+        self.groups, self.eps, self.dtype = groups, eps, options.dtype
+        self.scale = nnx.Param(jnp.ones((channels,), options.param_dtype))
+        self.bias = nnx.Param(jnp.zeros((channels,), options.param_dtype))
+
+    def __call__(self, x: Array) -> Array:
+        channels = x.shape[-1]
+        grouped = x.astype(jnp.float32).reshape(x.shape[0], -1, self.groups, channels // self.groups)
+        centred = grouped - grouped.mean(axis=(1, 3), keepdims=True)
+        variance = jnp.square(centred).mean(axis=(1, 3), keepdims=True)
+        normalised = (centred * jax.lax.rsqrt(variance + self.eps)).reshape(x.shape)
+        return (normalised * self.scale[...] + self.bias[...]).astype(self.dtype)
 
 
 def layer_norm(features: int, eps: float, options: ModelOptions, rngs: nnx.Rngs) -> nnx.LayerNorm:
@@ -87,20 +95,42 @@ def multi_head_attention(
     is_causal: bool = False,
     mask: Array | None = None,
 ) -> Array:
-    """(batch, length, heads * head_dim) projections in, the same layout out, through one fused kernel."""
+    """(batch, length, heads * head_dim) projections in, the same layout out.
+
+    On GPU, `jax.nn.dot_product_attention` (cuDNN's fused kernel where it applies). Elsewhere, or
+    with `attention="xla"`, the same computation with the heads moved next to the batch first:
+    XLA's CPU matmuls over (batch, length, heads, dim) operands cost a transpose per use.
+    """
 
     def split(x: Array) -> Array:
         return x.reshape(*x.shape[:-1], heads, x.shape[-1] // heads)
 
-    out = jax.nn.dot_product_attention(
-        split(query),
-        split(key),
-        split(value),
-        mask=mask,
-        is_causal=is_causal,
-        implementation=options.attention,
-    )
+    if options.attention == "xla" or (options.attention is None and jax.default_backend() != "gpu"):
+        out = _heads_major_attention(split(query), split(key), split(value), is_causal, mask)
+    else:
+        out = jax.nn.dot_product_attention(
+            split(query),
+            split(key),
+            split(value),
+            mask=mask,
+            is_causal=is_causal,
+            implementation=options.attention,
+        )
     return out.reshape(*out.shape[:-2], -1)
+
+
+def _heads_major_attention(query: Array, key: Array, value: Array, is_causal: bool, mask: Array | None):
+    """softmax(q k^T / sqrt(d)) v for (batch, length, heads, dim) inputs, logits and softmax in fp32."""
+    query = query * jnp.asarray(query.shape[-1] ** -0.5, query.dtype)  # fewer products than the logits
+    query, key, value = (jnp.swapaxes(x, 1, 2) for x in (query, key, value))
+    logits = jnp.einsum("bnqd,bnkd->bnqk", query, key, preferred_element_type=jnp.float32)
+    if is_causal:
+        causal = jnp.tril(jnp.ones(logits.shape[-2:], bool))
+        mask = causal if mask is None else mask & causal
+    if mask is not None:
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
+    return jnp.swapaxes(jnp.einsum("bnqk,bnkd->bnqd", weights, value), 1, 2)
 
 
 def sinusoidal_embedding(
@@ -139,10 +169,10 @@ class ResnetBlock2D(nnx.Module):
         options: ModelOptions,
         rngs: nnx.Rngs,
     ):
-        self.norm1 = group_norm(in_channels, groups, eps, options, rngs)
+        self.norm1 = GroupNorm(in_channels, groups, eps, options, rngs)
         self.conv1 = conv2d(in_channels, out_channels, options, rngs)
         self.time_emb_proj = linear(temb_channels, out_channels, options, rngs) if temb_channels else None
-        self.norm2 = group_norm(out_channels, groups, eps, options, rngs)
+        self.norm2 = GroupNorm(out_channels, groups, eps, options, rngs)
         self.conv2 = conv2d(out_channels, out_channels, options, rngs)
         self.conv_shortcut = (
             conv2d(in_channels, out_channels, options, rngs, kernel_size=1)
@@ -185,7 +215,7 @@ class Upsample2D(nnx.Module):
 class Attention(nnx.Module):
     """Multi-head attention with diffusers' names: to_q/to_k/to_v, output projection at to_out.0.
 
-    `norm_groups` gives the VAE's form, a GroupNorm (`group_norm`) applied to the input first.
+    `norm_groups` gives the VAE's form, a `GroupNorm` applied to the input first.
     """
 
     def __init__(
@@ -204,7 +234,7 @@ class Attention(nnx.Module):
         context_dim = context_dim or query_dim
         self.heads = heads
         self.options = options
-        self.group_norm = group_norm(query_dim, norm_groups, norm_eps, options, rngs) if norm_groups else None
+        self.group_norm = GroupNorm(query_dim, norm_groups, norm_eps, options, rngs) if norm_groups else None
         self.to_q = linear(query_dim, inner, options, rngs, bias=qkv_bias)
         self.to_k = linear(context_dim, inner, options, rngs, bias=qkv_bias)
         self.to_v = linear(context_dim, inner, options, rngs, bias=qkv_bias)
@@ -276,7 +306,7 @@ class Transformer2DModel(nnx.Module):
     ):
         inner = heads * head_dim
         self.use_linear_projection = use_linear_projection
-        self.norm = group_norm(channels, groups, 1e-6, options, rngs)
+        self.norm = GroupNorm(channels, groups, 1e-6, options, rngs)
         project = linear if use_linear_projection else _conv1x1
         self.proj_in = project(channels, inner, options, rngs)
         self.transformer_blocks = nnx.List(

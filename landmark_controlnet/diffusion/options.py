@@ -15,8 +15,8 @@ class ModelOptions:
     """`dtype` is the compute dtype; parameters stay in `param_dtype` (fp32 master weights for bf16 training).
 
     `remat` wraps each UNet/ControlNet block in `jax.checkpoint`, trading recompute for activation memory.
-    `attention` is passed to `jax.nn.dot_product_attention`: None picks cuDNN's fused kernel where it
-    applies and XLA otherwise.
+    `attention`: None uses `jax.nn.dot_product_attention` on GPU (cuDNN's fused kernel where it
+    applies) and a heads-major XLA computation elsewhere; "xla" forces the latter, "cudnn" the former.
     """
 
     dtype: jnp.dtype = jnp.float32

@@ -12,7 +12,7 @@ import jax
 from flax import nnx
 
 from .config import UnsupportedConfigError, per_block
-from .layers import conv2d, group_norm
+from .layers import GroupNorm, conv2d
 from .options import DEFAULT_OPTIONS, ModelOptions
 from .unet_blocks import (
     CROSS_ATTENTION_UP,
@@ -57,7 +57,7 @@ class UNet2DConditionModel(DownPath):
         self.config = config
         self.build_down_path(config, options, rngs)
         self.up_blocks = nnx.List(self._build_up_blocks(config, options, rngs))
-        self.conv_norm_out = group_norm(
+        self.conv_norm_out = GroupNorm(
             config.block_out_channels[0], config.norm_num_groups, config.norm_eps, options, rngs
         )
         self.conv_out = conv2d(config.block_out_channels[0], config.out_channels, options, rngs)

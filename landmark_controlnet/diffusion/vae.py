@@ -201,7 +201,7 @@ class Encoder(nnx.Module):
             ]
         )
         self.mid_block = VAEMidBlock(widths[-1], groups, config.mid_block_add_attention, options, rngs)
-        self.conv_norm_out = layers.group_norm(widths[-1], groups, RESNET_EPS, options, rngs)
+        self.conv_norm_out = layers.GroupNorm(widths[-1], groups, RESNET_EPS, options, rngs)
         self.conv_out = layers.conv2d(widths[-1], 2 * config.latent_channels, options, rngs)
 
     def __call__(self, images: Array) -> Array:
@@ -228,7 +228,7 @@ class Decoder(nnx.Module):
                 for i, width in enumerate(widths)
             ]
         )
-        self.conv_norm_out = layers.group_norm(widths[-1], groups, RESNET_EPS, options, rngs)
+        self.conv_norm_out = layers.GroupNorm(widths[-1], groups, RESNET_EPS, options, rngs)
         self.conv_out = layers.conv2d(widths[-1], config.out_channels, options, rngs)
 
     def __call__(self, latents: Array) -> Array:
