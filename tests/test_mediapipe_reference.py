@@ -1,0 +1,30 @@
+"""MediaPipe's landmarks on every shared photo, against those mediapipe 0.10.21 gave on numpy 1.26."""
+
+from __future__ import annotations
+
+import copy
+
+import mediapipe_reference as reference
+
+
+def test_landmarks_match_the_mediapipe_0_10_21_reference(data_dir):
+    stored = reference.read()
+    assert stored["versions"]["mediapipe"] == "0.10.21" and stored["versions"]["numpy"].startswith("1.")
+    found = sum(len(d["instances"]) for photos in stored["detections"].values() for d in photos.values())
+    assert found > 200  # hands, faces, poses: not a file of empty detections
+    assert reference.differences(stored["detections"], reference.detect_all(data_dir)) == []
+
+
+def test_a_moved_point_or_a_lost_hand_is_named():
+    stored = reference.read()["detections"]
+    photo, hands = next((p, d) for p, d in stored["hand_standard"].items() if d["instances"])
+    moved = copy.deepcopy(stored)
+    point = moved["hand_standard"][photo]["instances"][0]["xy"][8]
+    point[0] += 2e-4 * max(hands["size"])
+    lost = copy.deepcopy(stored)
+    lost["hand_standard"][photo]["instances"].pop(0)
+    assert reference.differences(stored, stored) == []
+    [message] = reference.differences(stored, moved)
+    assert photo in message and "moved" in message
+    [message] = reference.differences(stored, lost)
+    assert photo in message and "hand_standard" in message
