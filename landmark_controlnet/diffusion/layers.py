@@ -102,19 +102,12 @@ def multi_head_attention(
     XLA's CPU matmuls over (batch, length, heads, dim) operands cost a transpose per use.
     """
 
-    def split(x: Array) -> Array:
-        return x.reshape(*x.shape[:-1], heads, x.shape[-1] // heads)
-
+    query, key, value = (x.reshape(*x.shape[:-1], heads, x.shape[-1] // heads) for x in (query, key, value))
     if options.attention == "xla" or (options.attention is None and jax.default_backend() != "gpu"):
-        out = _heads_major_attention(split(query), split(key), split(value), is_causal, mask)
+        out = _heads_major_attention(query, key, value, is_causal, mask)
     else:
         out = jax.nn.dot_product_attention(
-            split(query),
-            split(key),
-            split(value),
-            mask=mask,
-            is_causal=is_causal,
-            implementation=options.attention,
+            query, key, value, mask=mask, is_causal=is_causal, implementation=options.attention
         )
     return out.reshape(*out.shape[:-2], -1)
 
