@@ -31,8 +31,9 @@ from PIL import Image  # noqa: E402
 
 from landmark_controlnet.training.models import (  # noqa: E402
     controlnet_from_unet,
-    load_stable_diffusion,
-    silence_flax_deprecation,
+    controlnet_options,
+    load_base_model,
+    split_models,
 )
 from landmark_controlnet.training.step import (  # noqa: E402
     LossConfig,
@@ -46,26 +47,27 @@ from landmark_controlnet.training.tiny_sd import write_tiny_sd  # noqa: E402
 
 
 def steps_per_second(model: str, resolution: int, steps: int, inpainting: bool) -> float:
-    sd = load_stable_diffusion(model)
-    controlnet, params = controlnet_from_unet(sd.unet, sd.params["unet"], jax.random.PRNGKey(0))
+    sd = load_base_model(model)
+    graphs, frozen, params = split_models(
+        sd, controlnet_from_unet(sd.unet, 0, controlnet_options(np.float32))
+    )
     schedule = learning_rate_schedule("constant", 1e-4, 0, steps)
     optimizer = make_optimizer(schedule)
     shardings = Shardings.over_all_devices()
     state = shardings.replicate(init_state(params, optimizer, 0))
-    frozen = shardings.replicate(sd.params)
-    step = make_train_step(sd, controlnet, optimizer, schedule, LossConfig(), shardings)
+    frozen = shardings.replicate({**frozen, "noise_schedule": sd.noise_schedule})
+    step = make_train_step(graphs, optimizer, schedule, LossConfig(), shardings)
     rows = jax.device_count()
     rng = np.random.default_rng(0)
+    image = (1, rows, resolution, resolution, 3)
     batch = {
-        "pixel_values": rng.uniform(-1, 1, (1, rows, 3, resolution, resolution)).astype(np.float32),
-        "conditioning_pixel_values": rng.uniform(0, 1, (1, rows, 3, resolution, resolution)).astype(
-            np.float32
-        ),
+        "pixel_values": rng.uniform(-1, 1, image).astype(np.float32),
+        "conditioning_pixel_values": rng.uniform(0, 1, image).astype(np.float32),
         "input_ids": np.zeros((1, rows, sd.tokenizer.model_max_length), np.int32),
     }
     if inpainting:
-        mask = np.zeros((1, rows, 1, resolution, resolution), np.float32)
-        mask[..., resolution // 4 : resolution // 2, resolution // 4 : resolution // 2] = 1
+        mask = np.zeros((1, rows, resolution, resolution, 1), np.float32)
+        mask[:, :, resolution // 4 : resolution // 2, resolution // 4 : resolution // 2] = 1
         batch["mask"] = mask
     batch = shardings.put_batch(batch)
     state, metrics = step(state, frozen, batch)  # compile
@@ -78,8 +80,8 @@ def steps_per_second(model: str, resolution: int, steps: int, inpainting: bool) 
 
 
 def bench_train(work: Path, resolution: int, steps: int, rounds: int) -> dict:
-    plain = str(write_tiny_sd(work / "plain", pytorch=False))
-    inpainting = str(write_tiny_sd(work / "inpainting", inpainting=True, pytorch=False))
+    plain = str(write_tiny_sd(work / "plain"))
+    inpainting = str(write_tiny_sd(work / "inpainting", inpainting=True))
     rates: dict[str, list[float]] = {"plain": [], "inpainting": []}
     for _ in range(rounds):  # alternating: the machine is shared
         rates["plain"].append(steps_per_second(plain, resolution, steps, False))
@@ -116,7 +118,7 @@ def bench_refine(
 
     def sampler_only() -> None:
         for photo, mask, depth in inputs:
-            refiner._sampler(refiner._params, [prompt], photo, mask, depth, 0.55)
+            refiner._sampler(refiner._controlnet_params, [prompt], depth, 0, 0.55, photos=photo, masks=mask)
 
     rates: dict[str, list[float]] = {"full": [], "sampler": []}
     for _ in range(rounds):
@@ -134,11 +136,10 @@ def bench_refine(
 
 
 def tiny_controlnet(model: str, work: Path) -> str:
-    from landmark_controlnet.training.export import save_flax
+    from landmark_controlnet.training.export import save_controlnet
 
-    sd = load_stable_diffusion(model)
-    controlnet, params = controlnet_from_unet(sd.unet, sd.params["unet"], jax.random.PRNGKey(0))
-    save_flax(controlnet, jax.tree_util.tree_map(np.asarray, params), work / "controlnet")
+    sd = load_base_model(model)
+    save_controlnet(controlnet_from_unet(sd.unet, 0, controlnet_options(np.float32)), work / "controlnet")
     return str(work / "controlnet")
 
 
@@ -150,9 +151,8 @@ def main() -> None:
     parser.add_argument("--model-steps", type=int, default=30, help="denoising steps of refine-hands")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--model", help="an inpainting SD folder (default: tiny random)")
-    parser.add_argument("--controlnet", help="a Flax ControlNet folder (default: tiny random)")
+    parser.add_argument("--controlnet", help="a ControlNet folder (default: tiny random)")
     args = parser.parse_args()
-    silence_flax_deprecation()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         train = bench_train(work, args.resolution, args.steps, args.rounds)

@@ -7,10 +7,11 @@ The example is not part of this project: pass its file from a diffusers checkout
 what today's stack lacks for it: `jax.tree_map` (gone in JAX 0.6; aliased to
 `jax.tree_util.tree_map`) and a torchvision that imports beside a CPU torch (our import guard).
 
-Both train a tiny random Stable Diffusion (SD 1.5 shape, 32/32/64/64 channels) on a hand_encoded
-dataset built from ../shared/data, at 64 px, batch 1 per device on 4 simulated CPU devices. Each
-runs twice, for SHORT and LONG steps; steady-state steps/s is (LONG - SHORT) / (wall difference),
-which cancels start-up, compilation and saving. Prints JSON with both and their ratio.
+Both train a tiny random Stable Diffusion (SD 1.5 shape, 32/32/64/64 channels) given as PyTorch
+weights, with `--from_pt`, on a hand_encoded dataset built from ../shared/data, at 64 px, batch 1
+per device on 4 simulated CPU devices. Each runs twice, for SHORT and LONG steps; steady-state
+steps/s is (LONG - SHORT) / (wall difference), which cancels start-up, compilation and saving.
+Prints JSON with both and their ratio.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 sys.path.append(str(REPO / "benchmarks"))  # last: benchmarks/conditioners.py must not shadow the package
 
 COMMON = [
-    "--resolution", "64", "--train_batch_size", "1", "--learning_rate", "1e-4",
+    "--from_pt", "--resolution", "64", "--train_batch_size", "1", "--learning_rate", "1e-4",
     "--checkpointing_steps", "1000000", "--logging_steps", "1000000", "--seed", "0",
     "--caption_column", "caption", "--dataloader_num_workers", "2",
 ]  # fmt: skip
@@ -45,6 +46,16 @@ jax.tree_map = jax.tree_util.tree_map  # removed in JAX 0.6; the example still c
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
+
+
+def add_pickled_weights(model: Path) -> None:
+    """`diffusion_pytorch_model.bin` beside each diffusers safetensors file: the example's Flax
+    `from_pretrained(..., from_pt=True)` reads only that name (real SD 1.5 repos ship both)."""
+    import torch
+    from safetensors.torch import load_file
+
+    for weights in model.glob("*/diffusion_pytorch_model.safetensors"):
+        torch.save(load_file(weights), weights.with_suffix(".bin"))
 
 
 def wall_time(command: list[str], devices: int) -> float:
@@ -90,6 +101,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-vs-example-"))
     model, dataset = _tiny_model(work), _tiny_dataset(work)
+    add_pickled_weights(model)
     walls: dict[str, dict[int, float]] = {"ours": {}, "diffusers_example": {}}
     for steps in (options.short, options.long):  # alternate, so drift on a shared machine hits both
         for name, command in commands(options.example, model, dataset, work, steps).items():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from importlib.metadata import version
 from typing import Any
 
 import numpy as np
@@ -12,9 +11,11 @@ import numpy as np
 os.environ.setdefault("GLOG_minloglevel", "2")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import mediapipe  # noqa: E402
 from mediapipe.python import solutions  # noqa: E402
 
-MEDIAPIPE_VERSION = version("mediapipe")
+# From the module, not the distribution: the numpy 2 rebuild is distributed as `mediapipe-numpy2`.
+MEDIAPIPE_VERSION = mediapipe.__version__
 
 
 def landmarks_to_array(landmark_list: Any) -> np.ndarray:

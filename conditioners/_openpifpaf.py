@@ -34,8 +34,10 @@ ANIMALPOSE_WEIGHTS = WeightsFile(
 LONG_EDGE = 512
 # What an OpenPifPaf network pickle may name: its own classes, torch's layers, numpy arrays.
 SAFE_MODULE_PREFIXES = ("openpifpaf.", "torch.nn.modules.")
+# numpy 2 pickles name `numpy._core`, numpy 1 `numpy.core`: the same two functions.
 SAFE_NAMES = frozenset(
-    {"numpy.dtype", "numpy.ndarray", "numpy.core.multiarray._reconstruct", "numpy.core.multiarray.scalar"}
+    {"numpy.dtype", "numpy.ndarray"}
+    | {f"numpy.{core}.multiarray.{name}" for core in ("core", "_core") for name in ("_reconstruct", "scalar")}
 )
 
 

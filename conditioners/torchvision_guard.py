@@ -3,7 +3,7 @@
 PyPI's torchvision 0.28.0 is a CUDA build. Beside a CPU-only torch 2.13 its C++ extension does
 not load, and `torchvision/_meta_registrations.py` then fails at import with
 `RuntimeError: operator torchvision::nms does not exist`. Whatever imports torchvision fails
-with it, transformers' image processors (and so diffusers' Flax models) included.
+with it, transformers' image processors included.
 
 `import_torchvision()` tries the plain import first: with matched builds that is all it does.
 Only on that exact failure, with the extension really absent, does it import again while

@@ -90,12 +90,14 @@ def _add_refine_hands(commands: Any) -> None:
     refine.add_argument("--image", required=True, help="the image to repair")
     refine.add_argument("--prompt", required=True, help="the prompt the image was generated with")
     refine.add_argument(
-        "--controlnet", required=True, help="a Flax ControlNet folder (trained with --inpainting)"
+        "--controlnet", required=True, help="a ControlNet folder or Hub id (trained with --inpainting)"
     )
     refine.add_argument(
         "--base-model", required=True, help="an inpainting Stable Diffusion folder (9-channel UNet)"
     )
-    refine.add_argument("--from-pt", action="store_true", help="the base model has PyTorch weights only")
+    refine.add_argument(
+        "--from-pt", action="store_true", help="accepted for compatibility: PyTorch weights load natively"
+    )
     refine.add_argument(
         "--strength", type=float, default=0.55, help="control strength (HandRefiner: 0.4-0.8)"
     )

@@ -182,7 +182,7 @@ def train_tiny_controlnet(dataset: Path, out_dir: Path) -> dict[str, object]:
     from .training.logs import read_metrics
     from .training.tiny_sd import write_tiny_sd
 
-    base_model = write_tiny_sd(out_dir / "tiny_sd", flax=True, pytorch=False)
+    base_model = write_tiny_sd(out_dir / "tiny_sd")
     output = out_dir / "tiny_controlnet"
     shutil.rmtree(output, ignore_errors=True)  # a fresh run each time, never a resumed one
     flags = ["--pretrained_model_name_or_path", str(base_model), "--dataset_name", str(dataset)]

@@ -88,28 +88,28 @@ class HandRefiner:
         base_model: str,
         controlnet: str,
         *,
-        from_pt: bool = False,
         steps: int = 30,
         guidance_scale: float = 7.5,
         conditioner_options: dict[str, Any] | None = None,
     ):
-        self.base_model, self.controlnet_path, self.from_pt = base_model, controlnet, from_pt
+        self.base_model, self.controlnet_path = base_model, controlnet
         self.steps, self.guidance_scale = steps, guidance_scale
         self.conditioner = conditioners.get("hand_depth_mask", **(conditioner_options or {}))
         self._sampler: Any = None
-        self._params: dict[str, Any] = {}
+        self._controlnet_params: Any = None
 
     def _load(self) -> None:
-        from .inpainting import InpaintSampler, check_inpainting_unet
-        from .training.models import load_controlnet, load_stable_diffusion, silence_flax_deprecation
+        from flax import nnx
 
-        silence_flax_deprecation()
-        sd = load_stable_diffusion(self.base_model, from_pt=self.from_pt)
+        from .diffusion import ControlNetModel, from_pretrained
+        from .diffusion.pipeline import ControlNetGenerator, load_stable_diffusion
+        from .inpainting import check_inpainting_unet
+
+        sd = load_stable_diffusion(self.base_model)
         check_inpainting_unet(sd, self.base_model)
-        controlnet, controlnet_params = load_controlnet(self.controlnet_path)
-        self._params = {k: v for k, v in sd.params.items() if k != "scheduler"}
-        self._params["controlnet"] = controlnet_params
-        self._sampler = InpaintSampler(sd, controlnet, self.steps, self.guidance_scale)
+        graph, params = nnx.split(from_pretrained(ControlNetModel, self.controlnet_path))
+        self._controlnet_params = nnx.to_pure_dict(params)
+        self._sampler = ControlNetGenerator(sd, graph, self.steps, self.guidance_scale)
 
     def __call__(
         self,
@@ -134,13 +134,13 @@ class HandRefiner:
         # borders, and there the result keeps the input's own.
         framing = center_crop_framing(size, working_size(size, resolution))
         generated = self._sampler(
-            self._params,
+            self._controlnet_params,
             [prompt],
-            np.asarray(resize_and_crop(photo, framing, Image.Resampling.LANCZOS))[None],
-            framed_drawing(partial(self.conditioner.render_extra, "mask", detection), framing)[None],
             framed_drawing(partial(self.conditioner.draw, detection), framing)[None],
-            strength,
             seed,
+            strength,
+            photos=np.asarray(resize_and_crop(photo, framing, Image.Resampling.LANCZOS))[None],
+            masks=framed_drawing(partial(self.conditioner.render_extra, "mask", detection), framing)[None],
         )[0]
         generated = np.asarray(uncrop(generated, framing, photo, Image.Resampling.LANCZOS))
         return Repair(photo, composite(photo, generated, mask, feather), depth, mask, detection, settings)
@@ -152,7 +152,6 @@ def run_refine_hands(args: Any) -> int:
     refiner = HandRefiner(
         args.base_model,
         args.controlnet,
-        from_pt=args.from_pt,
         steps=args.steps,
         guidance_scale=args.guidance_scale,
         conditioner_options=options,

@@ -39,7 +39,7 @@ def workspace(tmp_path_factory, data_dir):
         "root": root,
         "rows": root / "rows",
         "inpainting": write_tiny_sd(root / "tiny-inpainting", inpainting=True),
-        "plain": write_tiny_sd(root / "tiny-sd", pytorch=False),
+        "plain": write_tiny_sd(root / "tiny-sd"),
     }
 
 
@@ -86,22 +86,20 @@ def test_the_mask_and_masked_photo_reach_the_unet(workspace):
     import jax
     import jax.numpy as jnp
 
-    from landmark_controlnet.training.models import load_stable_diffusion
-    from landmark_controlnet.training.step import inpainting_input
+    from landmark_controlnet.diffusion.pipeline import inpainting_channels, load_stable_diffusion
 
-    sd = load_stable_diffusion(str(workspace["inpainting"]))
-    pixels = jax.random.uniform(jax.random.PRNGKey(0), (1, 3, 64, 64), minval=-1, maxval=1)
-    latents = jnp.zeros((1, 4, 8, 8))
-    left = jnp.zeros((1, 1, 64, 64)).at[:, :, :, :32].set(1.0)
-    unet_input = inpainting_input(latents, left, pixels, sd.params["vae"], sd)
-    assert unet_input.shape == (1, 9, 8, 8)
-    np.testing.assert_array_equal(unet_input[0, 4], np.repeat([[1.0] * 4 + [0.0] * 4], 8, axis=0))
+    vae = load_stable_diffusion(str(workspace["inpainting"])).vae
+    pixels = jax.random.uniform(jax.random.PRNGKey(0), (1, 64, 64, 3), minval=-1, maxval=1)
+    left = jnp.zeros((1, 64, 64, 1)).at[:, :, :32].set(1.0)
+    extra = inpainting_channels(vae, left, pixels, (8, 8))
+    assert extra.shape == (1, 8, 8, 5)
+    np.testing.assert_array_equal(extra[0, :, :, 0], np.repeat([[1.0] * 4 + [0.0] * 4], 8, axis=0))
     # The masked photo's latents do not depend on what is under the mask.
-    changed = pixels.at[:, :, :, :32].set(0.5)
+    changed = pixels.at[:, :, :32].set(0.5)
     np.testing.assert_allclose(
-        inpainting_input(latents, left, changed, sd.params["vae"], sd)[:, 5:], unet_input[:, 5:], atol=1e-5
+        inpainting_channels(vae, left, changed, (8, 8))[..., 1:], extra[..., 1:], atol=1e-5
     )
-    assert not np.allclose(inpainting_input(latents, 1 - left, changed, sd.params["vae"], sd), unet_input)
+    assert not np.allclose(inpainting_channels(vae, 1 - left, changed, (8, 8)), extra)
 
 
 @pytest.fixture(scope="module")

@@ -65,7 +65,7 @@ def test_validation_conditioning_is_framed_exactly_as_training_frames_it(files, 
     framed = validation.framed(resolution).images[0]
     seen = input_data.conditioning_values(framed)
     trained = training_example(files, resolution)["conditioning_pixel_values"]
-    assert seen.shape == trained.shape == (3, resolution, resolution)
+    assert seen.shape == trained.shape == (resolution, resolution, 3)
     np.testing.assert_array_equal(seen, trained)
     squashed = striped().resize((resolution, resolution), Image.Resampling.BILINEAR)
     assert not np.array_equal(seen, input_data.conditioning_values(squashed)), (
@@ -79,9 +79,9 @@ def test_inpainting_validation_frames_photo_mask_and_depth_as_training(files, re
     photo, mask = (input_data.decode(str(files[k]), k) for k in ("photo", "mask"))
     validation = ValidationSet(["p"], [striped()], [photo], [mask.convert("L")]).framed(resolution)
     trained = training_example(files, resolution)
-    pixels = np.asarray(validation.photos[0], np.float32).transpose(2, 0, 1) / 127.5 - 1.0
+    pixels = np.asarray(validation.photos[0], np.float32) / 127.5 - 1.0
     np.testing.assert_array_equal(pixels, trained["pixel_values"])
-    np.testing.assert_array_equal(np.asarray(validation.masks[0])[None] / 255.0, trained["mask"])
+    np.testing.assert_array_equal(np.asarray(validation.masks[0])[..., None] / 255.0, trained["mask"])
     np.testing.assert_array_equal(
         input_data.conditioning_values(validation.images[0]), trained["conditioning_pixel_values"]
     )

@@ -30,19 +30,20 @@ TOKEN = "hf_trainTestToken0987654321"
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, data_dir):
-    """A tiny Stable Diffusion (Flax + PyTorch weights) and a hand_encoded dataset of real photos."""
+    """A tiny Stable Diffusion (PyTorch safetensors) and a hand_encoded dataset of real photos."""
     root = tmp_path_factory.mktemp("train")
     model = write_tiny_sd(root / "tiny-sd")
+    sd2 = write_tiny_sd(root / "tiny-sd2", sd2=True)
     photos = fx.photo_folder(data_dir, root)
     builder = fx.folder_recipe(root)
     report = run_build(str(builder), str(photos), BuildSettings(), progress=False)
     assert report.rows == 6
-    return {"root": root, "model": model, "dataset": builder, "cache": root / "jax-cache"}
+    return {"root": root, "model": model, "sd2": sd2, "dataset": builder, "cache": root / "jax-cache"}
 
 
-def _train(workspace, output: Path, *flags: str, **kwargs):
+def _train(workspace, output: Path, *flags: str, model: str = "model", **kwargs):
     flags = ("--compilation_cache_dir", str(workspace["cache"]), *flags)
-    return tf.run_training(workspace["model"], workspace["dataset"], output, *flags, **kwargs)
+    return tf.run_training(workspace[model], workspace["dataset"], output, *flags, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,7 @@ def main_run(workspace):
 def test_training_writes_diffusers_layout_logs_checkpoints_and_validation(main_run, workspace):
     output, result = main_run["output"], main_run["result"]
     assert TOKEN not in result.stdout + result.stderr
-    for name in ("config.json", "diffusion_flax_model.msgpack", "diffusion_pytorch_model.safetensors"):
+    for name in ("config.json", "diffusion_pytorch_model.safetensors"):
         assert (output / name).is_file(), name
     assert sorted(p.name for p in (output / "checkpoints").iterdir()) == ["2", "4"]
     metrics = [json.loads(line) for line in (output / "logs" / "metrics.jsonl").read_text().splitlines()]
@@ -105,59 +106,55 @@ def test_push_to_hub_uploads_the_model_without_checkpoints(main_run):
     )
 
 
-def test_pytorch_export_matches_the_flax_model(main_run, tmp_path):
-    """Today's PyTorch ControlNetModel loads the export and computes what the Flax model computes.
+def test_pytorch_export_matches_the_trained_model(main_run, tmp_path):
+    """Today's PyTorch ControlNetModel loads the export strictly and computes what our model computes.
 
     Trained for a few steps and then perturbed, so that the zero-initialised output convolutions
     are non-zero and the comparison means something."""
     import jax
-    import jax.numpy as jnp
     import torch
-    from diffusers import ControlNetModel, FlaxControlNetModel
+    from diffusers import ControlNetModel as TorchControlNet
+    from flax import nnx
 
-    from landmark_controlnet.training.export import save_flax, save_pytorch
+    from landmark_controlnet.diffusion import ControlNetModel, from_pretrained
+    from landmark_controlnet.training.export import save_controlnet
 
-    controlnet, params = FlaxControlNetModel.from_pretrained(main_run["output"])
+    graph, params = nnx.split(from_pretrained(ControlNetModel, main_run["output"]))
     rng = np.random.default_rng(0)
     params = jax.tree_util.tree_map(lambda p: p + 0.02 * rng.standard_normal(p.shape).astype(p.dtype), params)
-    save_flax(controlnet, params, tmp_path)
-    save_pytorch(tmp_path, params)
+    controlnet = nnx.merge(graph, params)
+    save_controlnet(controlnet, tmp_path)
 
-    torch_model = ControlNetModel.from_pretrained(tmp_path).eval()
-    for module in torch_model.modules():  # diffusers' Flax GroupNorms all use eps 1e-5, some torch ones 1e-6
-        if isinstance(module, torch.nn.GroupNorm):
-            module.eps = 1e-5
-    sample = rng.standard_normal((2, 4, 32, 32)).astype(np.float32)  # the mid block sees 4x4, not 1x1
-    timesteps = jnp.array([10, 500], jnp.int32)
+    torch_model, info = TorchControlNet.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    sample = rng.standard_normal((2, 32, 32, 4)).astype(np.float32)  # the mid block sees 4x4, not 1x1
+    timesteps = np.array([10, 500], np.int32)
     text = rng.standard_normal((2, 77, 32)).astype(np.float32)
-    cond = rng.random((2, 3, 256, 256)).astype(np.float32)
-    flax_down, flax_mid = controlnet.apply(
-        {"params": params}, sample, timesteps, text, cond, return_dict=False
-    )
+    cond = rng.random((2, 256, 256, 3)).astype(np.float32)
+    ours = controlnet(sample, timesteps, text, cond)
+    nchw = [torch.from_numpy(a.transpose(0, 3, 1, 2).copy()) for a in (sample, cond)]
     with torch.no_grad():
-        torch_down, torch_mid = torch_model(
-            torch.from_numpy(sample),
-            torch.tensor([10, 500]),
-            torch.from_numpy(text),
-            torch.from_numpy(cond),
-            return_dict=False,
+        torch_down, torch_mid = torch_model.eval()(
+            nchw[0], torch.from_numpy(timesteps), torch.from_numpy(text), nchw[1], return_dict=False
         )
-    assert float(np.abs(np.asarray(flax_mid)).max()) > 1e-2  # not the vacuous 0 == 0
-    for t, f in zip([*torch_down, torch_mid], [*flax_down, flax_mid], strict=True):
-        nchw = np.asarray(f).transpose(0, 3, 1, 2)  # Flax gives NHWC
-        np.testing.assert_allclose(t.numpy(), nchw, atol=2e-4, rtol=1e-3)
+    assert float(np.abs(np.asarray(ours.mid_block_residual)).max()) > 1e-2  # not the vacuous 0 == 0
+    ours_all = [*ours.down_block_residuals, ours.mid_block_residual]
+    for t, f in zip([*torch_down, torch_mid], ours_all, strict=True):
+        np.testing.assert_allclose(t.numpy(), np.asarray(f).transpose(0, 3, 1, 2), atol=2e-4, rtol=1e-3)
 
     # and the export of the run itself holds exactly the trained weights
-    trained = ControlNetModel.from_pretrained(main_run["output"])
+    trained = TorchControlNet.from_pretrained(main_run["output"])
     assert trained.controlnet_mid_block.weight.abs().sum() > 0
 
 
-def test_bf16_streaming_with_random_flip(workspace):
+def test_bf16_streaming_with_random_flip_on_an_sd2_model(workspace):
+    """SD 2.1-shaped (v-prediction, linear projections, per-block heads, upcast attention)."""
     output = workspace["root"] / "bf16-stream"
     result = _train(
         workspace, output,
         "--mixed_precision", "bf16", "--streaming", "--random_flip", "--max_train_steps", "3",
-        "--profile_steps", "1", "--profile_memory",
+        "--profile_steps", "1", "--profile_memory", "--from_pt",
+        model="sd2",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     metrics = [json.loads(line) for line in (output / "logs" / "metrics.jsonl").read_text().splitlines()]
@@ -165,6 +162,8 @@ def test_bf16_streaming_with_random_flip(workspace):
     assert (output / "diffusion_pytorch_model.safetensors").is_file()
     assert list((output / "profile").glob("plugins/profile/*/*.xplane.pb"))  # --profile_steps
     assert (output / "memory.prof").is_file()  # --profile_memory
+    config = json.loads((output / "config.json").read_text())
+    assert config["use_linear_projection"] and config["attention_head_dim"] == [1, 2, 2, 2]
 
 
 def test_overfitting_one_batch_lowers_the_loss(workspace):
@@ -209,11 +208,11 @@ def test_a_killed_run_resumes_to_the_same_parameters(workspace):
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
-    assert not (killed / "diffusion_flax_model.msgpack").exists()
+    assert not (killed / "diffusion_pytorch_model.safetensors").exists()
 
     resumed = _train(workspace, killed, *flags, "--resume_from_checkpoint", "latest")
     assert resumed.returncode == 0, resumed.stderr[-4000:]
-    expected, actual = tf.flax_params(straight), tf.flax_params(killed)
+    expected, actual = tf.exported_params(straight), tf.exported_params(killed)
     assert expected.keys() == actual.keys()
     for key in expected:
         np.testing.assert_allclose(actual[key], expected[key], atol=1e-6, rtol=0, err_msg=key)
@@ -229,7 +228,7 @@ def test_a_diverging_run_stops_and_names_the_last_good_checkpoint(workspace):
     assert "training stopped" in result.stderr and "last good checkpoint" in result.stderr
     named = re.search(r"The last good checkpoint: (\S+?)\. ", result.stderr).group(1)
     assert Path(named).is_dir() and Path(named).parent == (output / "checkpoints").resolve()
-    assert not (output / "diffusion_flax_model.msgpack").exists()
+    assert not (output / "diffusion_pytorch_model.safetensors").exists()
 
 
 def test_two_hosts_train_together_and_agree(workspace):
@@ -257,5 +256,7 @@ def test_two_hosts_train_together_and_agree(workspace):
         assert process.returncode == 0, stderr[-4000:]
     sums = [tf.checksums(stdout) for stdout, _ in outputs]
     assert len(sums[0]) == len(sums[1]) == 1 and sums[0] == sums[1]
-    assert (output / "checkpoints" / "2").is_dir() and (output / "diffusion_flax_model.msgpack").is_file()
+    assert (output / "checkpoints" / "2").is_dir() and (
+        output / "diffusion_pytorch_model.safetensors"
+    ).is_file()
     assert len((output / "logs" / "metrics.jsonl").read_text().splitlines()) == 3  # process 0 alone logs

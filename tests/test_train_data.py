@@ -55,9 +55,9 @@ def test_prepare_example_flips_photo_and_conditioning_together(hand_rows):
         example[k] for k in ("pixel_values", "conditioning_pixel_values", "caption")
     )
     f_pixels = input_data.prepare_example(row, columns, flip, always())["pixel_values"]
-    assert pixels.shape == (3, 64, 64) and conditioning.shape == (3, 64, 64) and caption == "a hand"
+    assert pixels.shape == (64, 64, 3) and conditioning.shape == (64, 64, 3) and caption == "a hand"
     assert pixels.min() >= -1 and pixels.max() <= 1 and conditioning.min() >= 0 and conditioning.max() <= 1
-    np.testing.assert_allclose(f_pixels, pixels[:, :, ::-1], atol=0.1)  # the photo is mirrored
+    np.testing.assert_allclose(f_pixels, pixels[:, ::-1], atol=0.1)  # the photo is mirrored
 
 
 def test_inpainting_examples_carry_a_flipped_randomly_dilated_binary_mask(hand_rows):
@@ -71,8 +71,8 @@ def test_inpainting_examples_carry_a_flipped_randomly_dilated_binary_mask(hand_r
     }
     columns = input_data.Columns(mask="mask")
     exact = input_data.prepare_example(row, columns, input_data.ExampleOptions(64), np.random.default_rng(0))
-    assert exact["mask"].shape == (1, 64, 64) and set(np.unique(exact["mask"])) == {0.0, 1.0}
-    assert exact["mask"].sum() == 20 * 20 and exact["mask"][0, 20:40, 5:25].all()
+    assert exact["mask"].shape == (64, 64, 1) and set(np.unique(exact["mask"])) == {0.0, 1.0}
+    assert exact["mask"].sum() == 20 * 20 and exact["mask"][20:40, 5:25, 0].all()
     grown = [
         input_data.prepare_example(row, columns, input_data.ExampleOptions(64, mask_dilation=0.2), rng)[
             "mask"
@@ -83,7 +83,7 @@ def test_inpainting_examples_carry_a_flipped_randomly_dilated_binary_mask(hand_r
     assert len({int(g.sum()) for g in grown}) > 2, "by a random amount"
     flip = input_data.ExampleOptions(64, random_flip=True)
     flipped = input_data.prepare_example(row, columns, flip, _rng_with_first_draw_below(0.5)())
-    np.testing.assert_array_equal(flipped["mask"], exact["mask"][:, :, ::-1])
+    np.testing.assert_array_equal(flipped["mask"], exact["mask"][:, ::-1])
 
 
 def _png(image: Image.Image) -> bytes:

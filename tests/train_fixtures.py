@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "train_flax_controlnet.py"
 # 64 px, few steps, no validation unless a test asks for it: every run compiles, which is the cost.
@@ -58,13 +56,11 @@ def run_training(
     return result
 
 
-def flax_params(output: Path) -> dict:
-    """The exported ControlNet weights, flattened to {path: array}."""
-    from flax.serialization import msgpack_restore
-    from flax.traverse_util import flatten_dict
+def exported_params(output: Path) -> dict:
+    """The exported ControlNet weights, {PyTorch key: array}."""
+    from safetensors.numpy import load_file
 
-    restored = msgpack_restore((output / "diffusion_flax_model.msgpack").read_bytes())
-    return {"/".join(k): np.asarray(v) for k, v in flatten_dict(restored).items()}
+    return load_file(output / "diffusion_pytorch_model.safetensors")
 
 
 def checksums(stdout: str) -> list[str]:

@@ -37,7 +37,7 @@ class ControlNetConfig(DownPathConfig):
         """A ControlNet shaped like the UNet's down path (diffusers' `ControlNetModel.from_unet`)."""
         shared = {f.name for f in dataclasses.fields(DownPathConfig)} - {"extra"}
         values = {name: getattr(unet_config, name) for name in shared}
-        return cls(**values, **changes)
+        return cls(**{**values, **changes})
 
 
 class ControlNetOutput(NamedTuple):

@@ -108,12 +108,12 @@ def frame(image: Image.Image, resolution: int) -> Image.Image:
 
 
 def conditioning_values(conditioning: Image.Image) -> np.ndarray:
-    """A framed RGB conditioning image as the ControlNet's input: (3, H, W) float32 in [0, 1]."""
-    return np.asarray(conditioning, np.float32).transpose(2, 0, 1) / 255.0
+    """A framed RGB conditioning image as the ControlNet's input: (H, W, 3) float32 in [0, 1]."""
+    return np.asarray(conditioning, np.float32) / 255.0
 
 
 def prepare_mask(mask: Image.Image, resolution: int, radius: int = 0) -> np.ndarray:
-    """An L mask framed as training frames it, thresholded and grown by `radius` px: (1, H, W) in {0, 1}."""
+    """An L mask framed as training frames it, thresholded and grown by `radius` px: (H, W, 1) in {0, 1}."""
     return dilate(frame(mask, resolution), radius)
 
 
@@ -131,8 +131,8 @@ def flipped_conditioning(conditioning: Image.Image, landmarks: str | None) -> Im
 def prepare_example(
     row: dict[str, Any], columns: Columns, options: ExampleOptions, rng: np.random.Generator
 ) -> dict[str, Any]:
-    """Pixels in [-1, 1] and conditioning in [0, 1], both (3, H, W) float32, the caption, and for
-    inpainting rows the mask, (1, H, W) float32 in {0, 1}, randomly dilated."""
+    """Pixels in [-1, 1] and conditioning in [0, 1], both (H, W, 3) float32, the caption, and for
+    inpainting rows the mask, (H, W, 1) float32 in {0, 1}, randomly dilated."""
     name = str(row.get("source_id") or "row")
     photo = decode(row[columns.image], name)
     conditioning = decode(row[columns.conditioning_image], f"{name} (conditioning)")
@@ -145,7 +145,7 @@ def prepare_example(
     caption = "" if empty < options.proportion_empty_prompts else caption_text(row[columns.caption])
     photo = frame(photo, options.resolution)
     example = {
-        "pixel_values": np.asarray(photo, np.float32).transpose(2, 0, 1) / 127.5 - 1.0,
+        "pixel_values": np.asarray(photo, np.float32) / 127.5 - 1.0,
         "conditioning_pixel_values": conditioning_values(frame(conditioning, options.resolution)),
         "caption": caption,
     }
@@ -161,11 +161,11 @@ def decode_mask(value: Any, name: str) -> Image.Image:
 
 
 def dilate(mask: Image.Image, radius: int) -> np.ndarray:
-    """(1, H, W) float32 in {0, 1}: the mask thresholded at half, grown by a disc of `radius` px."""
+    """(H, W, 1) float32 in {0, 1}: the mask thresholded at half, grown by a disc of `radius` px."""
     binary = (np.asarray(mask) >= 128).astype(np.uint8)
     if radius > 0:
         binary = cv2.dilate(binary, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1,) * 2))
-    return binary[None].astype(np.float32)
+    return binary[..., None].astype(np.float32)
 
 
 def caption_text(value: Any) -> str:

@@ -1,13 +1,10 @@
-"""The trained ControlNet in diffusers layout (Flax and PyTorch weights), its model card, Hub upload."""
+"""The trained ControlNet in diffusers layout (PyTorch safetensors), its model card, Hub upload."""
 
 from __future__ import annotations
 
-import json
-import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
 MODEL_TAGS = [
@@ -20,31 +17,12 @@ MODEL_TAGS = [
 HUB_IGNORE = ["checkpoints/*", "checkpoints/**", "logs/*", "logs/**", "profile/**", ".*"]
 
 
-def save_flax(controlnet: Any, params: Any, output_dir: Path) -> None:
-    controlnet.save_pretrained(output_dir, params=params)
+def save_controlnet(controlnet: Any, output_dir: Path) -> Path:
+    """`config.json` and `diffusion_pytorch_model.safetensors` (float32), as diffusers' ControlNetModel
+    reads them; the project's `from_pretrained` reads the same folder back."""
+    from landmark_controlnet.diffusion.export import save_pretrained
 
-
-def save_pytorch(output_dir: Path, params: Any) -> Path:
-    """`diffusion_pytorch_model.safetensors` beside the Flax weights, for today's PyTorch diffusers.
-
-    `ControlNetModel.from_pretrained(dir, from_flax=True)` fails on diffusers 0.39 + torch 2.13
-    (it torch.loads the msgpack), so build from the config and load the Flax weights into it."""
-    from diffusers import ControlNetModel
-    from diffusers.models.modeling_pytorch_flax_utils import load_flax_weights_in_pytorch_model
-
-    config = json.loads((output_dir / "config.json").read_text())
-    model = ControlNetModel.from_config(config)
-    with warnings.catch_warnings():  # it wraps its own read-only transposes; the model copies them
-        warnings.filterwarnings("ignore", "The given NumPy array is not writable")
-        model = load_flax_weights_in_pytorch_model(model, _as_numpy(params))
-    model.save_pretrained(output_dir, safe_serialization=True)
-    return output_dir / "diffusion_pytorch_model.safetensors"
-
-
-def _as_numpy(params: Any) -> Any:
-    import jax
-
-    return jax.tree_util.tree_map(lambda p: np.array(p, np.float32), params)  # bf16 runs export fp32
+    return save_pretrained(controlnet, output_dir)
 
 
 def write_model_card(

@@ -18,15 +18,19 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description)
     model = parser.add_argument_group("models")
     model.add_argument(
-        "--pretrained_model_name_or_path", required=True, help="Stable Diffusion folder or Hub id"
+        "--pretrained_model_name_or_path",
+        required=True,
+        help="a diffusers Stable Diffusion folder or Hub id (PyTorch safetensors, as the Hub ships them)",
     )
-    model.add_argument("--revision", default=None)
-    model.add_argument("--from_pt", action="store_true", help="load the base model from PyTorch weights")
+    model.add_argument("--revision", default=None, help="a Hub branch, tag or commit")
+    model.add_argument(
+        "--from_pt", action="store_true", help="accepted for compatibility: PyTorch weights load natively"
+    )
     model.add_argument(
         "--controlnet_model_name_or_path", default=None, help="start from this ControlNet, else from the UNet"
     )
     model.add_argument("--controlnet_revision", default=None)
-    model.add_argument("--controlnet_from_pt", action="store_true")
+    model.add_argument("--controlnet_from_pt", action="store_true", help="accepted for compatibility")
     model.add_argument(
         "--tokenizer_name", default=None, help="accepted for compatibility; the model's is used"
     )

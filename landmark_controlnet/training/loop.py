@@ -12,14 +12,24 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
+from landmark_controlnet.diffusion.pipeline import StableDiffusion, tokenize
+
 from . import data as input_data
 from .checkpoints import Checkpoints, resolve_resume
-from .export import push_to_hub, save_flax, save_pytorch, write_model_card
+from .export import push_to_hub, save_controlnet, write_model_card
 from .logs import RunLog
-from .models import cast_params, controlnet_from_unet, load_controlnet, load_stable_diffusion, tokenize
+from .models import (
+    Graphs,
+    controlnet_from_unet,
+    controlnet_options,
+    load_base_model,
+    load_controlnet,
+    split_models,
+)
 from .step import (
     LossConfig,
     Shardings,
@@ -29,7 +39,7 @@ from .step import (
     make_optimizer,
     make_train_step,
 )
-from .validation import InpaintValidator, ValidationSet, Validator, host_copy, save_grid
+from .validation import ValidationSet, Validator, host_copy, save_grid
 
 log = logging.getLogger("train_flax_controlnet")
 DTYPES = {"no": jnp.float32, "fp16": jnp.float16, "bf16": jnp.bfloat16}
@@ -59,7 +69,7 @@ class Run:
     """Everything the loop needs, built once."""
 
     args: argparse.Namespace
-    controlnet: Any
+    graphs: Graphs
     state: TrainState
     frozen: Any
     train_step: Any
@@ -93,15 +103,15 @@ def train(args: argparse.Namespace) -> Path:
 def build_run(args: argparse.Namespace) -> Run:
     output_dir = Path(args.output_dir)
     dtype = DTYPES[args.mixed_precision]
-    sd = load_stable_diffusion(args.pretrained_model_name_or_path, args.revision, args.from_pt, dtype)
+    sd = load_base_model(args.pretrained_model_name_or_path, args.revision, dtype)
     check_unet_channels(args, sd)
-    rng = jax.random.PRNGKey(args.seed)
+    options = controlnet_options(dtype)
     if args.controlnet_model_name_or_path:
-        controlnet, params = load_controlnet(
-            args.controlnet_model_name_or_path, args.controlnet_revision, args.controlnet_from_pt, dtype
-        )
+        controlnet = load_controlnet(args.controlnet_model_name_or_path, args.controlnet_revision, options)
     else:
-        controlnet, params = controlnet_from_unet(sd.unet, sd.params["unet"], rng, dtype)
+        controlnet = controlnet_from_unet(sd.unet, args.seed, options)
+    graphs, frozen_weights, params = split_models(sd, controlnet)
+    del controlnet  # its weights live in the train state from here on
 
     dataset, rows = open_rows(args)
     max_steps = total_steps(args, rows)
@@ -118,10 +128,8 @@ def build_run(args: argparse.Namespace) -> Run:
     )
     shardings = Shardings.over_all_devices()
     state = shardings.replicate(init_state(params, optimizer, args.seed))
-    sd.params = {k: v if k == "scheduler" else cast_params(v, dtype) for k, v in sd.params.items()}
-    frozen = shardings.replicate(sd.params)
-    loss_config = LossConfig(dtype, args.snr_gamma, sd.scheduler.config.prediction_type)
-    train_step = make_train_step(sd, controlnet, optimizer, schedule, loss_config, shardings)
+    frozen = shardings.replicate({**frozen_weights, "noise_schedule": sd.noise_schedule})
+    train_step = make_train_step(graphs, optimizer, schedule, LossConfig(dtype, args.snr_gamma), shardings)
 
     checkpoints = Checkpoints(output_dir / "checkpoints", args.checkpoints_total_limit)
     state, position = restore(args, checkpoints, state)
@@ -131,10 +139,8 @@ def build_run(args: argparse.Namespace) -> Run:
     is_main = jax.process_index() == 0
     validation = validation_set(args, dataset) if is_main and args.validation_steps else None
     validator = None
-    if validation and args.inpainting:
-        validator = InpaintValidator(sd, controlnet, args.resolution, args.num_inference_steps)
-    elif validation:
-        validator = Validator(sd, controlnet, args.resolution, args.num_inference_steps, dtype)
+    if validation:
+        validator = Validator(sd, graphs.controlnet, args.resolution, args.num_inference_steps)
     run_log = None
     if is_main:
         config = {k: v for k, v in vars(args).items() if k != "hub_token"}
@@ -142,18 +148,18 @@ def build_run(args: argparse.Namespace) -> Run:
             output_dir / "logs", args.report_to, config, args.tracker_project_name, args.wandb_entity
         )
     return Run(
-        args, controlnet, state, frozen, train_step, batches, max_steps, start_step,
+        args, graphs, state, frozen, train_step, batches, max_steps, start_step,
         checkpoints, validator, validation, run_log,
     )  # fmt: skip
 
 
-def check_unet_channels(args: argparse.Namespace, sd: Any) -> None:
+def check_unet_channels(args: argparse.Namespace, sd: StableDiffusion) -> None:
     """--inpainting and the UNet's input channels must agree; say which way they disagree."""
-    from landmark_controlnet.inpainting import INPAINTING_CHANNELS, check_inpainting_unet
+    from landmark_controlnet.inpainting import check_inpainting_unet
 
     if args.inpainting:
         check_inpainting_unet(sd, args.pretrained_model_name_or_path)
-    elif sd.unet.config.in_channels == INPAINTING_CHANNELS:
+    elif sd.is_inpainting:
         raise ValueError(
             f"{args.pretrained_model_name_or_path} is an inpainting model (a 9-channel UNet): "
             "add --inpainting and train on rows with a mask column (the hand_repair builder makes them)"
@@ -372,8 +378,7 @@ def finish(run: Run, final_loss: float | None) -> Path:
     if run.is_main:
         if run.args.profile_memory:
             jax.profiler.save_device_memory_profile(str(output_dir / "memory.prof"))
-        save_flax(run.controlnet, params, output_dir)
-        save_pytorch(output_dir, params)
+        save_controlnet(nnx.merge(run.graphs.controlnet, params), output_dir)
         grids = sorted((output_dir / "validation").glob("step-*.png"))
         flags = {k: v for k, v in vars(run.args).items() if k != "hub_token"}
         write_model_card(

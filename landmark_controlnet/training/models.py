@@ -1,124 +1,86 @@
-"""The frozen Stable Diffusion parts and the trainable ControlNet, as Flax modules + params."""
+"""The frozen Stable Diffusion parts and the trainable ControlNet: the project's own NNX models.
+
+The train step is a pure function of weights: each model is split once into its graph (structure,
+static) and its weights (a plain nested dict of arrays, `nnx.to_pure_dict`), which is what the step
+takes, the optimiser updates and checkpoints hold.
+"""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
-import jax
 import jax.numpy as jnp
-import numpy as np
-from flax.core import unfreeze
+from flax import nnx
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-# The diffusers messages we drop: logged once per Flax class, and once per validation pipeline
-# (validation grids are training previews; a safety checker has no place there).
-DROPPED_MESSAGES = ("Flax classes are deprecated", "You have disabled the safety checker")
+from landmark_controlnet.diffusion import ControlNetConfig, ControlNetModel, ModelOptions, from_pretrained
+from landmark_controlnet.diffusion.pipeline import StableDiffusion, load_stable_diffusion
+
 # The UNet parts a ControlNet starts from (whatever levels the UNet has, not a fixed four).
-COPIED_FROM_UNET = ("conv_in", "time_embedding", "down_blocks_", "mid_block")
-CONTROLNET_FIELDS = (
-    "down_block_types",
-    "only_cross_attention",
-    "block_out_channels",
-    "layers_per_block",
-    "attention_head_dim",
-    "num_attention_heads",
-    "cross_attention_dim",
-    "use_linear_projection",
-    "flip_sin_to_cos",
-    "freq_shift",
-)
+COPIED_FROM_UNET = ("conv_in", "time_embedding", "add_embedding", "down_blocks", "mid_block")
+LATENT_CHANNELS = 4
 
 
-class _DropFlaxDeprecation(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(DROPPED_MESSAGES)
+def load_base_model(
+    location: str, revision: str | None = None, dtype: jnp.dtype = jnp.float32, remat: bool = False
+) -> StableDiffusion:
+    """The frozen models with their weights in the compute dtype (they are never updated)."""
+    options = ModelOptions(dtype=dtype, param_dtype=dtype, remat=remat)
+    return load_stable_diffusion(location, revision=revision, options=options)
 
 
-def silence_flax_deprecation() -> None:
-    """Drop DROPPED_MESSAGES from diffusers' log; nothing else."""
-    import diffusers.utils.logging as diffusers_logging
-
-    diffusers_logging.get_logger("diffusers")  # creates the library's handler
-    for handler in logging.getLogger("diffusers").handlers:
-        if not any(isinstance(f, _DropFlaxDeprecation) for f in handler.filters):
-            handler.addFilter(_DropFlaxDeprecation())
+def controlnet_options(dtype: jnp.dtype, remat: bool = False) -> ModelOptions:
+    """The ControlNet computes in `dtype` and keeps float32 master weights."""
+    return ModelOptions(dtype=dtype, param_dtype=jnp.float32, remat=remat)
 
 
-@dataclass
-class StableDiffusion:
-    tokenizer: Any
+def controlnet_from_unet(unet: Any, seed: int, options: ModelOptions) -> ControlNetModel:
+    """A ControlNet shaped like `unet`, its encoder copied from the UNet, the rest freshly initialised."""
+    # An inpainting UNet takes 9 channels; its ControlNet sees the 4 latent channels only.
+    config = ControlNetConfig.from_unet(unet.config, in_channels=LATENT_CHANNELS)
+    controlnet = ControlNetModel(config, options, rngs=nnx.Rngs(seed))
+    state = nnx.state(controlnet, nnx.Param)
+    params = flatten_dict(nnx.to_pure_dict(state))
+    copied = flatten_dict(nnx.to_pure_dict(nnx.state(unet, nnx.Param)))
+    for key, value in params.items():
+        source = copied.get(key)
+        if str(key[0]).startswith(COPIED_FROM_UNET) and source is not None and source.shape == value.shape:
+            params[key] = jnp.asarray(source, value.dtype)
+    nnx.replace_by_pure_dict(state, unflatten_dict(params))
+    nnx.update(controlnet, state)
+    return controlnet
+
+
+def load_controlnet(location: str, revision: str | None, options: ModelOptions) -> ControlNetModel:
+    return from_pretrained(ControlNetModel, location, revision=revision, options=options)
+
+
+@dataclass(frozen=True)
+class Graphs:
+    """The structure of every model the step runs (static under jit); weights come separately."""
+
     text_encoder: Any
     vae: Any
     unet: Any
-    scheduler: Any
-    params: dict[str, Any]  # text_encoder, vae, unet, scheduler (state)
+    controlnet: Any
+
+    def merge(self, frozen: dict[str, Any], controlnet_params: Any) -> tuple[Any, Any, Any, Any]:
+        """(text_encoder, vae, unet, controlnet) as modules, inside a traced function."""
+        return (
+            nnx.merge(self.text_encoder, frozen["text_encoder"]),
+            nnx.merge(self.vae, frozen["vae"]),
+            nnx.merge(self.unet, frozen["unet"]),
+            nnx.merge(self.controlnet, controlnet_params),
+        )
 
 
-def load_stable_diffusion(
-    path: str, revision: str | None = None, from_pt: bool = False, dtype: jnp.dtype = jnp.float32
-) -> StableDiffusion:
-    """Tokenizer, text encoder, VAE, UNet and the DDPM noise scheduler of a diffusers folder or repo."""
-    from diffusers import FlaxAutoencoderKL, FlaxDDPMScheduler, FlaxUNet2DConditionModel
-    from transformers import CLIPTokenizer, FlaxCLIPTextModel
-
-    common = {"revision": revision, "from_pt": from_pt, "dtype": dtype}
-    tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", revision=revision)
-    text_encoder = FlaxCLIPTextModel.from_pretrained(path, subfolder="text_encoder", **common)
-    vae, vae_params = FlaxAutoencoderKL.from_pretrained(path, subfolder="vae", **common)
-    unet, unet_params = FlaxUNet2DConditionModel.from_pretrained(path, subfolder="unet", **common)
-    scheduler, scheduler_state = FlaxDDPMScheduler.from_pretrained(
-        path, subfolder="scheduler", revision=revision
-    )
-    params = {
-        "text_encoder": text_encoder.params,
-        "vae": vae_params,
-        "unet": unet_params,
-        "scheduler": scheduler_state,
-    }
-    return StableDiffusion(tokenizer, text_encoder, vae, unet, scheduler, params)
-
-
-def controlnet_from_unet(unet: Any, unet_params: Any, rng: jax.Array, dtype: jnp.dtype = jnp.float32):
-    """A ControlNet shaped like `unet`, its encoder copied from the UNet, the rest freshly initialised."""
-    from diffusers import FlaxControlNetModel
-
-    config = {key: unet.config[key] for key in CONTROLNET_FIELDS if key in unet.config}
-    # An inpainting UNet takes 9 channels; its ControlNet sees the 4 latent channels only.
-    config.update(in_channels=4, sample_size=unet.config.sample_size)
-    controlnet = FlaxControlNetModel.from_config(config, dtype=dtype)
-    params = flatten_dict(unfreeze(controlnet.init_weights(rng)))
-    copied = flatten_dict(unfreeze(unet_params))
-    for key in params:
-        if key[0].startswith(COPIED_FROM_UNET) and key in copied and copied[key].shape == params[key].shape:
-            params[key] = jnp.asarray(copied[key], jnp.float32)
-    return controlnet, unflatten_dict(params)
-
-
-def load_controlnet(path: str, revision: str | None = None, from_pt: bool = False, dtype=jnp.float32):
-    from diffusers import FlaxControlNetModel
-
-    controlnet, params = FlaxControlNetModel.from_pretrained(
-        path, revision=revision, from_pt=from_pt, dtype=dtype
-    )
-    return controlnet, jax.tree_util.tree_map(lambda p: jnp.asarray(p, jnp.float32), unfreeze(params))
-
-
-def cast_params(params: Any, dtype: jnp.dtype) -> Any:
-    """Frozen weights in the compute dtype; the ControlNet's master weights stay float32."""
-    return jax.tree_util.tree_map(
-        lambda p: p.astype(dtype) if hasattr(p, "dtype") and jnp.issubdtype(p.dtype, jnp.floating) else p,
-        params,
-    )
-
-
-def tokenize(tokenizer: Any, captions: list[str]) -> np.ndarray:
-    ids = tokenizer(
-        captions,
-        max_length=tokenizer.model_max_length,
-        padding="max_length",
-        truncation=True,
-        return_tensors="np",
-    ).input_ids
-    return ids.astype(np.int32)
+def split_models(sd: StableDiffusion, controlnet: ControlNetModel) -> tuple[Graphs, dict[str, Any], Any]:
+    """(graphs, frozen weights by model name, the ControlNet's weights), all weights as pure dicts."""
+    parts = {"text_encoder": sd.text_encoder, "vae": sd.vae, "unet": sd.unet, "controlnet": controlnet}
+    graphs, weights = {}, {}
+    for name, model in parts.items():
+        graphs[name], state = nnx.split(model)
+        weights[name] = nnx.to_pure_dict(state)
+    controlnet_params = weights.pop("controlnet")
+    return Graphs(**graphs), weights, controlnet_params

@@ -18,7 +18,10 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from .models import StableDiffusion
+from landmark_controlnet.diffusion import NoiseSchedule, encode_prompt
+from landmark_controlnet.diffusion.pipeline import controlnet_prediction, inpainting_channels
+
+from .models import Graphs
 
 SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
 
@@ -35,7 +38,6 @@ class TrainState:
 class LossConfig:
     dtype: Any = jnp.float32
     snr_gamma: float | None = None
-    prediction_type: str = "epsilon"
 
 
 @dataclass(frozen=True)
@@ -104,84 +106,45 @@ def diffusion_loss(
     frozen: dict[str, Any],
     batch: dict[str, jax.Array],
     rng: jax.Array,
-    sd: StableDiffusion,
-    controlnet: Any,
+    graphs: Graphs,
     config: LossConfig,
 ) -> jax.Array:
-    """The ControlNet training loss of the diffusers example: noise (or v) MSE, optional min-SNR."""
+    """The ControlNet training loss of the diffusers example: noise (or v) MSE, optional min-SNR.
+
+    `frozen` holds the text encoder's, VAE's and UNet's weights and the `noise_schedule`; `batch`
+    NHWC pixels in [-1, 1], conditioning in [0, 1], token ids, and for inpainting the mask."""
+    text_encoder, vae, unet, controlnet = graphs.merge(frozen, params)
+    schedule: NoiseSchedule = frozen["noise_schedule"]
     sample_rng, noise_rng, time_rng = jax.random.split(rng, 3)
     pixels = batch["pixel_values"].astype(config.dtype)
-    posterior = sd.vae.apply({"params": frozen["vae"]}, pixels, deterministic=True, method=sd.vae.encode)
-    latents = posterior.latent_dist.sample(sample_rng).transpose(0, 3, 1, 2)  # NHWC -> NCHW
-    latents = latents.astype(jnp.float32) * sd.vae.config.scaling_factor
+    latents = vae.to_latents(vae.encode(pixels), sample_rng).astype(jnp.float32)
     noise = jax.random.normal(noise_rng, latents.shape)
-    timesteps = jax.random.randint(time_rng, (latents.shape[0],), 0, sd.scheduler.config.num_train_timesteps)
-    noisy = sd.scheduler.add_noise(frozen["scheduler"], latents, noise, timesteps)
-    text = sd.text_encoder(batch["input_ids"], params=frozen["text_encoder"], train=False)[0]
-    unet_input = noisy.astype(config.dtype)
+    timesteps = schedule.sample_timesteps(time_rng, latents.shape[0])
+    noisy = schedule.add_noise(latents, noise, timesteps).astype(config.dtype)
+    text = encode_prompt(text_encoder, batch["input_ids"])
+    extra = None
     if "mask" in batch:  # an inpainting UNet also sees the mask and the masked photo's latents
-        unet_input = inpainting_input(unet_input, batch["mask"], pixels, frozen["vae"], sd)
-    down, mid = controlnet.apply(
-        {"params": params},
-        noisy.astype(config.dtype),
-        timesteps,
-        text,
-        batch["conditioning_pixel_values"].astype(config.dtype),
-        train=True,
-        return_dict=False,
+        extra = inpainting_channels(vae, batch["mask"], pixels, latents.shape[1:3])
+    conditioning = batch["conditioning_pixel_values"].astype(config.dtype)
+    prediction = controlnet_prediction(
+        unet, controlnet, noisy, timesteps, text, conditioning, unet_extra=extra
     )
-    prediction = sd.unet.apply(
-        {"params": frozen["unet"]},
-        unet_input,
-        timesteps,
-        text,
-        down_block_additional_residuals=down,
-        mid_block_additional_residual=mid,
-        train=False,
-    ).sample.astype(jnp.float32)
-    if config.prediction_type == "v_prediction":
-        target = sd.scheduler.get_velocity(frozen["scheduler"], latents, noise, timesteps)
-    else:
-        target = noise
-    per_example = ((prediction - target) ** 2).mean(axis=(1, 2, 3))
+    target = schedule.training_target(latents, noise, timesteps)
+    per_example = ((prediction.astype(jnp.float32) - target) ** 2).mean(axis=(1, 2, 3))
     if config.snr_gamma:
-        per_example = per_example * _min_snr_weight(frozen["scheduler"], timesteps, config)
+        per_example = per_example * _min_snr_weight(schedule, timesteps, config.snr_gamma)
     return per_example.mean()
 
 
-def inpainting_input(
-    latents: jax.Array, mask: jax.Array, pixels: jax.Array, vae_params: Any, sd: StableDiffusion
-) -> jax.Array:
-    """The 9-channel UNet input: latents, then `inpainting_channels`."""
-    extra = inpainting_channels(mask, pixels, vae_params, sd, latents.shape[2:])
-    return jnp.concatenate([latents, extra.astype(latents.dtype)], axis=1)
-
-
-def inpainting_channels(
-    mask: jax.Array, pixels: jax.Array, vae_params: Any, sd: StableDiffusion, latent_hw: tuple[int, int]
-) -> jax.Array:
-    """The mask at latent size and the masked photo's latents, (B, 5, h, w).
-
-    `mask` is (B, 1, H, W) with 1 = repaint; `pixels` (B, 3, H, W) in [-1, 1]. The masked photo
-    keeps the pixels to preserve and zeroes the rest, as Stable Diffusion inpainting was trained."""
-    masked = pixels * (mask < 0.5).astype(pixels.dtype)
-    posterior = sd.vae.apply({"params": vae_params}, masked, deterministic=True, method=sd.vae.encode)
-    masked_latents = posterior.latent_dist.mean.transpose(0, 3, 1, 2) * sd.vae.config.scaling_factor
-    small_mask = jax.image.resize(mask, (*mask.shape[:2], *latent_hw), "nearest")
-    return jnp.concatenate([small_mask.astype(masked_latents.dtype), masked_latents], axis=1)
-
-
-def _min_snr_weight(scheduler_state: Any, timesteps: jax.Array, config: LossConfig) -> jax.Array:
+def _min_snr_weight(schedule: NoiseSchedule, timesteps: jax.Array, gamma: float) -> jax.Array:
     """Min-SNR-gamma weighting (Hang et al. 2023), as in the diffusers examples."""
-    alphas_cumprod = scheduler_state.common.alphas_cumprod[timesteps]
-    snr = alphas_cumprod / (1.0 - alphas_cumprod)
-    clipped = jnp.minimum(snr, config.snr_gamma)
-    return clipped / (snr + 1.0) if config.prediction_type == "v_prediction" else clipped / snr
+    snr = schedule.snr(timesteps)
+    clipped = jnp.minimum(snr, gamma)
+    return clipped / (snr + 1.0) if schedule.prediction_type == "v_prediction" else clipped / snr
 
 
 def make_train_step(
-    sd: StableDiffusion,
-    controlnet: Any,
+    graphs: Graphs,
     optimizer: optax.GradientTransformation,
     schedule: optax.Schedule,
     config: LossConfig,
@@ -198,7 +161,7 @@ def make_train_step(
             loss_sum, grad_sum = carry
             micro_batch, index = inputs
             loss, grads = grad_fn(
-                state.params, frozen, micro_batch, jax.random.fold_in(rng, index), sd, controlnet, config
+                state.params, frozen, micro_batch, jax.random.fold_in(rng, index), graphs, config
             )
             return (loss_sum + loss, jax.tree_util.tree_map(jnp.add, grad_sum, grads)), None
 

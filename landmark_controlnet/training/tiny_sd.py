@@ -1,8 +1,8 @@
 """A tiny random Stable Diffusion 1.5-shaped model in the diffusers folder layout, for offline CPU tests.
 
-`write_tiny_sd(folder)` writes model_index.json plus unet/, vae/, text_encoder/, tokenizer/, scheduler/
-and feature_extractor/, loadable part by part or as a pipeline (the Flax pipelines need an explicit
-`safety_checker=None`). The weights are random (torch default init) and nothing is downloaded.
+`write_tiny_sd(folder)` writes model_index.json plus unet/, vae/, text_encoder/, tokenizer/ and scheduler/
+(PyTorch safetensors), loadable part by part, by `diffusion.pipeline.load_stable_diffusion`, or by
+PyTorch diffusers as a pipeline. The weights are random (torch default init); nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -12,11 +12,9 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    import torch
     from transformers import CLIPTokenizer
 
 # Words that get whole-word BPE tokens; anything else falls back to byte-level characters.
@@ -43,7 +41,6 @@ UNET = {
     "cross_attention_dim": HIDDEN,
     # Like SD 1.5's `8`, diffusers reads this as the number of heads (2 heads of 16/32 channels).
     "attention_head_dim": 2,
-    # The Flax UNet hard-codes GroupNorm(32), so the torch twin must use 32 too for equal outputs.
     "norm_num_groups": 32,
 }
 VAE = {
@@ -71,9 +68,14 @@ SCHEDULER = {
     "steps_offset": 1,
     "trained_betas": None,
 }
+# What SD 2.x (2.1 768-v) changes: linear projections, per-block head counts, upcast attention, an
+# OpenCLIP-style text encoder (exact GELU) and v-prediction.
+SD2_UNET = {"use_linear_projection": True, "attention_head_dim": [1, 2, 2, 2], "upcast_attention": True}
+SD2_TEXT = {"hidden_act": "gelu"}
+SD2_SCHEDULER = {"prediction_type": "v_prediction"}
 MODEL_INDEX = {
     "_class_name": "StableDiffusionPipeline",
-    "feature_extractor": ["transformers", "CLIPImageProcessor"],
+    "feature_extractor": [None, None],
     "requires_safety_checker": False,
     "safety_checker": [None, None],
     "scheduler": ["diffusers", "DDPMScheduler"],
@@ -84,36 +86,30 @@ MODEL_INDEX = {
 }
 
 
-def write_tiny_sd(
-    folder: Path, *, inpainting: bool = False, pytorch: bool = True, flax: bool = True, seed: int = 0
-) -> Path:
+def write_tiny_sd(folder: Path, *, inpainting: bool = False, sd2: bool = False, seed: int = 0) -> Path:
     """Write the tiny model into `folder` (created) and return it.
 
-    `pytorch` writes the torch weights (see `_save_torch`), `flax` writes msgpack weights converted
-    from those same torch weights, so both sets hold the same numbers. `inpainting` gives the UNet
-    9 input channels (latents + mask + masked-image latents). Takes a few seconds on CPU.
+    The weights are PyTorch safetensors written by diffusers and transformers, as the real repos ship
+    them. `inpainting` gives the UNet 9 input channels (latents + mask + masked-image latents); `sd2`
+    makes it SD 2.1-shaped (SD2_*), v-prediction included. Takes a few seconds on CPU.
     """
     import diffusers
     import torch
-    from transformers import CLIPImageProcessor, CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel
 
-    if not (pytorch or flax):
-        raise ValueError("write_tiny_sd needs pytorch=True or flax=True")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     index = {"_diffusers_version": diffusers.__version__, **MODEL_INDEX}
     (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     (folder / "scheduler").mkdir(exist_ok=True)
-    scheduler = {**SCHEDULER, "_diffusers_version": diffusers.__version__}
+    scheduler = {**SCHEDULER, **(SD2_SCHEDULER if sd2 else {}), "_diffusers_version": diffusers.__version__}
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2) + "\n")
-    CLIPImageProcessor(crop_size=224, size={"shortest_edge": 224}).save_pretrained(
-        folder / "feature_extractor"
-    )
     tokenizer = _write_tokenizer(folder / "tokenizer")
 
     with _quiet(), torch.random.fork_rng():  # leave the caller's torch RNG as it was
         torch.manual_seed(seed)
-        unet = diffusers.UNet2DConditionModel(**UNET, in_channels=9 if inpainting else 4)
+        unet_config = {**UNET, **(SD2_UNET if sd2 else {}), "in_channels": 9 if inpainting else 4}
+        unet = diffusers.UNet2DConditionModel(**unet_config)
         vae = diffusers.AutoencoderKL(**VAE)
         text_config = CLIPTextConfig(
             vocab_size=len(tokenizer),
@@ -122,68 +118,22 @@ def write_tiny_sd(
             num_hidden_layers=2,
             num_attention_heads=2,
             max_position_embeddings=MAX_LENGTH,
-            hidden_act="quick_gelu",
             projection_dim=HIDDEN,
             # Real ids rather than CLIP's legacy 0/1/2, so pooling picks the first <|endoftext|>.
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
+            **(SD2_TEXT if sd2 else {"hidden_act": "quick_gelu"}),
         )
         text_encoder = CLIPTextModel(text_config).eval()
         for name, model in (("unet", unet), ("vae", vae), ("text_encoder", text_encoder)):
-            _save_torch(model, folder / name, weights=pytorch)
-            if flax:
-                _save_flax(model, folder / name)
+            model.save_pretrained(folder / name)  # config.json + (diffusion_pytorch_)model.safetensors
     return folder
-
-
-def _save_torch(model: torch.nn.Module, sub: Path, weights: bool) -> None:
-    is_diffusers = hasattr(model, "save_config")
-    if not weights:  # the torch config.json is what both frameworks read
-        if is_diffusers:
-            model.save_config(sub)
-        else:
-            model.config.save_pretrained(sub)
-        return
-    model.save_pretrained(sub)  # (diffusion_pytorch_)model.safetensors
-    if is_diffusers:
-        # Diffusers' Flax `from_pretrained(..., from_pt=True)` only reads diffusion_pytorch_model.bin;
-        # real SD 1.5 repos ship both files too.
-        model.save_pretrained(sub, safe_serialization=False)
-
-
-def _save_flax(torch_model: torch.nn.Module, sub: Path) -> None:
-    """Convert with the library's own converter (what `from_pt=True` runs) and save as msgpack.
-
-    The converters only read key names and shapes of a random Flax init, so they get `jax.eval_shape`
-    results instead of a real init, which on CPU runs op by op (~15 s of XLA compiles for the UNet).
-    """
-    import diffusers
-    import jax
-
-    state = torch_model.state_dict()
-    torch_config = (sub / "config.json").read_text()
-    if isinstance(torch_model, diffusers.ModelMixin):
-        from diffusers.models.modeling_flax_pytorch_utils import convert_pytorch_state_dict_to_flax
-
-        flax_cls = getattr(diffusers, "Flax" + type(torch_model).__name__)
-        model = flax_cls.from_config(flax_cls.load_config(sub))
-        shapes = SimpleNamespace(init_weights=lambda rng: jax.eval_shape(model.init_weights, rng))
-    else:
-        import transformers
-        from transformers.modeling_flax_pytorch_utils import convert_pytorch_state_dict_to_flax
-
-        flax_cls = getattr(transformers, "Flax" + type(torch_model).__name__)
-        model = flax_cls(torch_model.config, _do_init=False)
-        shapes = SimpleNamespace(base_model_prefix=model.base_model_prefix, params=model.params_shape_tree)
-    model.save_pretrained(sub, params=convert_pytorch_state_dict_to_flax(state, shapes))
-    # Flax's save rewrites config.json (Flax class name, no torch-only keys); keep the torch one.
-    (sub / "config.json").write_text(torch_config)
 
 
 @contextmanager
 def _quiet() -> Iterator[None]:
-    """Silence the libraries' logs meanwhile: every Flax diffusers module logs a deprecation notice."""
+    """Silence the libraries' logs meanwhile (model construction warnings that mean nothing here)."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 

@@ -1,4 +1,4 @@
-"""Validation images with the Flax ControlNet pipeline, as a grid PNG and in the run's logs.
+"""Validation images with the project's ControlNet sampler, as a grid PNG and in the run's logs.
 
 Runs on process 0 only, on its first device, with a host copy of the weights: a computation
 on the global (all-host) arrays would wait for hosts that are not validating.
@@ -7,19 +7,17 @@ on the global (all-host) arrays would wait for hosts that are not validating.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
 from conditioners.preview import contact_sheet
+from landmark_controlnet.diffusion.pipeline import ControlNetGenerator, StableDiffusion
 
-from .data import conditioning_values, decode, frame, prepare_mask
-from .models import StableDiffusion
+from .data import decode, frame, prepare_mask
 
 GRID_TILE = 256
 
@@ -57,78 +55,48 @@ class ValidationSet:
 
 
 def _mask_image(mask: np.ndarray) -> Image.Image:
-    """(1, H, W) {0, 1} -> an L image, 255 = repaint."""
-    return Image.fromarray((mask[0] * 255).astype(np.uint8), "L")
+    """(H, W, 1) {0, 1} -> an L image, 255 = repaint."""
+    return Image.fromarray((mask[..., 0] * 255).astype(np.uint8), "L")
 
 
 class Validator:
-    def __init__(self, sd: StableDiffusion, controlnet: Any, resolution: int, inference_steps: int, dtype):
-        from diffusers import FlaxDDIMScheduler, FlaxStableDiffusionControlNetPipeline
+    """A grid of generated images per validation prompt, with the project's own ControlNet sampler.
 
-        scheduler = FlaxDDIMScheduler.from_config(sd.scheduler.config)
-        self.pipeline = FlaxStableDiffusionControlNetPipeline(
-            vae=sd.vae,
-            text_encoder=sd.text_encoder,
-            tokenizer=sd.tokenizer,
-            unet=sd.unet,
-            controlnet=controlnet,
-            scheduler=scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            dtype=dtype,
-        )
-        self.frozen = {k: v for k, v in sd.params.items() if k != "scheduler"}
-        self.scheduler_state = scheduler.create_state()
+    For an inpainting run each row shows the photo, its mask and the conditioning image, then the photo
+    repainted inside the mask and composited back."""
+
+    def __init__(self, sd: StableDiffusion, controlnet_graph: Any, resolution: int, inference_steps: int):
+        self.generator = ControlNetGenerator(sd, controlnet_graph, inference_steps)
         self.resolution = resolution
-        # The pipeline's own jit path pmaps over every device; one device is enough here, and
-        # jitting its (pinned, diffusers 0.39) generate loop compiles it once for the whole run.
-        self.generate = jax.jit(
-            partial(self.pipeline._generate, num_inference_steps=inference_steps, guidance_scale=7.5)
-        )
 
     def __call__(
         self, controlnet_params: Any, validation: ValidationSet, per_prompt: int, seed: int
     ) -> Image.Image:
-        params = {**self.frozen, "controlnet": controlnet_params, "scheduler": self.scheduler_state}
-        rows = []
         framed = validation.framed(self.resolution)
+        rows = []
         for index, (prompt, conditioning) in enumerate(zip(framed.prompts, framed.images, strict=True)):
-            prompt_ids = self.pipeline.prepare_text_inputs([prompt] * per_prompt)
-            cond = jnp.repeat(jnp.asarray(conditioning_values(conditioning))[None], per_prompt, axis=0)
-            rng = jax.random.fold_in(jax.random.PRNGKey(seed), index)
-            images = self.generate(prompt_ids, cond, params, rng)
-            generated = (np.asarray(images) * 255).round().astype(np.uint8)
-            row = [(conditioning, "conditioning")] + [(Image.fromarray(g), prompt) for g in generated]
-            rows.append(row)
+
+            def repeated(picture: Image.Image) -> np.ndarray:
+                return np.repeat(np.asarray(picture)[None], per_prompt, axis=0)
+
+            inpaint = {}
+            if framed.photos:
+                inpaint = {"photos": repeated(framed.photos[index]), "masks": repeated(framed.masks[index])}
+            generated = self.generator(
+                controlnet_params, [prompt] * per_prompt, repeated(conditioning), seed + index, **inpaint
+            )
+            rows.append(self._row(framed, index, conditioning, generated, prompt))
         return contact_sheet(rows, tile=min(GRID_TILE, max(self.resolution, 128)))
 
-
-class InpaintValidator:
-    """Validation of an inpainting run: the photo repainted inside its mask, composited back."""
-
-    def __init__(self, sd: StableDiffusion, controlnet: Any, resolution: int, inference_steps: int):
-        from landmark_controlnet.inpainting import InpaintSampler
-
-        self.sampler = InpaintSampler(sd, controlnet, inference_steps)
-        self.frozen = {k: v for k, v in sd.params.items() if k != "scheduler"}
-        self.resolution = resolution
-
-    def __call__(
-        self, controlnet_params: Any, validation: ValidationSet, per_prompt: int, seed: int
-    ) -> Image.Image:
-        params = {**self.frozen, "controlnet": controlnet_params}
-        framed = validation.framed(self.resolution)
-        rows = []
-        for index, prompt in enumerate(framed.prompts):
-            photo, depth = framed.photos[index], framed.images[index]
-            mask = np.asarray(framed.masks[index])
-            stack = [np.repeat(np.asarray(a)[None], per_prompt, axis=0) for a in (photo, mask, depth)]
-            generated = self.sampler(params, [prompt] * per_prompt, *stack, strength=1.0, seed=seed + index)
-            keep = (mask == 0)[..., None]
-            repaired = [np.where(keep, np.asarray(photo), g) for g in generated]
-            row = [(photo, "photo"), (Image.fromarray(mask), "mask"), (depth, "conditioning")]
-            rows.append(row + [(Image.fromarray(r), prompt) for r in repaired])
-        return contact_sheet(rows, tile=min(GRID_TILE, max(self.resolution, 128)))
+    @staticmethod
+    def _row(framed: ValidationSet, index: int, conditioning, generated: np.ndarray, prompt: str) -> list:
+        if not framed.photos:
+            return [(conditioning, "conditioning")] + [(Image.fromarray(g), prompt) for g in generated]
+        photo, mask = framed.photos[index], framed.masks[index]
+        keep = (np.asarray(mask) == 0)[..., None]
+        repaired = [np.where(keep, np.asarray(photo), g) for g in generated]
+        row = [(photo, "photo"), (mask, "mask"), (conditioning, "conditioning")]
+        return row + [(Image.fromarray(r), prompt) for r in repaired]
 
 
 def save_grid(grid: Image.Image, output_dir: Path, step: int) -> Path:

@@ -1,0 +1,217 @@
+"""A Stable Diffusion 1.x/2.x pipeline folder as the project's models, and ControlNet-guided sampling.
+
+    sd = load_stable_diffusion("stable-diffusion-v1-5/stable-diffusion-v1-5")
+    controlnet = from_pretrained(ControlNetModel, "out/controlnet")
+    generator = ControlNetGenerator(sd, nnx.graphdef(controlnet), steps=30)
+    images = generator(nnx.to_pure_dict(nnx.state(controlnet)), ["a hand"], conditioning, seed=0)
+
+The folder is what diffusers writes (`model_index.json`, `unet/`, `vae/`, `text_encoder/`, `tokenizer/`,
+`scheduler/`), with PyTorch safetensors weights, local or a Hub repo id. The tokenizer is transformers'
+CLIPTokenizer (tokenizers only: no torch). Images are NHWC; pixels in [-1, 1], conditioning in [0, 1].
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from .clip import CLIPTextModel, encode_prompt
+from .loading import MissingFileError, from_pretrained, open_folder
+from .options import DEFAULT_OPTIONS, ModelOptions
+from .schedulers import DDIMSampler, NoiseSchedule, sample
+from .unet import UNet2DConditionModel
+from .vae import AutoencoderKL
+
+SCHEDULER_CONFIG = "scheduler_config.json"
+INPAINTING_CHANNELS = 9  # latents (4), mask (1), masked-photo latents (4)
+
+
+@dataclass
+class StableDiffusion:
+    """The frozen parts of a Stable Diffusion 1.x/2.x pipeline, and its scheduler's config."""
+
+    tokenizer: Any
+    text_encoder: CLIPTextModel
+    vae: AutoencoderKL
+    unet: UNet2DConditionModel
+    scheduler_config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def noise_schedule(self) -> NoiseSchedule:
+        return NoiseSchedule.from_config(self.scheduler_config)
+
+    @property
+    def is_inpainting(self) -> bool:
+        return self.unet.config.in_channels == INPAINTING_CHANNELS
+
+
+def load_stable_diffusion(
+    location: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    variant: str | None = None,
+    options: ModelOptions = DEFAULT_OPTIONS,
+    allow_pickle: bool = False,
+    token: str | bool | None = None,
+) -> StableDiffusion:
+    """Tokenizer, text encoder, VAE, UNet and scheduler config of a diffusers pipeline folder or repo."""
+    common = {"revision": revision, "variant": variant, "options": options, "allow_pickle": allow_pickle}
+    common["token"] = token
+    return StableDiffusion(
+        tokenizer=load_tokenizer(location, revision=revision, token=token),
+        text_encoder=from_pretrained(CLIPTextModel, location, subfolder="text_encoder", **common),
+        vae=from_pretrained(AutoencoderKL, location, subfolder="vae", **common),
+        unet=from_pretrained(UNet2DConditionModel, location, subfolder="unet", **common),
+        scheduler_config=read_scheduler_config(location, revision=revision, token=token),
+    )
+
+
+def load_tokenizer(
+    location: str | os.PathLike, subfolder: str = "tokenizer", revision: str | None = None, token=None
+):
+    from transformers import CLIPTokenizer
+
+    folder = open_folder(location, subfolder, revision, token)
+    vocab = folder.fetch("vocab.json")
+    if vocab is None:
+        raise MissingFileError(f"{folder.describe()}: vocab.json not found (no CLIP tokenizer there)")
+    return CLIPTokenizer.from_pretrained(str(vocab.parent))
+
+
+def read_scheduler_config(
+    location: str | os.PathLike, revision: str | None = None, token: str | bool | None = None
+) -> dict[str, Any]:
+    folder = open_folder(location, "scheduler", revision, token)
+    path = folder.fetch(SCHEDULER_CONFIG)
+    if path is None:
+        raise MissingFileError(f"{folder.describe()}: {SCHEDULER_CONFIG} not found")
+    return json.loads(path.read_text())
+
+
+def tokenize(tokenizer: Any, captions: list[str]) -> np.ndarray:
+    """(len(captions), model_max_length) int32 ids, padded and truncated as Stable Diffusion was trained."""
+    ids = tokenizer(
+        captions,
+        max_length=tokenizer.model_max_length,
+        padding="max_length",
+        truncation=True,
+        return_tensors="np",
+    ).input_ids
+    return ids.astype(np.int32)
+
+
+def inpainting_channels(vae: AutoencoderKL, mask: jax.Array, pixels: jax.Array, latent_hw) -> jax.Array:
+    """What an inpainting UNet sees beside the latents: the mask at latent size and the masked photo's
+    latents, (B, h, w, 5).
+
+    `mask` is (B, H, W, 1) with 1 = repaint; `pixels` (B, H, W, 3) in [-1, 1]. The masked photo keeps
+    the pixels to preserve and zeroes the rest, as Stable Diffusion inpainting was trained."""
+    masked = pixels * (mask < 0.5).astype(pixels.dtype)
+    masked_latents = vae.to_latents(vae.encode(masked))
+    small_mask = jax.image.resize(mask, (mask.shape[0], *latent_hw, mask.shape[-1]), "nearest")
+    return jnp.concatenate([small_mask.astype(masked_latents.dtype), masked_latents], axis=-1)
+
+
+def controlnet_prediction(
+    unet: UNet2DConditionModel,
+    controlnet: nnx.Module,
+    latents: jax.Array,
+    timesteps: jax.Array,
+    text: jax.Array,
+    conditioning: jax.Array,
+    strength: float | jax.Array = 1.0,
+    unet_extra: jax.Array | None = None,
+) -> jax.Array:
+    """The UNet's output steered by the ControlNet's residuals (scaled by `strength`).
+
+    `unet_extra` (inpainting) is concatenated to the UNet's input channels; the ControlNet sees the
+    latents alone."""
+    residuals = controlnet(latents, timesteps, text, conditioning, conditioning_scale=strength)
+    unet_input = latents if unet_extra is None else jnp.concatenate([latents, unet_extra], axis=-1)
+    return unet(
+        unet_input,
+        timesteps,
+        text,
+        down_block_additional_residuals=residuals.down_block_residuals,
+        mid_block_additional_residual=residuals.mid_block_residual,
+    )
+
+
+class ControlNetGenerator:
+    """Text-to-image (or, given photos and masks, inpainting) with a ControlNet: DDIM with classifier-free
+    guidance, the whole loop one jitted function, compiled once per batch shape.
+
+    The ControlNet's parameters come with each call (training updates them); the frozen models' are
+    held. Returns (B, H, W, 3) uint8; H and W must be multiples of 8 x 2^(UNet levels - 1).
+    """
+
+    def __init__(
+        self, sd: StableDiffusion, controlnet_graph: Any, steps: int = 30, guidance_scale: float = 7.5
+    ):
+        self.sd = sd
+        self.plan = DDIMSampler.from_config(sd.scheduler_config).plan(steps)
+        self.guidance_scale = guidance_scale
+        graphs, states = zip(*(nnx.split(m) for m in (sd.text_encoder, sd.vae, sd.unet)), strict=True)
+        self._graphs = (*graphs, controlnet_graph)
+        self._frozen = states
+        self._run = jax.jit(self._generate)
+
+    def __call__(
+        self,
+        controlnet_params: Any,
+        prompts: list[str],
+        conditioning: np.ndarray,
+        seed: int = 0,
+        strength: float = 1.0,
+        photos: np.ndarray | None = None,
+        masks: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """`conditioning` and `photos` (B, H, W, 3) uint8, `masks` (B, H, W), non-zero = repaint."""
+        if (photos is None) != (masks is None):
+            raise ValueError("inpainting needs both photos and masks")
+        inpaint = None
+        if photos is not None:
+            pixels = jnp.asarray(photos, jnp.float32) / 127.5 - 1.0
+            inpaint = (pixels, jnp.asarray(np.asarray(masks) > 0, jnp.float32)[..., None])
+        text_ids = jnp.asarray(tokenize(self.sd.tokenizer, [""] * len(prompts) + list(prompts)))
+        cond = jnp.asarray(conditioning, jnp.float32) / 255.0
+        images = self._run(
+            self._frozen, controlnet_params, text_ids, cond, inpaint, jnp.float32(strength),
+            jax.random.PRNGKey(seed),
+        )  # fmt: skip
+        return np.asarray(images)
+
+    def _generate(self, frozen, controlnet_params, text_ids, cond, inpaint, strength, key):
+        text_encoder, vae, unet, controlnet = (
+            nnx.merge(g, s) for g, s in zip(self._graphs, (*frozen, controlnet_params), strict=True)
+        )
+        text = encode_prompt(text_encoder, text_ids)
+        batch, height, width = cond.shape[:3]
+        latent_hw = (height // vae.config.downscale, width // vae.config.downscale)
+        latents = jax.random.normal(key, (batch, *latent_hw, unet.config.out_channels))
+        latents = latents * self.plan.init_noise_sigma
+        extra = None
+        if inpaint is not None:  # the same at every step: built once, doubled for guidance
+            pixels, mask = inpaint
+            extra = jnp.tile(inpainting_channels(vae, mask, pixels, latent_hw), (2, 1, 1, 1))
+        doubled_cond = jnp.concatenate([cond, cond])
+
+        def denoise(x: jax.Array, timestep: jax.Array) -> jax.Array:
+            doubled = jnp.concatenate([x, x])
+            timesteps = jnp.broadcast_to(timestep, (doubled.shape[0],))
+            output = controlnet_prediction(
+                unet, controlnet, doubled, timesteps, text, doubled_cond, strength, extra
+            )
+            unconditional, conditional = jnp.split(output.astype(jnp.float32), 2)
+            return unconditional + self.guidance_scale * (conditional - unconditional)
+
+        latents = sample(self.plan, denoise, latents, use_scan=True)
+        decoded = vae.decode(vae.from_latents(latents)).astype(jnp.float32)
+        return ((decoded / 2 + 0.5).clip(0, 1) * 255).round().astype(jnp.uint8)
