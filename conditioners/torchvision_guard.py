@@ -74,14 +74,16 @@ class _ImportGuard(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def find_spec(self, fullname, path=None, target=None):
         if fullname != "torchvision":
             return None
-        remove_import_guard()  # one shot, and no recursion into ourselves
-        if importlib.util.find_spec("torchvision") is None:
+        real = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if real is None:
             return None  # not installed: the usual ModuleNotFoundError follows
-        import_torchvision()
-        return importlib.machinery.ModuleSpec("torchvision", self)
+        # Only a spec: `importlib.util.find_spec("torchvision")` (datasets asks at import) must not
+        # import it, which costs seconds; the import happens in create_module.
+        return importlib.machinery.ModuleSpec("torchvision", self, origin=real.origin, is_package=True)
 
     def create_module(self, spec):
-        module = sys.modules["torchvision"]
+        remove_import_guard()  # one shot, and no recursion into ourselves
+        module = import_torchvision()
         self._real_spec = module.__spec__  # the import system overwrites it with ours
         return module
 

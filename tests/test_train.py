@@ -26,6 +26,7 @@ from builders.run import run_build
 from landmark_controlnet.training.tiny_sd import write_tiny_sd
 
 TOKEN = "hf_trainTestToken0987654321"
+BASE_REPO = "tester/tiny-sd"
 
 
 @pytest.fixture(scope="module")
@@ -42,15 +43,19 @@ def workspace(tmp_path_factory, data_dir):
 
 
 def _train(workspace, output: Path, *flags: str, model: str = "model", **kwargs):
+    """`model`: a workspace entry, or else a Hub repo id."""
     flags = ("--compilation_cache_dir", str(workspace["cache"]), *flags)
-    return tf.run_training(workspace[model], workspace["dataset"], output, *flags, **kwargs)
+    return tf.run_training(workspace.get(model, model), workspace["dataset"], output, *flags, **kwargs)
 
 
 @pytest.fixture(scope="module")
 def main_run(workspace):
-    """fp32, gradient accumulation, validation, checkpoints, PyTorch export and --push_to_hub."""
+    """fp32, gradient accumulation, validation, checkpoints, PyTorch export and --push_to_hub, with the
+    base model read from a Hub repo (the stand-in) as PyTorch safetensors."""
     output = workspace["root"] / "main-run"
     with HubStandIn() as hub:
+        for path in sorted(p for p in workspace["model"].rglob("*") if p.is_file()):
+            hub.add_model_file(BASE_REPO, path.relative_to(workspace["model"]).as_posix(), path.read_bytes())
         env = {
             "HF_ENDPOINT": hub.endpoint,
             "HF_HUB_DISABLE_XET": "1",
@@ -68,7 +73,7 @@ def main_run(workspace):
             "--lr_scheduler", "cosine",
             "--lr_warmup_steps", "1",
             "--push_to_hub", "--hub_model_id", "tester/tiny-controlnet", "--hub_token", TOKEN,
-            env=env,
+            env=env, model=BASE_REPO,
         )  # fmt: skip
         pushed = hub.files("tester/tiny-controlnet") if result.returncode == 0 else {}
     assert result.returncode == 0, result.stderr[-4000:]
@@ -91,6 +96,7 @@ def test_training_writes_diffusers_layout_logs_checkpoints_and_validation(main_r
     grid = Image.open(output / "validation" / "step-000004.png")
     assert grid.width > 3 * 64  # conditioning + 2 generated images side by side
     card = (output / "README.md").read_text()
+    assert f"base_model: {BASE_REPO}" in card
     assert "jax-diffusers-event" in card and "controlnet" in card and "validation/step-000004.png" in card
     assert any(workspace["cache"].iterdir()), "--compilation_cache_dir wrote no cache entries"
 

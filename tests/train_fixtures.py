@@ -31,7 +31,7 @@ def train_env(devices: int = 4, extra: dict[str, str] | None = None) -> dict[str
     }
 
 
-def train_command(model: Path, dataset: Path, output: Path, *flags: str) -> list[str]:
+def train_command(model: Path | str, dataset: Path, output: Path, *flags: str) -> list[str]:
     return [
         sys.executable,
         str(SCRIPT),
@@ -44,7 +44,7 @@ def train_command(model: Path, dataset: Path, output: Path, *flags: str) -> list
 
 
 def run_training(
-    model: Path, dataset: Path, output: Path, *flags: str, devices: int = 4, env=None, timeout=900
+    model: Path | str, dataset: Path, output: Path, *flags: str, devices: int = 4, env=None, timeout=900
 ):
     result = subprocess.run(
         train_command(model, dataset, output, *flags),

@@ -30,6 +30,8 @@ from .unet import UNet2DConditionModel
 from .vae import AutoencoderKL
 
 SCHEDULER_CONFIG = "scheduler_config.json"
+TOKENIZER_FILES = ("vocab.json", "merges.txt")
+OPTIONAL_TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json")
 INPAINTING_CHANNELS = 9  # latents (4), mask (1), masked-photo latents (4)
 
 
@@ -76,13 +78,17 @@ def load_stable_diffusion(
 def load_tokenizer(
     location: str | os.PathLike, subfolder: str = "tokenizer", revision: str | None = None, token=None
 ):
+    """transformers' CLIPTokenizer from a pipeline's tokenizer folder (from the Hub: its files only)."""
     from transformers import CLIPTokenizer
 
     folder = open_folder(location, subfolder, revision, token)
-    vocab = folder.fetch("vocab.json")
-    if vocab is None:
-        raise MissingFileError(f"{folder.describe()}: vocab.json not found (no CLIP tokenizer there)")
-    return CLIPTokenizer.from_pretrained(str(vocab.parent))
+    fetched = {name: folder.fetch(name) for name in (*TOKENIZER_FILES, *OPTIONAL_TOKENIZER_FILES)}
+    missing = [name for name in TOKENIZER_FILES if fetched[name] is None]
+    if missing:
+        raise MissingFileError(
+            f"{folder.describe()}: {', '.join(missing)} not found (no CLIP tokenizer there)"
+        )
+    return CLIPTokenizer.from_pretrained(str(fetched["vocab.json"].parent))
 
 
 def read_scheduler_config(
