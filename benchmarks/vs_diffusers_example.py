@@ -48,14 +48,23 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def add_pickled_weights(model: Path) -> None:
-    """`diffusion_pytorch_model.bin` beside each diffusers safetensors file: the example's Flax
-    `from_pretrained(..., from_pt=True)` reads only that name (real SD 1.5 repos ship both)."""
+def prepare_for_the_example(model: Path) -> None:
+    """What the example's Flax classes need beyond a PyTorch-safetensors folder: a
+    `diffusion_pytorch_model.bin` beside each diffusers weights file (Flax `from_pretrained(...,
+    from_pt=True)` reads only that name; real SD 1.5 repos ship both) and a feature extractor (its
+    Flax pipeline requires one). Ours reads the folder as it is."""
     import torch
     from safetensors.torch import load_file
+    from transformers import CLIPImageProcessor
 
     for weights in model.glob("*/diffusion_pytorch_model.safetensors"):
         torch.save(load_file(weights), weights.with_suffix(".bin"))
+    CLIPImageProcessor(crop_size=224, size={"shortest_edge": 224}).save_pretrained(
+        model / "feature_extractor"
+    )
+    index = json.loads((model / "model_index.json").read_text())
+    index["feature_extractor"] = ["transformers", "CLIPImageProcessor"]
+    (model / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
 def wall_time(command: list[str], devices: int) -> float:
@@ -101,7 +110,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-vs-example-"))
     model, dataset = _tiny_model(work), _tiny_dataset(work)
-    add_pickled_weights(model)
+    prepare_for_the_example(model)
     walls: dict[str, dict[int, float]] = {"ours": {}, "diffusers_example": {}}
     for steps in (options.short, options.long):  # alternate, so drift on a shared machine hits both
         for name, command in commands(options.example, model, dataset, work, steps).items():
