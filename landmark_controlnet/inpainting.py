@@ -13,10 +13,9 @@ from .diffusion.pipeline import INPAINTING_CHANNELS, StableDiffusion
 
 
 def check_inpainting_unet(sd: StableDiffusion, where: str) -> None:
-    channels = sd.unet.config.in_channels
-    if channels != INPAINTING_CHANNELS:
+    if not sd.is_inpainting:
         raise OptionError(
-            f"{where} is not an inpainting model: its UNet takes {channels} input channels, not "
-            f"{INPAINTING_CHANNELS} (latents, mask, masked-image latents). Use an inpainting "
+            f"{where} is not an inpainting model: its UNet takes {sd.unet.config.in_channels} input "
+            f"channels, not {INPAINTING_CHANNELS} (latents, mask, masked-image latents). Use an inpainting "
             "Stable Diffusion, e.g. a copy of stable-diffusion-inpainting."
         )

@@ -64,8 +64,7 @@ def load_stable_diffusion(
     token: str | bool | None = None,
 ) -> StableDiffusion:
     """Tokenizer, text encoder, VAE, UNet and scheduler config of a diffusers pipeline folder or repo."""
-    common = {"revision": revision, "variant": variant, "options": options, "allow_pickle": allow_pickle}
-    common["token"] = token
+    common = dict(revision=revision, variant=variant, options=options, allow_pickle=allow_pickle, token=token)
     return StableDiffusion(
         tokenizer=load_tokenizer(location, revision=revision, token=token),
         text_encoder=from_pretrained(CLIPTextModel, location, subfolder="text_encoder", **common),
