@@ -1,13 +1,14 @@
 # The two set-up commands of the README. Each creates or updates .venv/ itself, installing the
-# pinned dependencies (constraints.txt) before it runs.
+# hash-pinned third-party binaries (binaries.txt), then the pinned dependencies (constraints.txt).
 #   make demo   the built-in default job, offline (conditioners, a dataset, a tiny ControlNet)
 #   make test   the whole test suite
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-DEMO_EXTRAS := demo,train
-TEST_EXTRAS := dev,demo,distributed,blip,train,spiga,animal
+DEMO_EXTRAS := demo,train,torch
+TEST_EXTRAS := dev,demo,distributed,blip,train,torch,spiga,animal
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check --constraint constraints.txt
+BINARIES := $(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r binaries.txt
 # The detectors of the spiga and animal extras, which pip cannot install through an extra: SPIGA's
 # declared requirements are wrong for us, and openpifpaf pins torch 1.13.1 and builds C++ against
 # the torch already installed (a C++17 compiler is needed; about 2 minutes).
@@ -34,11 +35,13 @@ bench: $(VENV)/.installed-test
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed-demo: pyproject.toml constraints.txt | $(BIN)/python
+$(VENV)/.installed-demo: pyproject.toml constraints.txt binaries.txt | $(BIN)/python
+	$(BINARIES)
 	$(PIP) -e ".[$(DEMO_EXTRAS)]"
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml constraints.txt | $(BIN)/python
+$(VENV)/.installed-test: pyproject.toml constraints.txt binaries.txt | $(BIN)/python
+	$(BINARIES)
 	$(PIP) -e ".[$(TEST_EXTRAS)]"
 	$(PIP) --no-deps $(SPIGA)
 	$(PIP) --no-deps --no-build-isolation --no-cache-dir $(OPENPIFPAF)

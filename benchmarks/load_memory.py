@@ -96,9 +96,9 @@ def checkpoint_layout(config: UNetConfig) -> tuple[dict[str, tuple[int, ...]], i
     abstract = nnx.eval_shape(lambda: build_unet(config))
     layout, param_bytes = {}, 0
     for path, variable in weights.parameter_paths(abstract):
-        shape = variable.value.shape
+        shape = variable.get_raw_value().shape
         layout[weights.torch_key(path)] = weights.to_torch_layout(np.empty(shape, np.uint8), path).shape
-        param_bytes += int(np.prod(shape)) * jnp.dtype(variable.value.dtype).itemsize
+        param_bytes += int(np.prod(shape)) * jnp.dtype(variable.get_raw_value().dtype).itemsize
     return dict(sorted(layout.items())), param_bytes
 
 
@@ -177,7 +177,7 @@ def child(method: str, folder: Path, variant: str | None) -> None:
     del tensors
     gc.collect()
     after = status_bytes("VmRSS")
-    count = sum(v.value.size for _, v in weights.parameter_paths(model))
+    count = sum(v.get_raw_value().size for _, v in weights.parameter_paths(model))
     print(
         json.dumps({"baseline": baseline, "peak": peak, "after": after, "load_s": seconds, "params": count})
     )

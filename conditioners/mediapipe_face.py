@@ -10,13 +10,25 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ._mediapipe import MEDIAPIPE_VERSION, landmarks_to_array, solutions
-from .base import Conditioner
+from . import topology
+from ._mediapipe import (
+    MediaPipeConditioner,
+    landmarks_to_array,
+    solutions,
+    task_landmarks_to_array,
+    task_model,
+)
 from .detection import Detection, Instance
 from .drawing import Canvas, DrawingSpec, Edge, draw_instance
 from .filters import Filters
 
-face_mesh = solutions.face_mesh
+FACE_LANDMARKER = task_model(
+    "face_landmarker",
+    "face_landmarker/face_landmarker/float16/1/face_landmarker.task",
+    "Face Landmarker",
+    "3.8 MB",
+    "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff",
+)
 
 THICKNESS = 2
 RADIUS = 1
@@ -31,13 +43,13 @@ PART_COLORS_BGR: dict[str, tuple[int, int, int]] = {
     "head": (10, 200, 10),
 }
 # Insertion order matters: it is the order lines are drawn in (as in the original dict).
-_PART_EDGES: tuple[tuple[str, frozenset[Edge]], ...] = (
-    ("head", face_mesh.FACEMESH_FACE_OVAL),
-    ("left_eye", face_mesh.FACEMESH_LEFT_EYE),
-    ("left_eyebrow", face_mesh.FACEMESH_LEFT_EYEBROW),
-    ("right_eye", face_mesh.FACEMESH_RIGHT_EYE),
-    ("right_eyebrow", face_mesh.FACEMESH_RIGHT_EYEBROW),
-    ("mouth", face_mesh.FACEMESH_LIPS),
+_PART_EDGES: tuple[tuple[str, tuple[Edge, ...]], ...] = (
+    ("head", topology.FACE_OVAL),
+    ("left_eye", topology.FACE_LEFT_EYE),
+    ("left_eyebrow", topology.FACE_LEFT_EYEBROW),
+    ("right_eye", topology.FACE_RIGHT_EYE),
+    ("right_eyebrow", topology.FACE_RIGHT_EYEBROW),
+    ("mouth", topology.FACE_LIPS),
 )
 FACE_CONNECTION_STYLE: dict[Edge, DrawingSpec] = {
     edge: DrawingSpec(PART_COLORS_BGR[part], THICKNESS, RADIUS)
@@ -66,12 +78,13 @@ def paint_pupils(canvas: Canvas, points: np.ndarray, source_size: tuple[int, int
         canvas.paint(slice(py - h, py + h), slice(px - h, px + h), PART_COLORS_BGR[part])
 
 
-class FacePupilsConditioner(Conditioner):
+class FacePupilsConditioner(MediaPipeConditioner):
     """Up to five faces with refined (iris) landmarks: 478 points each."""
 
     name = "face_pupils"
-    detector_name = "mediapipe.solutions.face_mesh"
-    detector_version = MEDIAPIPE_VERSION
+    solutions_name = "mediapipe.solutions.face_mesh"
+    tasks_name = "FaceLandmarker"
+    tasks_model = FACE_LANDMARKER
     reverse_channels = True
     default_filters = Filters(min_image_side=384, min_instance_size=64)
     # benchmarks/min_image_size.py: FaceMesh never raised, from 1x1 up (min_image_side=384 is a data filter)
@@ -82,17 +95,30 @@ class FacePupilsConditioner(Conditioner):
         self.max_num_faces = max_num_faces
         self.min_detection_confidence = min_detection_confidence
 
-    def _create_detector(self) -> Any:
-        return face_mesh.FaceMesh(
+    def _create_solutions_detector(self) -> Any:
+        return solutions().face_mesh.FaceMesh(
             static_image_mode=True,
             max_num_faces=self.max_num_faces,
             refine_landmarks=True,
             min_detection_confidence=self.min_detection_confidence,
         )
 
-    def _detect(self, pixels: np.ndarray) -> list[Instance]:
-        faces = self.detector.process(pixels).multi_face_landmarks or []
-        return [Instance("face", landmarks_to_array(face)) for face in faces]
+    def _solutions_instances(self, results: Any) -> list[Instance]:
+        return [Instance("face", landmarks_to_array(face)) for face in results.multi_face_landmarks or []]
+
+    def _tasks_options(self, vision: Any, base_options: Any) -> Any:
+        return vision.FaceLandmarkerOptions(
+            base_options=base_options,
+            running_mode=vision.RunningMode.IMAGE,
+            num_faces=self.max_num_faces,
+            min_face_detection_confidence=self.min_detection_confidence,
+        )
+
+    def _tasks_instances(self, result: Any) -> list[Instance]:
+        # Unscored, like FaceMesh: the pupils are drawn whenever the face is found.
+        return [
+            Instance("face", task_landmarks_to_array(face, scored=False)) for face in result.face_landmarks
+        ]
 
     @classmethod
     def paint(cls, canvas: Canvas, detection: Detection) -> None:

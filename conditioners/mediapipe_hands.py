@@ -8,15 +8,25 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import numpy as np
-
-from ._mediapipe import MEDIAPIPE_VERSION, landmarks_to_array, solutions
-from .base import Conditioner
+from . import topology
+from ._mediapipe import (
+    MediaPipeConditioner,
+    landmarks_to_array,
+    solutions,
+    task_landmarks_to_array,
+    task_model,
+)
 from .detection import Detection, Instance
 from .drawing import Canvas, DrawingSpec, Edge, draw_instance
 
-hands_connections = solutions.hands_connections
-HAND_CONNECTIONS = hands_connections.HAND_CONNECTIONS
+HAND_CONNECTIONS = topology.HAND
+HAND_LANDMARKER = task_model(
+    "hand_landmarker",
+    "hand_landmarker/hand_landmarker/float16/1/hand_landmarker.task",
+    "Hand Landmarker",
+    "7.8 MB",
+    "fbc2a30080c3c557093b5ddfc334698132eb341044ccee322ccf8bcf3607cde1",
+)
 HAND_KINDS = ("left_hand", "right_hand")
 
 # Colours are MediaPipe's BGR constants written as-is into RGB, as the original datasets did.
@@ -36,13 +46,13 @@ FINGER_COLORS: dict[str, tuple[int, int, int]] = {
     "ring": (48, 255, 48),
     "pinky": (192, 101, 21),
 }
-FINGER_CONNECTIONS: dict[str, frozenset[Edge]] = {
-    "palm": hands_connections.HAND_PALM_CONNECTIONS,
-    "thumb": hands_connections.HAND_THUMB_CONNECTIONS,
-    "index": hands_connections.HAND_INDEX_FINGER_CONNECTIONS,
-    "middle": hands_connections.HAND_MIDDLE_FINGER_CONNECTIONS,
-    "ring": hands_connections.HAND_RING_FINGER_CONNECTIONS,
-    "pinky": hands_connections.HAND_PINKY_FINGER_CONNECTIONS,
+FINGER_CONNECTIONS: dict[str, tuple[Edge, ...]] = {
+    "palm": topology.HAND_PALM,
+    "thumb": topology.HAND_THUMB,
+    "index": topology.HAND_INDEX_FINGER,
+    "middle": topology.HAND_MIDDLE_FINGER,
+    "ring": topology.HAND_RING_FINGER,
+    "pinky": topology.HAND_PINKY,
 }
 PALM_CONNECTION_COLOR = (128, 128, 128)
 PALM_CONNECTION_THICKNESS = 3
@@ -78,20 +88,25 @@ STANDARD_LANDMARK_STYLE = hand_landmark_style()
 ENCODED_LANDMARK_STYLES = {kind: hand_landmark_style(color) for kind, color in ENCODED_PALM_COLORS.items()}
 
 
-def anatomical_kind(mediapipe_label: str, selfie: bool) -> str:
-    """MediaPipe labels hands as if the image were mirrored; return the subject's own side."""
-    label = mediapipe_label.lower()
-    if not selfie:
+def anatomical_kind(label: str, mirrored_labels: bool) -> str:
+    """The subject's own side, from a MediaPipe handedness label.
+
+    `mirrored_labels`: the label names the hand as it would be in the mirrored image. mp.solutions
+    labels so for ordinary photos, the Tasks API for mirrored (selfie) frames.
+    """
+    label = label.lower()
+    if mirrored_labels:
         label = {"left": "right", "right": "left"}[label]
     return f"{label}_hand"
 
 
-class StandardHandConditioner(Conditioner):
+class StandardHandConditioner(MediaPipeConditioner):
     """Up to `max_num_hands` hands in MediaPipe's default hand style."""
 
     name = "hand_standard"
-    detector_name = "mediapipe.solutions.hands"
-    detector_version = MEDIAPIPE_VERSION
+    solutions_name = "mediapipe.solutions.hands"
+    tasks_name = "HandLandmarker"
+    tasks_model = HAND_LANDMARKER
     # benchmarks/min_image_size.py: MediaPipe Hands never raised, from 1x1 and 1x2000 up
     min_workable_side: ClassVar[int] = 1
 
@@ -107,27 +122,44 @@ class StandardHandConditioner(Conditioner):
         super().__init__(**options)
         self.max_num_hands = max_num_hands
         self.min_detection_confidence = min_detection_confidence
-        self.model_complexity = model_complexity
+        self.model_complexity = model_complexity  # solutions only: the Tasks bundle is the full model
         self.selfie = selfie  # True for mirrored (front-camera) frames
 
-    def _create_detector(self) -> Any:
-        return solutions.hands.Hands(
+    def _create_solutions_detector(self) -> Any:
+        return solutions().hands.Hands(
             static_image_mode=True,
             max_num_hands=self.max_num_hands,
             model_complexity=self.model_complexity,
             min_detection_confidence=self.min_detection_confidence,
         )
 
-    def _detect(self, pixels: np.ndarray) -> list[Instance]:
-        results = self.detector.process(pixels)
-        if not results.multi_hand_landmarks:
-            return []
-        instances = []
-        for landmarks, handedness in zip(results.multi_hand_landmarks, results.multi_handedness, strict=True):
-            best = handedness.classification[0]
-            kind = anatomical_kind(best.label, self.selfie)
-            instances.append(Instance(kind, landmarks_to_array(landmarks), float(best.score)))
-        return instances
+    def _solutions_instances(self, results: Any) -> list[Instance]:
+        hands = zip(results.multi_hand_landmarks or [], results.multi_handedness or [], strict=True)
+        return [
+            Instance(anatomical_kind(best.label, not self.selfie), landmarks_to_array(points), best.score)
+            for points, handedness in hands
+            for best in handedness.classification[:1]
+        ]
+
+    def _tasks_options(self, vision: Any, base_options: Any) -> Any:
+        return vision.HandLandmarkerOptions(
+            base_options=base_options,
+            running_mode=vision.RunningMode.IMAGE,
+            num_hands=self.max_num_hands,
+            min_hand_detection_confidence=self.min_detection_confidence,
+        )
+
+    def _tasks_instances(self, result: Any) -> list[Instance]:
+        hands = zip(result.hand_landmarks, result.handedness, strict=True)
+        return [
+            Instance(
+                anatomical_kind(best.category_name, self.selfie),
+                task_landmarks_to_array(points, scored=False),
+                best.score,
+            )
+            for points, categories in hands
+            for best in categories[:1]
+        ]
 
     landmark_styles: ClassVar[dict[str, dict[int, DrawingSpec]]] = dict.fromkeys(
         HAND_KINDS, STANDARD_LANDMARK_STYLE

@@ -14,6 +14,7 @@ import importlib.util
 import os
 import re
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,9 +41,11 @@ class WeightsFile:
     hub_repo: str | None = None  # a Hub model repo that mirrors it
     url: str | None = None  # where its authors publish it
     sha256: str | None = None  # pinned where the authors publish one
+    option: str = "weights"  # the conditioner option that names a path to it
+    cache_dir: Callable[[], Path] = lambda: torch_checkpoint_dir()  # where downloads are kept
 
     def cache_path(self) -> Path:
-        return torch_checkpoint_dir() / self.filename
+        return self.cache_dir() / self.filename
 
 
 def torch_checkpoint_dir() -> Path:
@@ -158,7 +161,7 @@ def _not_found_message(spec: WeightsFile, tried: list[str], download: bool) -> s
     sources += [spec.url] if spec.url else []
     lines = [
         f"{spec.description} not found. Put {spec.filename} at {spec.cache_path()}, "
-        f"or set {spec.env_var}=/path/to/{spec.filename}, or pass the conditioner option weights=PATH.",
+        f"or set {spec.env_var}=/path/to/{spec.filename}, or pass the conditioner option {spec.option}=PATH.",
         "Download it from: " + " or ".join(sources) if sources else "",
         "Tried: " + "; ".join(tried) + ("" if download else "; it is not downloaded automatically"),
     ]

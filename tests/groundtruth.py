@@ -86,3 +86,21 @@ def match_nearest(candidates: list[np.ndarray], truth: np.ndarray, valid: np.nda
         return None
     errors = [np.mean(np.linalg.norm(c[valid] - truth[valid], axis=1)) for c in candidates]
     return int(np.argmin(errors))
+
+
+def matched_hands(detection, truths):
+    """Greedy one-to-one matching of ground-truth hands to detections by mean keypoint error,
+    keeping pairs whose mean error is under 0.35 x the hand's size (the other hand of a pair is ~2x away)."""
+    pairs = []
+    for t, truth in enumerate(truths):
+        for d, inst in enumerate(detection.instances):
+            error = np.mean(np.linalg.norm(inst.xy[truth.valid] - truth.points[truth.valid], axis=1))
+            pairs.append((error / truth.box_side, t, d))
+    used_t, used_d, matches = set(), set(), []
+    for relative_error, t, d in sorted(pairs):
+        if t in used_t or d in used_d or relative_error > 0.35:
+            continue
+        used_t.add(t)
+        used_d.add(d)
+        matches.append((truths[t], detection.instances[d]))
+    return matches

@@ -13,6 +13,7 @@ from groundtruth import (
     ground_truth_bodies,
     ground_truth_face_box,
     ground_truth_hands,
+    matched_hands,
     pck,
 )
 
@@ -24,24 +25,6 @@ ANNOTATED_HANDS = [
     "mmpose_onehand10k_33.jpg",
     "mmpose_panoptic_005880453_01.jpg",
 ]
-
-
-def matched_hands(detection, truths):
-    """Greedy one-to-one matching of ground-truth hands to detections by mean keypoint error,
-    keeping pairs whose mean error is under 0.35 x the hand's size (the other hand of a pair is ~2x away)."""
-    pairs = []
-    for t, truth in enumerate(truths):
-        for d, inst in enumerate(detection.instances):
-            error = np.mean(np.linalg.norm(inst.xy[truth.valid] - truth.points[truth.valid], axis=1))
-            pairs.append((error / truth.box_side, t, d))
-    used_t, used_d, matches = set(), set(), []
-    for relative_error, t, d in sorted(pairs):
-        if t in used_t or d in used_d or relative_error > 0.35:
-            continue
-        used_t.add(t)
-        used_d.add(d)
-        matches.append((truths[t], detection.instances[d]))
-    return matches
 
 
 @pytest.fixture(scope="module")

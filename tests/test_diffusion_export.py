@@ -55,7 +55,7 @@ def random_model(cls, config, seed: int):
     graphdef, state = nnx.split(nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0))))
     filled = []
     for path, variable in nnx.to_flat_state(state):
-        shape = variable.value.shape
+        shape = variable.get_raw_value().shape
         noise = rng.standard_normal(shape).astype(np.float32)
         if path[-1] == "kernel":
             value = noise / np.sqrt(np.prod(shape[:-1]))

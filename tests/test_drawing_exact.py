@@ -188,3 +188,31 @@ def test_canvas_palette_png_decodes_to_the_drawing(data_dir, conditioner_cache):
     result = conditioner_cache("hand_encoded")(data_dir / "images/hands/hagrid_tile10_heart_two_hands.jpg")
     decoded = np.asarray(Image.open(BytesIO(result.to_png())).convert("RGB"))
     np.testing.assert_array_equal(decoded, result.to_array())
+
+
+def test_topology_is_mediapipe_solutions_in_its_iteration_order():
+    """conditioners.topology holds mp.solutions' connection sets as data (the Tasks API's differ), in the
+    order those frozensets iterate: the order lines are drawn in."""
+    from mediapipe.python.solutions import face_mesh_connections
+
+    from conditioners import topology
+
+    expected = {
+        "HAND": hands_connections.HAND_CONNECTIONS,
+        "HAND_PALM": hands_connections.HAND_PALM_CONNECTIONS,
+        "HAND_THUMB": hands_connections.HAND_THUMB_CONNECTIONS,
+        "HAND_INDEX_FINGER": hands_connections.HAND_INDEX_FINGER_CONNECTIONS,
+        "HAND_MIDDLE_FINGER": hands_connections.HAND_MIDDLE_FINGER_CONNECTIONS,
+        "HAND_RING_FINGER": hands_connections.HAND_RING_FINGER_CONNECTIONS,
+        "HAND_PINKY": hands_connections.HAND_PINKY_FINGER_CONNECTIONS,
+        "FACE_OVAL": mp_face_mesh.FACEMESH_FACE_OVAL,
+        "FACE_LEFT_EYE": mp_face_mesh.FACEMESH_LEFT_EYE,
+        "FACE_LEFT_EYEBROW": mp_face_mesh.FACEMESH_LEFT_EYEBROW,
+        "FACE_RIGHT_EYE": mp_face_mesh.FACEMESH_RIGHT_EYE,
+        "FACE_RIGHT_EYEBROW": mp_face_mesh.FACEMESH_RIGHT_EYEBROW,
+        "FACE_LIPS": mp_face_mesh.FACEMESH_LIPS,
+        "FACE_CONTOURS": face_mesh_connections.FACEMESH_CONTOURS,
+        "POSE": pose_connections.POSE_CONNECTIONS,
+    }
+    for name, edges in expected.items():
+        assert getattr(topology, name) == tuple(edges), name

@@ -205,6 +205,11 @@ class CLIPTextModel(PretrainedModule):
     def ignore_unexpected(key: str) -> bool:
         return _is_position_ids(key)
 
+    @staticmethod
+    def legacy_key(key: str) -> str:
+        # transformers 5 saves this model without the `text_model.` prefix the Hub's SD repos have.
+        return key if key.startswith("text_model.") else f"text_model.{key}"
+
     def __call__(self, input_ids: Array, attention_mask: Array | None = None) -> CLIPTextOutput:
         return self.text_model(input_ids, attention_mask)
 

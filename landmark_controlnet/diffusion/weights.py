@@ -99,15 +99,16 @@ def load_module(
     filled = []
     for path, variable in nnx.to_flat_state(state):
         key = torch_key(path)
+        expected = variable.get_raw_value()  # a ShapeDtypeStruct: the module was built abstractly
         if key not in available:
-            raise WeightsError(f"{source.describe()}: missing weight {key!r} (shape {variable.value.shape})")
+            raise WeightsError(f"{source.describe()}: missing weight {key!r} (shape {expected.shape})")
         array = to_nnx_layout(source.get(key), path)
-        if tuple(array.shape) != tuple(variable.value.shape):
+        if tuple(array.shape) != tuple(expected.shape):
             raise WeightsError(
                 f"{source.describe()}: {key!r} has shape {tuple(source.get(key).shape)}, the model "
-                f"expects {tuple(to_torch_layout(np.empty(variable.value.shape), path).shape)}"
+                f"expects {tuple(to_torch_layout(np.empty(expected.shape), path).shape)}"
             )
-        filled.append((path, variable.replace(value=jnp.asarray(array, dtype=variable.value.dtype))))
+        filled.append((path, variable.replace(value=jnp.asarray(array, dtype=expected.dtype))))
         available.discard(key)
     unexpected = sorted(key for key in available if not ignore_unexpected(key))
     if unexpected:
@@ -120,6 +121,6 @@ def load_module(
 def torch_state_dict(model: nnx.Module, dtype: np.dtype = np.float32) -> dict[str, np.ndarray]:
     """The module's parameters under PyTorch keys and layouts, as contiguous numpy arrays."""
     return {
-        torch_key(path): np.ascontiguousarray(to_torch_layout(np.asarray(variable.value, dtype=dtype), path))
+        torch_key(path): np.ascontiguousarray(to_torch_layout(np.asarray(variable[...], dtype=dtype), path))
         for path, variable in parameter_paths(model)
     }

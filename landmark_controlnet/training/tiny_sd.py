@@ -147,12 +147,25 @@ def _quiet() -> Iterator[None]:
             lib.set_verbosity(level)
 
 
+def byte_level_alphabet() -> list[str]:
+    """The 256 characters byte-level BPE (GPT-2, CLIP) writes bytes as, in its vocabulary's order.
+
+    Printable Latin-1 bytes stand for themselves and come first; the others follow, as U+0100 onwards.
+    """
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    others = [b for b in range(256) if b not in printable]
+    return [chr(b) for b in printable] + [chr(256 + n) for n in range(len(others))]
+
+
 def _write_tokenizer(sub: Path) -> CLIPTokenizer:
     """A real CLIPTokenizer on a tiny byte-level BPE: all 256 bytes (plain and `</w>`) + the WORDS."""
     from transformers import CLIPTokenizer
-    from transformers.models.clip.tokenization_clip import bytes_to_unicode
 
-    chars = list(bytes_to_unicode().values())
+    chars = byte_level_alphabet()
     vocab = chars + [c + "</w>" for c in chars]
     # Learn merges the way BPE training does (most frequent pair first, until every word is one symbol);
     # replaying them in that order, as CLIPTokenizer does, turns each of WORDS into a single token.
