@@ -137,7 +137,8 @@ class MediaPipeConditioner(Conditioner):
     """A conditioner on either MediaPipe backend. Subclasses supply both halves:
 
     `_create_solutions_detector()` / `_solutions_instances(results)` for `mp.solutions`, and
-    `tasks_model`, `_tasks_options(vision, base_options)` / `_tasks_instances(result)` for the Tasks API.
+    `tasks_model`, `_tasks_settings()` (the `<tasks_name>Options` fields besides the model and the
+    running mode) / `_tasks_instances(result)` for the Tasks API.
     """
 
     solutions_name: ClassVar[str] = ""  # e.g. "mediapipe.solutions.hands"
@@ -179,8 +180,13 @@ class MediaPipeConditioner(Conditioner):
         from mediapipe.tasks.python.core.base_options import BaseOptions
 
         landmarker = getattr(vision, self.tasks_name)
+        options = getattr(vision, f"{self.tasks_name}Options")(
+            base_options=BaseOptions(str(path)),
+            running_mode=vision.RunningMode.IMAGE,
+            **self._tasks_settings(),
+        )
         try:
-            return landmarker.create_from_options(self._tasks_options(vision, BaseOptions(str(path))))
+            return landmarker.create_from_options(options)
         except RuntimeError as exc:  # a file that is not a bundle of this task's models
             raise BackendError(f"{path}: not a {self.tasks_name} model bundle ({exc})") from exc
 
@@ -197,7 +203,7 @@ class MediaPipeConditioner(Conditioner):
     def _solutions_instances(self, results: Any) -> list[Instance]:
         raise NotImplementedError
 
-    def _tasks_options(self, vision: Any, base_options: Any) -> Any:
+    def _tasks_settings(self) -> dict[str, Any]:
         raise NotImplementedError
 
     def _tasks_instances(self, result: Any) -> list[Instance]:

@@ -106,13 +106,11 @@ class FacePupilsConditioner(MediaPipeConditioner):
     def _solutions_instances(self, results: Any) -> list[Instance]:
         return [Instance("face", landmarks_to_array(face)) for face in results.multi_face_landmarks or []]
 
-    def _tasks_options(self, vision: Any, base_options: Any) -> Any:
-        return vision.FaceLandmarkerOptions(
-            base_options=base_options,
-            running_mode=vision.RunningMode.IMAGE,
-            num_faces=self.max_num_faces,
-            min_face_detection_confidence=self.min_detection_confidence,
-        )
+    def _tasks_settings(self) -> dict[str, Any]:
+        return {
+            "num_faces": self.max_num_faces,
+            "min_face_detection_confidence": self.min_detection_confidence,
+        }
 
     def _tasks_instances(self, result: Any) -> list[Instance]:
         # Unscored, like FaceMesh: the pupils are drawn whenever the face is found.

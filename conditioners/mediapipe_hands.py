@@ -141,13 +141,11 @@ class StandardHandConditioner(MediaPipeConditioner):
             for best in handedness.classification[:1]
         ]
 
-    def _tasks_options(self, vision: Any, base_options: Any) -> Any:
-        return vision.HandLandmarkerOptions(
-            base_options=base_options,
-            running_mode=vision.RunningMode.IMAGE,
-            num_hands=self.max_num_hands,
-            min_hand_detection_confidence=self.min_detection_confidence,
-        )
+    def _tasks_settings(self) -> dict[str, Any]:
+        return {
+            "num_hands": self.max_num_hands,
+            "min_hand_detection_confidence": self.min_detection_confidence,
+        }
 
     def _tasks_instances(self, result: Any) -> list[Instance]:
         hands = zip(result.hand_landmarks, result.handedness, strict=True)

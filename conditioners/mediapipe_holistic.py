@@ -69,13 +69,9 @@ class HolisticConditioner(MediaPipeConditioner):
         parts = ((kind, getattr(results, _RESULT_FIELDS[kind])) for kind in DRAW_ORDER)
         return [Instance(kind, landmarks_to_array(landmarks)) for kind, landmarks in parts if landmarks]
 
-    def _tasks_options(self, vision: Any, base_options: Any) -> Any:
-        return vision.HolisticLandmarkerOptions(
-            base_options=base_options,
-            running_mode=vision.RunningMode.IMAGE,
-            min_face_detection_confidence=self.min_detection_confidence,
-            min_pose_detection_confidence=self.min_detection_confidence,
-        )
+    def _tasks_settings(self) -> dict[str, Any]:
+        confidence = self.min_detection_confidence
+        return {"min_face_detection_confidence": confidence, "min_pose_detection_confidence": confidence}
 
     def _tasks_instances(self, result: Any) -> list[Instance]:
         parts = ((kind, getattr(result, _RESULT_FIELDS[kind])) for kind in DRAW_ORDER)
