@@ -74,29 +74,29 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def lock_digest() -> str:
+def lock_digest(lock: Path) -> str:
     """The lock's content and the interpreter version: a change in either means a new environment."""
-    digest = hashlib.sha256(LOCK.read_bytes())
+    digest = hashlib.sha256(lock.read_bytes())
     digest.update(f"python {sys.version_info[:3]}".encode())
     return digest.hexdigest()
 
 
-def reference_python(venv: Path, rebuild: bool) -> Path:
-    """The reference venv's interpreter, creating (or recreating) the venv when its stamp is stale."""
+def reference_python(venv: Path, rebuild: bool, lock: Path = LOCK) -> Path:
+    """The interpreter of a venv holding exactly `lock`, (re)created when its stamp is stale."""
     python, stamp = venv / "bin" / "python", venv / STAMP_NAME
-    wanted = lock_digest()
+    wanted = lock_digest(lock)
     if not rebuild and python.exists() and stamp.is_file() and stamp.read_text().strip() == wanted:
         return python
     if venv.exists():
         if not (venv / "pyvenv.cfg").is_file():
             raise SystemExit(f"{venv} exists and is not a virtualenv; move it away or pass --reference_venv")
         shutil.rmtree(venv)
-    progress(f"creating the reference environment in {venv} from {LOCK.name} (a few minutes)")
+    progress(f"creating the reference environment in {venv} from {lock.name} (a few minutes)")
     _run([sys.executable, "-m", "venv", str(venv)])
     (venv / ".gitignore").write_text("*\n")  # keeps git status clean wherever the venv lies
     pip = [str(python), "-m", "pip", "--disable-pip-version-check"]
     # --no-deps + pip check: the lock is the whole closure, and nothing unpinned can slip in.
-    _run([*pip, "install", "--quiet", "--no-deps", "-r", str(LOCK)])
+    _run([*pip, "install", "--quiet", "--no-deps", "-r", str(lock)])
     _run([*pip, "check"])
     stamp.write_text(wanted + "\n")
     return python

@@ -106,7 +106,9 @@ def write_card(
     features: datasets.Features,
     reports: list[BuildReport],
 ) -> None:
-    conditioner = conditioners.conditioner_class(recipe.conditioner_name)
+    # An instance, not the class: the detector's name depends on options (the MediaPipe backend).
+    with conditioners.get(recipe.conditioner_name, **recipe.conditioner_options) as conditioner:
+        detector = f"{conditioner.detector_name} {conditioner.detector_version}"
     main = reports[0]
     preview = write_preview(output, main.split)
 
@@ -120,7 +122,7 @@ def write_card(
         "conditioner_options": json.dumps(recipe.conditioner_options)
         if recipe.conditioner_options
         else "defaults",
-        "detector": f"{conditioner.detector_name} {conditioner.detector_version}",
+        "detector": detector,
         "drawing": (conditioner.__doc__ or "").strip().splitlines()[0],
         "captioner": make_captioner(recipe.captioner_type, **recipe.captioner_options).describe(),
         "splits": ", ".join(f"`{r.split}`: {r.rows} rows" for r in reports),
