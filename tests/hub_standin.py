@@ -83,6 +83,7 @@ class HubState:
     def __init__(self, gate: UploadGate | None = None, drop_paths: frozenset[str] = frozenset()):
         self.repos: dict[str, Repo] = {}
         self.lfs: dict[str, bytes] = {}
+        self.lfs_puts: list[str] = []  # the oid of every LFS upload, in order
         self.lock = threading.Lock()
         self.requests: list[str] = []
         self.preuploads: list[tuple[str, str]] = []  # (repo, path) of every file asked about
@@ -294,6 +295,7 @@ class Handler(BaseHTTPRequestHandler):
         if hashlib.sha256(data).hexdigest() != oid:
             return self._json(400, {"error": "sha256 mismatch"})
         self.state.lfs[oid] = data
+        self.state.lfs_puts.append(oid)
         if self.state.gate:
             self.state.gate.note_stored(len(self.state.lfs))
         self._send(200)
