@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ._mediapipe import solutions, solutions_available
+from . import _mediapipe
 from .base import Conditioner
 from .detection import Detection, Instance
 from .drawing import Canvas, Color, scale_to_canvas
@@ -92,7 +92,7 @@ class Spiga68Conditioner(Conditioner):
     def unavailable_reason(cls) -> str | None:
         from ._spiga import SPIGA_WEIGHTS
 
-        if not solutions_available():  # its face boxes come from mp.solutions' two face detectors
+        if not _mediapipe.solutions_available():  # its face boxes come from mp.solutions' two face detectors
             return "SPIGA's face detection needs mp.solutions (the 'solutions' extra; see the README)"
         return missing_requirements(["torch", "spiga"], "spiga", SPIGA_WEIGHTS)
 
@@ -100,7 +100,7 @@ class Spiga68Conditioner(Conditioner):
         from ._spiga import SpigaDetector
 
         face_detectors = [  # short range (within ~2 m) and full range
-            solutions().face_detection.FaceDetection(
+            _mediapipe.solutions().face_detection.FaceDetection(
                 model_selection=model, min_detection_confidence=self.min_face_score
             )
             for model in (0, 1)
