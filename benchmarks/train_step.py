@@ -6,8 +6,10 @@ Builds a tiny random Stable Diffusion and a hand_encoded dataset from ../shared/
 times (a) the compiled train step fed one batch already on the devices, the upper bound, and
 (b) the real loop, each step taking its batch from the threaded, prefetching input pipeline, and
 (c) the first step (compilation) in a fresh process, cold and then warm from the persistent
-compilation cache (`--compilation_cache_dir`) that the first process filled.
-Prints JSON; `full_over_step_only` near 1 means the devices never wait for data. Pass
+compilation cache (`--compilation_cache_dir`) that the first process filled, and
+(d) (a) and (b) again with `--cache_latents`: steps on cached VAE latents and text embeddings.
+Prints JSON; `full_over_step_only` near 1 means the devices never wait for data, and
+`cached_over_uncached_*` is the steady-state speed-up of --cache_latents. Pass
 `--model DIR` to time a real Stable Diffusion folder instead (e.g. on a GPU/TPU machine).
 """
 
@@ -35,7 +37,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--mixed_precision", default="no")
     parser.add_argument("--model", default=None, help="a diffusers SD folder (default: tiny random)")
-    parser.add_argument("--child", choices=["cold", "warm"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["cold", "warm", "cached"], help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.child:
@@ -46,12 +48,23 @@ def main() -> None:
     _tiny_dataset(work)
     # Two processes share one compilation cache: the first compiles cold, the second reads it.
     forwarded = [a for a in sys.argv[1:] if not a.startswith("--model")] + ["--model", model]
-    cold, warm = (_child(forwarded, kind, work) for kind in ("cold", "warm"))
+    cold, warm, cached = (_child(forwarded, kind, work) for kind in ("cold", "warm", "cached"))
     report = {
         **{k: v for k, v in cold.items() if k != "compile_s"},
         "compile_cold_s": cold["compile_s"],
         "compile_warm_s": warm["compile_s"],
         "warm_over_cold": round(warm["compile_s"] / cold["compile_s"], 3),
+        "cache_latents": {
+            "prepass_s": round(cached["build_run_s"] - cold["build_run_s"], 2),  # the start-up it adds
+            "step_only_steps_per_s": cached["step_only_steps_per_s"],
+            "full_loop_steps_per_s": cached["full_loop_steps_per_s"],
+        },
+        "cached_over_uncached_step_only": round(
+            cached["step_only_steps_per_s"] / cold["step_only_steps_per_s"], 3
+        ),
+        "cached_over_uncached_full_loop": round(
+            cached["full_loop_steps_per_s"] / cold["full_loop_steps_per_s"], 3
+        ),
     }
     print(json.dumps(report, indent=1))
 
@@ -79,16 +92,21 @@ def measure(options: argparse.Namespace) -> dict:
             "--train_batch_size", str(options.batch), "--mixed_precision", options.mixed_precision,
             "--max_train_steps", str(2 * options.steps + 2), "--validation_steps", "0",
             "--checkpointing_steps", "0", "--compilation_cache_dir", str(options.work / "jax-cache"),
+            *(["--cache_latents", "--latent_cache_dir", str(options.work / "latents")]
+              if options.child == "cached" else []),
         ]
     )  # fmt: skip
     setup_runtime(args)
+    started = time.perf_counter()
     run = build_run(args)
+    built_s = time.perf_counter() - started
     batch, _ = next(run.batches)
     start = time.perf_counter()
     run.state, metrics = run.train_step(run.state, run.frozen, batch)
     jax.block_until_ready(metrics)
     result = {"compile_s": round(time.perf_counter() - start, 2)}
-    if options.child == "cold":
+    result["build_run_s"] = round(built_s, 2)
+    if options.child in ("cold", "cached"):
         step_only = _time(lambda: run.train_step(run.state, run.frozen, batch), run, options.steps)
         full = _time(lambda: run.train_step(run.state, run.frozen, next(run.batches)[0]), run, options.steps)
         result.update(

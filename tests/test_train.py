@@ -172,12 +172,16 @@ def test_bf16_streaming_with_random_flip_on_an_sd2_model(workspace):
     assert config["use_linear_projection"] and config["attention_head_dim"] == [1, 2, 2, 2]
 
 
-def test_overfitting_one_batch_lowers_the_loss(workspace):
-    output = workspace["root"] / "overfit"
+def test_overfitting_one_batch_on_cached_latents_lowers_the_loss(workspace):
+    """With --cache_latents (the cached step's loss equals the uncached one: test_latent_cache)."""
+    output, cache = workspace["root"] / "overfit", workspace["root"] / "latent-cache"
     result = _train(
-        workspace, output, "--max_train_samples", "4", "--max_train_steps", "40", "--learning_rate", "3e-3"
-    )
+        workspace, output, "--max_train_samples", "4", "--max_train_steps", "40", "--learning_rate", "3e-3",
+        "--cache_latents", "--latent_cache_dir", str(cache),
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
+    [key] = [json.loads(p.read_text()) for p in cache.glob("*/key.json")]
+    assert key["resolution"] == 64 and key["variants"] == 1
     losses = [
         json.loads(line)["loss"] for line in (output / "logs" / "metrics.jsonl").read_text().splitlines()
     ]

@@ -30,6 +30,8 @@ from conditioners import Detection
 from conditioners.images import load_image, resize_and_crop
 
 SHUFFLE_BUFFER = 1000
+ROW_INDEX = "__row_index__"  # a map-style row's index in the dataset, which --cache_latents keys on
+Prepare = Callable[[dict[str, Any], np.random.Generator], dict[str, Any]]
 
 
 # -- opening the dataset ----------------------------------------------------------------------
@@ -128,28 +130,47 @@ def flipped_conditioning(conditioning: Image.Image, landmarks: str | None) -> Im
     return Image.fromarray(conditioners.draw(detection, conditioning.size))
 
 
+def example_draws(options: ExampleOptions, rng: np.random.Generator) -> tuple[bool, bool]:
+    """(mirror the row, train it on the empty prompt): the first draws of a row's generator, so that
+    cached and uncached examples of one row at one step make the same choices."""
+    flip, empty = rng.random(2)
+    return bool(options.random_flip and flip < 0.5), bool(empty < options.proportion_empty_prompts)
+
+
+def row_name(row: dict[str, Any]) -> str:
+    return str(row.get("source_id") or "row")
+
+
+def photo_values(photo: Image.Image, resolution: int, flip: bool) -> np.ndarray:
+    """A decoded photo, mirrored or not, framed: (H, W, 3) float32 in [-1, 1]."""
+    photo = photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else photo
+    return np.asarray(frame(photo, resolution), np.float32) / 127.5 - 1.0
+
+
+def prepare_conditioning(row: dict[str, Any], columns: Columns, resolution: int, flip: bool) -> np.ndarray:
+    """The row's conditioning image (re-drawn mirrored when `flip`) as the ControlNet's input."""
+    conditioning = decode(row[columns.conditioning_image], f"{row_name(row)} (conditioning)")
+    if flip:
+        conditioning = flipped_conditioning(conditioning, row.get(columns.landmarks))
+    return conditioning_values(frame(conditioning, resolution))
+
+
 def prepare_example(
     row: dict[str, Any], columns: Columns, options: ExampleOptions, rng: np.random.Generator
 ) -> dict[str, Any]:
     """Pixels in [-1, 1] and conditioning in [0, 1], both (H, W, 3) float32, the caption, and for
     inpainting rows the mask, (H, W, 1) float32 in {0, 1}, randomly dilated."""
-    name = str(row.get("source_id") or "row")
+    name = row_name(row)
+    flip, empty = example_draws(options, rng)
     photo = decode(row[columns.image], name)
-    conditioning = decode(row[columns.conditioning_image], f"{name} (conditioning)")
-    mask = decode_mask(row[columns.mask], f"{name} (mask)") if columns.mask else None
-    flip, empty = rng.random(2)
-    if options.random_flip and flip < 0.5:
-        photo = photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        conditioning = flipped_conditioning(conditioning, row.get(columns.landmarks))
-        mask = mask.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if mask else None
-    caption = "" if empty < options.proportion_empty_prompts else caption_text(row[columns.caption])
-    photo = frame(photo, options.resolution)
     example = {
-        "pixel_values": np.asarray(photo, np.float32) / 127.5 - 1.0,
-        "conditioning_pixel_values": conditioning_values(frame(conditioning, options.resolution)),
-        "caption": caption,
+        "pixel_values": photo_values(photo, options.resolution, flip),
+        "conditioning_pixel_values": prepare_conditioning(row, columns, options.resolution, flip),
+        "caption": "" if empty else caption_text(row[columns.caption]),
     }
-    if mask is not None:
+    if columns.mask:
+        mask = decode_mask(row[columns.mask], f"{name} (mask)")
+        mask = mask.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else mask
         radius = int(rng.integers(0, round(options.mask_dilation * options.resolution) + 1))
         example["mask"] = prepare_mask(mask, options.resolution, radius)
     return example
@@ -188,6 +209,11 @@ class Layout:
         return self.host_batch * self.num_hosts
 
 
+def rows_of(columns: dict[str, list]) -> list[dict[str, Any]]:
+    """A batch of `datasets` columns ({name: values}) as rows ([{name: value}])."""
+    return [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+
+
 class IndexedRows:
     """Map-style dataset: micro-batch b of the run is a fixed slice of a per-epoch permutation."""
 
@@ -215,8 +241,9 @@ class IndexedRows:
         batch = first_batch
         while True:
             indices = self.indices(batch)
-            columns = self.dataset[indices.tolist()]
-            rows = [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+            rows = rows_of(self.dataset[indices.tolist()])
+            for row, index in zip(rows, indices.tolist(), strict=True):
+                row[ROW_INDEX] = index
             batch += 1
             yield rows, {"batch": batch, "epoch": batch // self.batches_per_epoch}
 
@@ -251,13 +278,15 @@ class StreamedRows:
 
 # -- batches on the devices -------------------------------------------------------------------
 class BatchLoader:
-    """Turns row batches into numpy batches in threads, stacked into `accumulation` micro-batches."""
+    """Turns row batches into numpy batches in threads, stacked into `accumulation` micro-batches.
+
+    `prepare(row, rng)` makes one example (`prepare_example`, or a cached one); a "caption" it
+    returns is tokenised into "input_ids"."""
 
     def __init__(
         self,
         rows: Iterator[tuple[list[dict[str, Any]], dict[str, int]]],
-        columns: Columns,
-        options: ExampleOptions,
+        prepare: Prepare,
         tokenize: Callable[[list[str]], np.ndarray],
         accumulation: int,
         seed: int,
@@ -265,8 +294,7 @@ class BatchLoader:
         threads: int = 4,
     ):
         self.rows = rows
-        self.columns = columns
-        self.options = options
+        self.prepare = prepare
         self.tokenize = tokenize
         self.accumulation = accumulation
         self.seed = seed
@@ -275,11 +303,10 @@ class BatchLoader:
 
     def micro_batch(self, rows: list[dict[str, Any]], number: int) -> dict[str, np.ndarray]:
         rngs = [np.random.default_rng([self.seed, number, i]) for i in range(len(rows))]
-        prepared = list(
-            self.pool.map(lambda row, rng: prepare_example(row, self.columns, self.options, rng), rows, rngs)
-        )
+        prepared = list(self.pool.map(self.prepare, rows, rngs))
         batch = {key: np.stack([e[key] for e in prepared]) for key in prepared[0] if key != "caption"}
-        batch["input_ids"] = self.tokenize([e["caption"] for e in prepared])
+        if "caption" in prepared[0]:
+            batch["input_ids"] = self.tokenize([e["caption"] for e in prepared])
         return batch
 
     def __iter__(self) -> Iterator[tuple[dict[str, np.ndarray], dict[str, int]]]:

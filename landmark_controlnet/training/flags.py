@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 
@@ -81,6 +82,18 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         default=0.05,
         help="with --inpainting: dilate each mask by a random 0..this x resolution pixels",
     )
+    data.add_argument(
+        "--cache_latents",
+        action="store_true",
+        help="compute each row's VAE latents (and mirrored ones with --random_flip) and each caption's "
+        "text embedding once, stored beside the dataset; steps then skip both encoders",
+    )
+    data.add_argument(
+        "--latent_cache_dir",
+        default=None,
+        help="where --cache_latents stores them (default: <dataset folder>/.latent_cache, or "
+        "~/.cache/landmark-controlnet/latents for a Hub dataset)",
+    )
     data.add_argument("--dataloader_num_workers", type=int, default=4, help="decoding threads per host")
 
     optim = parser.add_argument_group("optimisation")
@@ -147,6 +160,10 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
         parser.error("--validation_prompt and --validation_image go together")
     if args.inpainting and args.validation_image:
         parser.error("--inpainting validates on the first row of the data (photo, mask and depth together)")
+    if args.cache_latents and args.streaming:
+        parser.error("--cache_latents needs a map-style dataset: drop --streaming (rows are cached by index)")
+    if args.cache_latents and args.inpainting:
+        parser.error("--cache_latents does not apply to --inpainting: its masks are re-dilated every step")
     if not 0 <= args.mask_dilation < 1:
         parser.error("--mask_dilation is a fraction of --resolution, in [0, 1)")
     if args.resolution % 64:
@@ -156,7 +173,11 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = parse_args(argv, prog)
+    log = start_logging()
+    started = time.perf_counter()
     from landmark_controlnet.training.loop import NonFiniteLoss, train
+
+    log.info("imports: %.1f s", time.perf_counter() - started)
 
     try:
         output = train(args)
@@ -165,3 +186,15 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         return 3
     print(f"ControlNet written to {output}")
     return 0
+
+
+def start_logging() -> logging.Logger:
+    """The trainer's own messages (start-up times, the cache, resumes) on stderr; libraries keep theirs."""
+    log = logging.getLogger("train_flax_controlnet")
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+    return log

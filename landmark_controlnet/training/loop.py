@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from landmark_controlnet.diffusion.pipeline import StableDiffusion, tokenize
 from . import data as input_data
 from .checkpoints import Checkpoints, resolve_resume
 from .export import push_to_hub, save_controlnet, write_model_card
+from .latent_cache import Encoders, LatentCache, build_latent_cache, default_cache_root
 from .logs import RunLog
 from .models import (
     Graphs,
@@ -103,8 +105,10 @@ def train(args: argparse.Namespace) -> Path:
 def build_run(args: argparse.Namespace) -> Run:
     output_dir = Path(args.output_dir)
     dtype = DTYPES[args.mixed_precision]
+    phases = Phases()
     sd = load_base_model(args.pretrained_model_name_or_path, args.revision, dtype)
     check_unet_channels(args, sd)
+    phases.mark("base model")
     options = controlnet_options(dtype)
     if args.controlnet_model_name_or_path:
         controlnet = load_controlnet(args.controlnet_model_name_or_path, args.controlnet_revision, options)
@@ -112,8 +116,10 @@ def build_run(args: argparse.Namespace) -> Run:
         controlnet = controlnet_from_unet(sd.unet, args.seed, options)
     graphs, frozen_weights, params = split_models(sd, controlnet)
     del controlnet  # its weights live in the train state from here on
+    phases.mark("ControlNet")
 
     dataset, rows = open_rows(args)
+    phases.mark("dataset")
     max_steps = total_steps(args, rows)
     learning_rate = args.learning_rate
     if args.scale_lr:
@@ -130,11 +136,18 @@ def build_run(args: argparse.Namespace) -> Run:
     state = shardings.replicate(init_state(params, optimizer, args.seed))
     frozen = shardings.replicate({**frozen_weights, "noise_schedule": sd.noise_schedule})
     train_step = make_train_step(graphs, optimizer, schedule, LossConfig(dtype, args.snr_gamma), shardings)
+    phases.mark("weights to devices")
 
+    cache = None
+    if args.cache_latents:
+        encoders = Encoders(graphs, frozen_weights["vae"], frozen_weights["text_encoder"], dtype)
+        cache = latent_cache(args, sd, rows, encoders)
+        phases.mark("latent cache")
     checkpoints = Checkpoints(output_dir / "checkpoints", args.checkpoints_total_limit)
     state, position = restore(args, checkpoints, state)
     start_step = int(host_copy(state.step))
-    batches = input_batches(args, sd, rows, start_step, position, shardings)
+    batches = input_batches(args, sd, rows, start_step, position, shardings, cache)
+    phases.mark("checkpoints")
 
     is_main = jax.process_index() == 0
     validation = validation_set(args, dataset) if is_main and args.validation_steps else None
@@ -147,10 +160,27 @@ def build_run(args: argparse.Namespace) -> Run:
         run_log = RunLog(
             output_dir / "logs", args.report_to, config, args.tracker_project_name, args.wandb_entity
         )
+    phases.mark("validation and logs")
+    log.info("start-up: %s", phases)
     return Run(
         args, graphs, state, frozen, train_step, batches, max_steps, start_step,
         checkpoints, validator, validation, run_log,
     )  # fmt: skip
+
+
+class Phases:
+    """The wall time of each start-up phase, logged once: where a slow start goes."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def mark(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name], self._last = now - self._last, now
+
+    def __str__(self) -> str:
+        return ", ".join(f"{name} {seconds:.1f} s" for name, seconds in self.seconds.items())
 
 
 def check_unet_channels(args: argparse.Namespace, sd: StableDiffusion) -> None:
@@ -225,7 +255,34 @@ def restore(args: argparse.Namespace, checkpoints: Checkpoints, state: TrainStat
     return state, position
 
 
-def input_batches(args, sd, rows, start_step: int, position: dict | None, shardings: Shardings):
+def latent_cache(args: argparse.Namespace, sd: StableDiffusion, rows: Any, encoders: Encoders) -> LatentCache:
+    """Fill (or reuse) the cache, then stop reading the photos: the loader no longer needs them."""
+    root = Path(args.latent_cache_dir) if args.latent_cache_dir else default_cache_root(args.dataset_name)
+    cache = build_latent_cache(
+        rows.dataset,
+        _columns(args),
+        example_options(args),
+        encoders,
+        lambda captions: tokenize(sd.tokenizer, captions),
+        root,
+        args.dataloader_num_workers,
+    )
+    rows.dataset = rows.dataset.remove_columns(args.image_column)
+    return cache
+
+
+def example_options(args: argparse.Namespace) -> input_data.ExampleOptions:
+    return input_data.ExampleOptions(
+        args.resolution,
+        args.random_flip,
+        args.proportion_empty_prompts,
+        args.mask_dilation if args.inpainting else 0.0,
+    )
+
+
+def input_batches(
+    args, sd, rows, start_step: int, position: dict | None, shardings: Shardings, cache: LatentCache | None
+):
     accumulation = args.gradient_accumulation_steps
     if args.streaming:
         epoch, rows_in_epoch = (position or {}).get("hosts", [[0, 0]] * jax.process_count())[
@@ -234,16 +291,11 @@ def input_batches(args, sd, rows, start_step: int, position: dict | None, shardi
         row_batches = rows.batches(epoch, rows_in_epoch)
     else:
         row_batches = rows.batches(start_step * accumulation)
-    options = input_data.ExampleOptions(
-        args.resolution,
-        args.random_flip,
-        args.proportion_empty_prompts,
-        args.mask_dilation if args.inpainting else 0.0,
-    )
+    columns, options = _columns(args), example_options(args)
+    make_example = cache.example if cache else input_data.prepare_example
     loader = input_data.BatchLoader(
         row_batches,
-        _columns(args),
-        options,
+        lambda row, rng: make_example(row, columns, options, rng),
         lambda captions: tokenize(sd.tokenizer, captions),
         accumulation,
         args.seed,
@@ -281,7 +333,14 @@ def run_loop(run: Run) -> float | None:
     for step in range(run.start_step + 1, run.max_steps + 1):
         profiler.step(step - run.start_step)
         batch, position = next(run.batches)
+        started = time.perf_counter()
         run.state, metrics = run.train_step(run.state, run.frozen, batch)
+        if step == run.start_step + 1:
+            jax.block_until_ready(metrics)
+            log.info(
+                "first step (compiling it, or reading the compilation cache): %.1f s",
+                time.perf_counter() - started,
+            )
         if previous:  # checked one step late, so the host never waits for the step in flight
             last_loss = check_finite(run, *previous)
         previous = (step, metrics)

@@ -20,6 +20,7 @@ from jax.sharding import PartitionSpec as P
 
 from landmark_controlnet.diffusion import NoiseSchedule, encode_prompt
 from landmark_controlnet.diffusion.pipeline import controlnet_prediction, inpainting_channels
+from landmark_controlnet.diffusion.vae import DiagonalGaussian
 
 from .models import Graphs
 
@@ -112,18 +113,23 @@ def diffusion_loss(
     """The ControlNet training loss of the diffusers example: noise (or v) MSE, optional min-SNR.
 
     `frozen` holds the text encoder's, VAE's and UNet's weights and the `noise_schedule`; `batch`
-    NHWC pixels in [-1, 1], conditioning in [0, 1], token ids, and for inpainting the mask."""
+    NHWC pixels in [-1, 1], conditioning in [0, 1], token ids, and for inpainting the mask. With
+    --cache_latents it holds the VAE posterior's `latent_moments` and the `text_embeddings`
+    instead of pixels and token ids: the same loss, without running either encoder."""
     text_encoder, vae, unet, controlnet = graphs.merge(frozen, params)
     schedule: NoiseSchedule = frozen["noise_schedule"]
     sample_rng, noise_rng, time_rng = jax.random.split(rng, 3)
-    pixels = batch["pixel_values"].astype(config.dtype)
-    latents = vae.to_latents(vae.encode(pixels), sample_rng).astype(jnp.float32)
+    latents = vae.to_latents(_posterior(vae, batch, config.dtype), sample_rng).astype(jnp.float32)
     noise = jax.random.normal(noise_rng, latents.shape)
     timesteps = schedule.sample_timesteps(time_rng, latents.shape[0])
     noisy = schedule.add_noise(latents, noise, timesteps).astype(config.dtype)
-    text = encode_prompt(text_encoder, batch["input_ids"])
+    if "text_embeddings" in batch:
+        text = batch["text_embeddings"].astype(config.dtype)
+    else:
+        text = encode_prompt(text_encoder, batch["input_ids"])
     extra = None
     if "mask" in batch:  # an inpainting UNet also sees the mask and the masked photo's latents
+        pixels = batch["pixel_values"].astype(config.dtype)
         extra = inpainting_channels(vae, batch["mask"], pixels, latents.shape[1:3])
     conditioning = batch["conditioning_pixel_values"].astype(config.dtype)
     prediction = controlnet_prediction(
@@ -134,6 +140,12 @@ def diffusion_loss(
     if config.snr_gamma:
         per_example = per_example * _min_snr_weight(schedule, timesteps, config.snr_gamma)
     return per_example.mean()
+
+
+def _posterior(vae: Any, batch: dict[str, jax.Array], dtype: Any) -> DiagonalGaussian:
+    if "latent_moments" in batch:  # cast as the encoder's own output is: the same sample follows
+        return DiagonalGaussian.from_moments(batch["latent_moments"].astype(dtype))
+    return vae.encode(batch["pixel_values"].astype(dtype))
 
 
 def _min_snr_weight(schedule: NoiseSchedule, timesteps: jax.Array, gamma: float) -> jax.Array:
@@ -155,7 +167,7 @@ def make_train_step(
 
     def step(state: TrainState, frozen: dict[str, Any], batch: dict[str, jax.Array]):
         rng = jax.random.fold_in(state.rng, state.step)  # a function of the step: exact resume
-        accumulation = batch["input_ids"].shape[0]
+        accumulation = batch["conditioning_pixel_values"].shape[0]
 
         def micro_step(carry, inputs):
             loss_sum, grad_sum = carry

@@ -1,0 +1,258 @@
+"""--cache_latents: each row's VAE posterior and each caption's text embedding, computed once.
+
+Later steps read them instead of running the VAE encoder and the text encoder; the step's loss is
+the same (it samples the cached posterior with the same key). What is stored:
+- `moments.npy`: (rows, variants, h, w, 2 x latent channels) float32, the posterior's mean and
+  log-variance of the framed photo; variant 1 is the mirrored photo (with --random_flip);
+- `text.npy`: (captions, tokens, hidden) float32, one per distinct caption, the empty prompt first;
+- `caption_index.npy`: each row's caption in `text.npy`.
+
+The folder is named by a hash of everything the values depend on (the dataset's rows, the VAE's
+and text encoder's weights, the resolution, the variants), so a changed input never reads stale
+values. Arrays are filled chunk by chunk, and a chunk counts as done only after its values are
+flushed: a killed pre-pass resumes at the first chunk not done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm import tqdm
+
+from landmark_controlnet.diffusion import encode_prompt
+
+from . import data as input_data
+
+log = logging.getLogger("train_flax_controlnet")
+CACHE_HOME = Path("~/.cache/landmark-controlnet/latents")
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    """What the cached values depend on."""
+
+    dataset: str  # a hash of the rows' captions, their count and the data files
+    encoders: str  # a hash of the VAE's and text encoder's weights (and so their dtype)
+    resolution: int
+    variants: int  # 1, or 2 with --random_flip
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def default_cache_root(dataset_name: str) -> Path:
+    """Beside a local dataset (a hidden folder: never published), else under ~/.cache."""
+    path = Path(dataset_name)
+    if path.is_dir():
+        return path / ".latent_cache"
+    return CACHE_HOME.expanduser() / re.sub(r"[^A-Za-z0-9._-]+", "--", dataset_name)
+
+
+def weights_digest(*trees: Any) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for tree in trees:
+        for path, leaf in sorted(jax.tree_util.tree_leaves_with_path(tree), key=lambda item: str(item[0])):
+            value = np.asarray(leaf)
+            digest.update(f"{jax.tree_util.keystr(path)}{value.dtype}{value.shape}".encode())
+            digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+def dataset_digest(dataset: Any, captions: list[str]) -> str:
+    files = sorted(
+        (Path(f["filename"]).name, Path(f["filename"]).stat().st_size) for f in dataset.cache_files
+    )
+    digest = hashlib.blake2b(json.dumps([len(dataset), files]).encode(), digest_size=16)
+    for caption in captions:
+        digest.update(caption.encode() + b"\0")
+    return digest.hexdigest()
+
+
+class ChunkedArray:
+    """A .npy file filled in chunks of its first axis, with a flag per chunk once it is on disk."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...], chunk: int):
+        self.path, self.chunk = path, chunk
+        self.flags_path = path.with_suffix(".done.npy")
+        chunks = -(-shape[0] // chunk)
+        if self.path.exists() and self.flags_path.exists():
+            self.values = np.load(path, mmap_mode="r+")
+            self.done = np.load(self.flags_path, mmap_mode="r+")
+            if self.values.shape == shape and self.done.shape == (chunks,):
+                return
+        self.values = np.lib.format.open_memmap(path, "w+", np.float32, shape)
+        self.done = np.lib.format.open_memmap(self.flags_path, "w+", np.bool_, (chunks,))
+
+    def missing(self) -> list[int]:
+        return [int(c) for c in np.flatnonzero(~self.done)]
+
+    def rows(self, chunk: int) -> range:
+        return range(chunk * self.chunk, min((chunk + 1) * self.chunk, self.values.shape[0]))
+
+    def write(self, chunk: int, values: np.ndarray) -> None:
+        self.values[self.rows(chunk).start : self.rows(chunk).stop] = values
+        self.values.flush()
+        self.done[chunk] = True
+        self.done.flush()
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.done.all())
+
+
+class LatentCache:
+    """The cached values of one dataset under one key; `example` is the loader's `prepare`."""
+
+    def __init__(self, directory: Path, moments: np.ndarray, text: np.ndarray, caption_index: np.ndarray):
+        self.directory = directory
+        self.moments = moments
+        self.text = text
+        self.caption_index = caption_index
+
+    def example(
+        self, row: dict[str, Any], columns: input_data.Columns, options: input_data.ExampleOptions, rng
+    ) -> dict[str, Any]:
+        """What `prepare_example` gives for this row and generator, with the encoders' outputs
+        in place of the photo and the caption."""
+        flip, empty = input_data.example_draws(options, rng)
+        index = row[input_data.ROW_INDEX]
+        return {
+            "latent_moments": np.array(self.moments[index, int(flip)]),
+            "conditioning_pixel_values": input_data.prepare_conditioning(
+                row, columns, options.resolution, flip
+            ),
+            "text_embeddings": np.array(self.text[0 if empty else self.caption_index[index]]),
+        }
+
+
+@dataclass
+class Encoders:
+    """The frozen VAE and text encoder as pure functions of their weights, run data-parallel
+    over this host's devices (each host fills its own cache)."""
+
+    graphs: Any
+    vae_weights: Any
+    text_weights: Any
+    dtype: Any
+    per_device: int = 8  # rows (or captions) per device in one batch: the unit a resume skips by
+
+    def __post_init__(self) -> None:
+        self.mesh = Mesh(np.array(jax.local_devices()), ("data",))
+        replicated = NamedSharding(self.mesh, P())
+        self.split = NamedSharding(self.mesh, P("data"))
+        self.vae_weights = jax.device_put(self.vae_weights, replicated)
+        self.text_weights = jax.device_put(self.text_weights, replicated)
+        graphs, dtype = self.graphs, self.dtype
+
+        def moments(weights: Any, pixels: jax.Array) -> jax.Array:
+            posterior = nnx.merge(graphs.vae, weights).encode(pixels.astype(dtype))
+            return jnp.concatenate([posterior.mean, posterior.logvar], axis=-1).astype(jnp.float32)
+
+        def text(weights: Any, input_ids: jax.Array) -> jax.Array:
+            return encode_prompt(nnx.merge(graphs.text_encoder, weights), input_ids).astype(jnp.float32)
+
+        self._moments, self._text = jax.jit(moments), jax.jit(text)
+
+    @property
+    def batch(self) -> int:
+        return self.per_device * len(self.mesh.devices)
+
+    def moments(self, pixels: np.ndarray) -> np.ndarray:
+        return self._run(self._moments, self.vae_weights, pixels)
+
+    def text(self, input_ids: np.ndarray) -> np.ndarray:
+        return self._run(self._text, self.text_weights, input_ids)
+
+    def _run(self, function: Callable, weights: Any, inputs: np.ndarray) -> np.ndarray:
+        outputs = []
+        for start in range(0, len(inputs), self.batch):
+            part = inputs[start : start + self.batch]  # a short part is padded: one compiled shape
+            padded = np.concatenate([part, np.repeat(part[-1:], self.batch - len(part), axis=0)])
+            outputs.append(np.asarray(function(weights, jax.device_put(padded, self.split)))[: len(part)])
+        return np.concatenate(outputs)
+
+
+def build_latent_cache(
+    dataset: Any,
+    columns: input_data.Columns,
+    options: input_data.ExampleOptions,
+    encoders: Encoders,
+    tokenize: Callable[[list[str]], np.ndarray],
+    root: Path,
+    threads: int = 4,
+) -> LatentCache:
+    """Fill (or finish) the cache of `dataset` (raw: images as bytes) under `root`."""
+    captions = [input_data.caption_text(c) for c in dataset[columns.caption]]
+    distinct = [""] + sorted(set(captions) - {""})
+    variants = 2 if options.random_flip else 1
+    key = CacheKey(
+        dataset_digest(dataset, captions),
+        weights_digest(encoders.vae_weights, encoders.text_weights),
+        options.resolution,
+        variants,
+    )
+    directory = root / key.digest
+    if jax.process_count() > 1:  # hosts need not share a disk: each fills and reads its own
+        directory = directory / f"host-{jax.process_index()}"
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "key.json").write_text(json.dumps(asdict(key), indent=1))
+    caption_index = _caption_index(captions, distinct)
+    np.save(directory / "caption_index.npy", caption_index)
+
+    text = ChunkedArray(
+        directory / "text.npy", _text_shape(encoders, tokenize, len(distinct)), encoders.batch
+    )
+    for chunk in _progress(text, "caching text embeddings"):
+        text.write(chunk, encoders.text(tokenize([distinct[i] for i in text.rows(chunk)])))
+
+    first = encoders.moments(np.zeros((1, options.resolution, options.resolution, 3), np.float32))
+    shape = (len(dataset), variants, *first.shape[1:])
+    moments = ChunkedArray(directory / "moments.npy", shape, encoders.batch)
+    with ThreadPoolExecutor(threads, thread_name_prefix="cache-decode") as pool:
+        for chunk in _progress(moments, "caching latents"):
+            span = moments.rows(chunk)
+            rows = input_data.rows_of(dataset[span.start : span.stop])
+            pixels = list(pool.map(lambda row: _photo_variants(row, columns, options, variants), rows))
+            values = encoders.moments(np.concatenate(pixels))
+            moments.write(chunk, values.reshape(len(rows), variants, *values.shape[1:]))
+    log.info("latent cache: %s", directory)
+    return LatentCache(
+        directory, np.load(moments.path, mmap_mode="r"), np.load(text.path, mmap_mode="r"), caption_index
+    )
+
+
+def _caption_index(captions: list[str], distinct: list[str]) -> np.ndarray:
+    position = {caption: i for i, caption in enumerate(distinct)}
+    return np.array([position[c] for c in captions], np.int32)
+
+
+def _text_shape(encoders: Encoders, tokenize: Callable, count: int) -> tuple[int, ...]:
+    return (count, *encoders.text(tokenize([""])).shape[1:])
+
+
+def _photo_variants(
+    row: dict[str, Any], columns: input_data.Columns, options: input_data.ExampleOptions, variants: int
+) -> np.ndarray:
+    photo = input_data.decode(row[columns.image], input_data.row_name(row))
+    return np.stack([input_data.photo_values(photo, options.resolution, bool(v)) for v in range(variants)])
+
+
+def _progress(array: ChunkedArray, description: str) -> Iterator[int]:
+    missing = array.missing()
+    disabled = not missing or jax.process_index() != 0
+    yield from tqdm(missing, desc=description, unit="chunk", disable=disabled)
