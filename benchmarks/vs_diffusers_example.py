@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -42,7 +43,9 @@ COMMON = [
     "--checkpointing_steps", "1000000", "--logging_steps", "1000000", "--seed", "0",
     "--caption_column", "caption", "--dataloader_num_workers", "2",
 ]  # fmt: skip
-OURS = ["--validation_steps", "0", "--checkpointing_steps", "0"]
+# Cold compiles on both sides: ours would otherwise read the 10-step run's compiled step at 60.
+OURS = ["--validation_steps", "0", "--checkpointing_steps", "0", "--compilation_cache_dir", "none"]
+STARTUP_LINES = r"\d\d:\d\d:\d\d (imports|start-up|first step)"
 EXAMPLE_ONLY = ["--report_to", "tensorboard"]  # its default, wandb, is not installed
 # Both scripts run in the reference environment, with argv[1] our torchvision import guard's file
 # (not the package, which needs cv2): the PyPI torchvision does not import beside a CPU torch there.
@@ -94,7 +97,8 @@ def stack(python: Path | str) -> dict[str, str]:
     return dict(zip(("jax", "flax", "numpy"), versions, strict=True))
 
 
-def wall_time(command: list[str], devices: int) -> float:
+def wall_time(command: list[str], devices: int) -> tuple[float, str]:
+    """(seconds, stderr) of one run."""
     env = {
         **os.environ,
         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
@@ -106,7 +110,7 @@ def wall_time(command: list[str], devices: int) -> float:
     elapsed = time.perf_counter() - start
     if result.returncode:
         raise SystemExit(f"{command[:4]} failed:\n{result.stderr[-4000:]}")
-    return elapsed
+    return elapsed, result.stderr
 
 
 def commands(
@@ -147,7 +151,9 @@ def main() -> None:
     walls: dict[str, dict[int, float]] = {"ours": {}, "diffusers_example": {}}
     for steps in (options.short, options.long):  # alternate, so drift on a shared machine hits both
         for name, command in commands(options.example, reference, model, dataset, work, steps).items():
-            walls[name][steps] = wall_time(command, options.devices)
+            walls[name][steps], stderr = wall_time(command, options.devices)
+            if name == "ours":  # the trainer's own account of where its start-up went
+                start_up = [line for line in stderr.splitlines() if re.search(STARTUP_LINES, line)]
     extra = options.long - options.short
     results = {
         name: {
@@ -167,6 +173,7 @@ def main() -> None:
         f"wall_ratio_{options.long}_steps_ours_over_example": round(
             ours[f"wall_s_{options.long}_steps"] / theirs[f"wall_s_{options.long}_steps"], 3
         ),
+        f"ours_start_up_{options.long}_steps": [line.split(" ", 1)[1] for line in start_up],
     }
     print(json.dumps(report, indent=1))
 

@@ -99,6 +99,8 @@ def test_training_writes_diffusers_layout_logs_checkpoints_and_validation(main_r
     assert f"base_model: {BASE_REPO}" in card
     assert "jax-diffusers-event" in card and "controlnet" in card and "validation/step-000004.png" in card
     assert any(workspace["cache"].iterdir()), "--compilation_cache_dir wrote no cache entries"
+    start_up = re.search(r"start-up: base model [\d.]+ s, ControlNet [\d.]+ s, dataset .*", result.stderr)
+    assert start_up and "imports: " in result.stderr and "first step" in result.stderr, result.stderr[-2000:]
 
 
 def test_push_to_hub_uploads_the_model_without_checkpoints(main_run):

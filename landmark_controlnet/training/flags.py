@@ -12,6 +12,7 @@ import sys
 import time
 
 SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
+DEFAULT_COMPILATION_CACHE = "~/.cache/landmark-controlnet/jax-compilation"
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -133,7 +134,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     runs.add_argument("--profile_validation", action="store_true", help="accepted for compatibility")
     runs.add_argument("--profile_memory", action="store_true", help="save a device memory profile at the end")
     runs.add_argument(
-        "--compilation_cache_dir", "--ccache", default=None, help="JAX's persistent compilation cache"
+        "--compilation_cache_dir",
+        "--ccache",
+        default=DEFAULT_COMPILATION_CACHE,
+        help="JAX's persistent compilation cache: a re-run or a resume reads its compiled step instead "
+        "of compiling again ('none' turns it off)",
     )
 
     hosts = parser.add_argument_group("multi-host (TPU pods: --multihost; elsewhere the three below)")

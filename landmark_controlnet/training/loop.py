@@ -53,8 +53,8 @@ class NonFiniteLoss(RuntimeError):
 
 def setup_runtime(args: argparse.Namespace) -> None:
     """Before the first compilation: persistent compilation cache and multi-host start-up."""
-    if args.compilation_cache_dir:
-        jax.config.update("jax_compilation_cache_dir", str(args.compilation_cache_dir))
+    if args.compilation_cache_dir and args.compilation_cache_dir.lower() != "none":
+        jax.config.update("jax_compilation_cache_dir", str(Path(args.compilation_cache_dir).expanduser()))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     if args.coordinator_address or args.multihost:
