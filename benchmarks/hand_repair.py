@@ -38,7 +38,7 @@ from landmark_controlnet.training.models import (  # noqa: E402
 from landmark_controlnet.training.step import (  # noqa: E402
     LossConfig,
     Shardings,
-    init_state,
+    init_state_on_devices,
     learning_rate_schedule,
     make_optimizer,
     make_train_step,
@@ -54,7 +54,7 @@ def steps_per_second(model: str, resolution: int, steps: int, inpainting: bool) 
     schedule = learning_rate_schedule("constant", 1e-4, 0, steps)
     optimizer = make_optimizer(schedule)
     shardings = Shardings.over_all_devices()
-    state = shardings.replicate(init_state(params, optimizer, 0))
+    state = init_state_on_devices(params, optimizer, 0, shardings)
     frozen = shardings.replicate({**frozen, "noise_schedule": sd.noise_schedule})
     step = make_train_step(graphs, optimizer, schedule, LossConfig(), shardings)
     rows = jax.device_count()

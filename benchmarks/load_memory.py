@@ -87,13 +87,9 @@ RUNTIME_BYTES = int(1.5 * GB)
 # -- the checkpoint ------------------------------------------------------------------------------------
 
 
-def build_unet(config: UNetConfig) -> UNet2DConditionModel:
-    return UNet2DConditionModel(config, rngs=nnx.Rngs(0))
-
-
 def checkpoint_layout(config: UNetConfig) -> tuple[dict[str, tuple[int, ...]], int]:
     """PyTorch key -> PyTorch shape of every parameter (from the abstract model), and the parameter bytes."""
-    abstract = nnx.eval_shape(lambda: build_unet(config))
+    abstract = UNet2DConditionModel.abstract(config)
     layout, param_bytes = {}, 0
     for path, variable in weights.parameter_paths(abstract):
         shape = variable.get_raw_value().shape
@@ -160,7 +156,7 @@ def load_streaming(folder: Path, variant: str | None) -> tuple[nnx.Module, None]
 def load_naive(folder: Path, variant: str | None) -> tuple[nnx.Module, dict[str, np.ndarray]]:
     tensors = load_file(folder / (FP16_FILE if variant else WEIGHTS_FILE))
     config = UNetConfig.from_json_file(folder / "config.json")
-    model = weights.load_module(lambda: build_unet(config), weights.DictTensorSource(tensors))
+    model = weights.load_module(UNet2DConditionModel.abstract(config), weights.DictTensorSource(tensors))
     return model, tensors
 
 

@@ -41,12 +41,8 @@ class SafetensorsFiles:
         return ", ".join(str(f) for f in self.files)
 
 
-def load_ours(cls, config, folder: Path, weights_file: str = "diffusion_pytorch_model.safetensors", **kwargs):
-    from flax import nnx
-
-    return load_module(
-        lambda: cls(config, rngs=nnx.Rngs(0), **kwargs), SafetensorsFiles(folder / weights_file)
-    )
+def load_ours(cls, config, folder: Path, weights_file: str = "diffusion_pytorch_model.safetensors"):
+    return load_module(cls.abstract(config), SafetensorsFiles(folder / weights_file))
 
 
 def nchw(x) -> np.ndarray:

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from flax import nnx
 
 from landmark_controlnet.diffusion import weights
 from landmark_controlnet.diffusion.clip import (
@@ -81,7 +80,7 @@ def load_ours(cls, directory: Path, source=None):
     if source is None:
         return from_pretrained(cls, directory)
     config = cls.config_class.from_json_file(directory / "config.json")
-    return weights.load_module(lambda: cls(config, rngs=nnx.Rngs(0)), source, cls.ignore_unexpected)
+    return weights.load_module(cls.abstract(config), source, cls.ignore_unexpected)
 
 
 def torch_outputs(model, input_ids: np.ndarray, attention_mask: np.ndarray | None = None):
@@ -206,6 +205,5 @@ def test_missing_key_names_it(sdxl):
         config = ours_2.config
         with pytest.raises(WeightsError, match=re.escape(key)):
             weights.load_module(
-                lambda config=config: CLIPTextModelWithProjection(config, rngs=nnx.Rngs(0)),
-                weights.DictTensorSource(partial),
+                CLIPTextModelWithProjection.abstract(config), weights.DictTensorSource(partial)
             )

@@ -119,7 +119,7 @@ def load_native(
     if stored_class != cls.config_class.class_name:
         raise ExportError(f"{folder} holds a {stored_class}, not a {cls.config_class.class_name}")
     config = cls.config_class.from_json_file(config_path)
-    graphdef, params = nnx.split(nnx.eval_shape(lambda: cls(config, options, rngs=nnx.Rngs(0))), nnx.Param)
+    graphdef, params = nnx.split(cls.abstract(config, options), nnx.Param)
     with ocp.StandardCheckpointer() as checkpointer:
         restored = checkpointer.restore(params_path, nnx.to_pure_dict(params))
     nnx.replace_by_pure_dict(params, restored)

@@ -30,7 +30,6 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import ml_dtypes  # noqa: F401  registers bfloat16 with numpy, so safe_open(framework="numpy") reads BF16
 import numpy as np
-from flax import nnx
 from safetensors import SafetensorError, safe_open
 
 from conditioners.errors import UserError
@@ -447,7 +446,7 @@ def from_pretrained(
     config = cls.config_class.from_json_file(config_path)
     source = weights_source(folder, cls, variant, allow_pickle)
     try:
-        return load_module(lambda: cls(config, options, rngs=nnx.Rngs(0)), source, cls.ignore_unexpected)
+        return load_module(cls.abstract(config, options), source, cls.ignore_unexpected)
     finally:
         if isinstance(source, SafetensorsSource):
             source.close()

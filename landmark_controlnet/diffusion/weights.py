@@ -84,17 +84,17 @@ def parameter_paths(model: nnx.Module) -> list[tuple[Path, nnx.Variable]]:
 
 
 def load_module(
-    build: Callable[[], ModuleT],
+    abstract: ModuleT,
     source: TensorSource,
     ignore_unexpected: Callable[[str], bool] = lambda key: False,
 ) -> ModuleT:
-    """Build a module from `build` (abstractly) and fill every parameter from `source`.
+    """Fill every parameter of an `abstract` module (`Cls.abstract(config)`) from `source`.
 
     A key the module needs and the source lacks, a shape that differs, or a source key the module does
     not use (unless `ignore_unexpected` says it is harmless, like CLIP's position_ids buffer) raises
     WeightsError naming the source and the key.
     """
-    graphdef, state = nnx.split(nnx.eval_shape(build))
+    graphdef, state = nnx.split(abstract)
     available = set(source.keys())
     filled = []
     for path, variable in nnx.to_flat_state(state):

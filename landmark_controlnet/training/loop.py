@@ -36,7 +36,7 @@ from .step import (
     LossConfig,
     Shardings,
     TrainState,
-    init_state,
+    init_state_on_devices,
     learning_rate_schedule,
     make_optimizer,
     make_train_step,
@@ -133,7 +133,7 @@ def build_run(args: argparse.Namespace) -> Run:
         args.max_grad_norm,
     )
     shardings = Shardings.over_all_devices()
-    state = shardings.replicate(init_state(params, optimizer, args.seed))
+    state = init_state_on_devices(params, optimizer, args.seed, shardings)
     frozen = shardings.replicate({**frozen_weights, "noise_schedule": sd.noise_schedule})
     train_step = make_train_step(graphs, optimizer, schedule, LossConfig(dtype, args.snr_gamma), shardings)
     phases.mark("weights to devices")

@@ -10,12 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from landmark_controlnet.diffusion import ControlNetConfig, ControlNetModel, ModelOptions, from_pretrained
 from landmark_controlnet.diffusion.pipeline import StableDiffusion, load_stable_diffusion
+from landmark_controlnet.diffusion.pretrained import InitKeys
 
 # The UNet parts a ControlNet starts from (whatever levels the UNet has, not a fixed four).
 COPIED_FROM_UNET = ("conv_in", "time_embedding", "add_embedding", "down_blocks", "mid_block")
@@ -36,20 +38,31 @@ def controlnet_options(dtype: jnp.dtype, remat: bool = False) -> ModelOptions:
 
 
 def controlnet_from_unet(unet: Any, seed: int, options: ModelOptions) -> ControlNetModel:
-    """A ControlNet shaped like `unet`, its encoder copied from the UNet, the rest freshly initialised."""
+    """A ControlNet shaped like `unet`, its encoder copied from the UNet, the rest freshly initialised.
+
+    Only the fresh weights are initialised, in one compiled program: initialising each weight eagerly
+    compiled one program per shape, and most of them would be overwritten by the UNet's anyway."""
     # An inpainting UNet takes 9 channels; its ControlNet sees the 4 latent channels only.
     config = ControlNetConfig.from_unet(unet.config, in_channels=LATENT_CHANNELS)
-    controlnet = ControlNetModel(config, options, rngs=nnx.Rngs(seed))
-    state = nnx.state(controlnet, nnx.Param)
-    params = flatten_dict(nnx.to_pure_dict(state))
-    copied = flatten_dict(nnx.to_pure_dict(nnx.state(unet, nnx.Param)))
-    for key, value in params.items():
-        source = copied.get(key)
-        if str(key[0]).startswith(COPIED_FROM_UNET) and source is not None and source.shape == value.shape:
-            params[key] = jnp.asarray(source, value.dtype)
-    nnx.replace_by_pure_dict(state, unflatten_dict(params))
-    nnx.update(controlnet, state)
-    return controlnet
+    graphdef, abstract = nnx.split(ControlNetModel.abstract(config, options))
+    wanted = flatten_dict(nnx.to_pure_dict(abstract))
+    unet_weights = flatten_dict(nnx.to_pure_dict(nnx.state(unet, nnx.Param)))
+    copied = {
+        key: jnp.asarray(unet_weights[key], value.dtype)
+        for key, value in wanted.items()
+        if str(key[0]).startswith(COPIED_FROM_UNET)
+        and key in unet_weights
+        and unet_weights[key].shape == value.shape
+    }
+
+    @jax.jit
+    def fresh() -> dict:  # the whole init traced, the copied weights' part dropped by the compiler
+        built = ControlNetModel(config, options, rngs=InitKeys(seed))
+        weights = flatten_dict(nnx.to_pure_dict(nnx.state(built)))
+        return {key: value for key, value in weights.items() if key not in copied}
+
+    nnx.replace_by_pure_dict(abstract, unflatten_dict({**fresh(), **copied}))
+    return nnx.merge(graphdef, abstract)
 
 
 def load_controlnet(location: str, revision: str | None, options: ModelOptions) -> ControlNetModel:

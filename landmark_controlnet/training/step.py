@@ -102,6 +102,15 @@ def init_state(params: Any, optimizer: optax.GradientTransformation, seed: int) 
     )
 
 
+def init_state_on_devices(
+    params: Any, optimizer: optax.GradientTransformation, seed: int, shardings: Shardings
+) -> TrainState:
+    """`init_state` as one compiled program on the mesh: run eagerly, the optimiser's init compiles
+    one small program per parameter shape."""
+    build = jax.jit(lambda p: init_state(p, optimizer, seed), out_shardings=shardings.replicated)
+    return build(shardings.replicate(params))
+
+
 def diffusion_loss(
     params: Any,
     frozen: dict[str, Any],
@@ -177,9 +186,13 @@ def make_train_step(
             )
             return (loss_sum + loss, jax.tree_util.tree_map(jnp.add, grad_sum, grads)), None
 
-        zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
-        (loss, grads), _ = jax.lax.scan(micro_step, (0.0, zeros), (batch, jnp.arange(accumulation)))
-        loss, grads = loss / accumulation, jax.tree_util.tree_map(lambda g: g / accumulation, grads)
+        if accumulation == 1:  # straight-line code, no loop: XLA compiles it in 2/3 of the time
+            only = jax.tree_util.tree_map(lambda x: x[0], batch)
+            loss, grads = grad_fn(state.params, frozen, only, jax.random.fold_in(rng, 0), graphs, config)
+        else:
+            zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+            (loss, grads), _ = jax.lax.scan(micro_step, (0.0, zeros), (batch, jnp.arange(accumulation)))
+            loss, grads = loss / accumulation, jax.tree_util.tree_map(lambda g: g / accumulation, grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(loss) & jnp.all(
