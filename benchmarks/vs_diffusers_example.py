@@ -45,7 +45,7 @@ COMMON = [
 ]  # fmt: skip
 # Cold compiles on both sides: ours would otherwise read the 10-step run's compiled step at 60.
 OURS = ["--validation_steps", "0", "--checkpointing_steps", "0", "--compilation_cache_dir", "none"]
-STARTUP_LINES = r"\d\d:\d\d:\d\d (imports|start-up|first step)"
+STARTUP_LINES = r"\d\d:\d\d:\d\d ((?:imports|start-up|first step).*)"
 EXAMPLE_ONLY = ["--report_to", "tensorboard"]  # its default, wandb, is not installed
 # Both scripts run in the reference environment, with argv[1] our torchvision import guard's file
 # (not the package, which needs cv2): the PyPI torchvision does not import beside a CPU torch there.
@@ -153,7 +153,7 @@ def main() -> None:
         for name, command in commands(options.example, reference, model, dataset, work, steps).items():
             walls[name][steps], stderr = wall_time(command, options.devices)
             if name == "ours":  # the trainer's own account of where its start-up went
-                start_up = [line for line in stderr.splitlines() if re.search(STARTUP_LINES, line)]
+                start_up = [m.group(1) for m in re.finditer(STARTUP_LINES, stderr)]
     extra = options.long - options.short
     results = {
         name: {
@@ -173,7 +173,7 @@ def main() -> None:
         f"wall_ratio_{options.long}_steps_ours_over_example": round(
             ours[f"wall_s_{options.long}_steps"] / theirs[f"wall_s_{options.long}_steps"], 3
         ),
-        f"ours_start_up_{options.long}_steps": [line.split(" ", 1)[1] for line in start_up],
+        f"ours_start_up_{options.long}_steps": start_up,
     }
     print(json.dumps(report, indent=1))
 
