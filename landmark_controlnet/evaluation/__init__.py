@@ -1,0 +1,1 @@
+"""Control fidelity: does a generated image follow its landmarks? (`landmark-controlnet evaluate`)"""
