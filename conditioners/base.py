@@ -86,6 +86,8 @@ class Conditioner(ABC):
     # The shorter image side below which the detector cannot work (measured per detector); such
     # images are skipped as `image_too_small` before detection.
     min_workable_side: ClassVar[int] = 1
+    # Landmark indices whose error `evaluate` also reports on their own (the pupils, for gaze).
+    focus_points: ClassVar[tuple[int, ...]] = ()
 
     def __init__(
         self,

@@ -86,6 +86,7 @@ class FacePupilsConditioner(MediaPipeConditioner):
     tasks_name = "FaceLandmarker"
     tasks_model = FACE_LANDMARKER
     reverse_channels = True
+    focus_points = tuple(PUPILS)
     default_filters = Filters(min_image_side=384, min_instance_size=64)
     # benchmarks/min_image_size.py: FaceMesh never raised, from 1x1 up (min_image_side=384 is a data filter)
     min_workable_side: ClassVar[int] = 1

@@ -27,6 +27,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--contact-sheet", type=Path, help="also write inputs and results side by side here"
     )
 
+    evaluate = commands.add_parser(
+        "evaluate", help="score whether generated images follow their reference landmarks"
+    )
+    evaluate.add_argument("--generated", type=Path, required=True, help="<stem>.png or <stem>_<k>.png files")
+    evaluate.add_argument(
+        "--reference", type=Path, required=True, help="<stem>.json detections of `condition`"
+    )
+    _add_conditioner_args(evaluate, required=False)
+    evaluate.add_argument("--out", type=Path, required=True, help="summary.json, rows.jsonl and report.png")
+
     draw = commands.add_parser("draw", help="re-draw a stored detection JSON without running the detector")
     draw.add_argument("detection", type=Path, metavar="DETECTION.json")
     _add_conditioner_args(draw, required=False)
@@ -168,6 +178,16 @@ def _run(argv: list[str]) -> int:
         return run_draw(
             args.detection, args.out, args.conditioner, options_dict(args.option), args.size, args.image
         )
+    if args.command == "evaluate":
+        import json
+
+        from .evaluation.scoring import evaluate_folder
+
+        summary = evaluate_folder(
+            args.generated, args.reference, args.out, args.conditioner, options_dict(args.option)
+        )
+        print(json.dumps(summary))
+        return 0
     if args.command == "build":
         return _build(args)
     if args.command == "show":

@@ -91,7 +91,7 @@ def test_an_unreadable_image_is_a_full_miss_and_rows_merge_into_micro_averages()
     good = score_row(detection(ref), detection(ref))
     missing = score_row(detection(ref, hand("right_hand", (500, 100))), None)
     total = good.merge(missing).summary()
-    assert total["rows"] == 2 and total["unreadable"] == 1
+    assert total["rows"] == 2 and total["missed_images"] == 1
     assert total["instance_recall"] == pytest.approx(1 / 3)
     assert total["pck_0.1"] == pytest.approx(21 / 63)
     assert total["mean_error"] == 0.0

@@ -68,7 +68,7 @@ class RowScore:
     """Counts for one generated image; `merge` sums them, so overall figures are micro-averages."""
 
     rows: int = 1
-    unreadable: int = 0
+    missed_images: int = 0  # missing or unreadable: scored as a full miss
     reference_instances: int = 0
     matched_instances: int = 0
     extra_instances: int = 0
@@ -94,7 +94,7 @@ class RowScore:
         """The issue's headline figures; null where a figure has nothing to average."""
         return {
             "rows": self.rows,
-            "unreadable": self.unreadable,
+            "missed_images": self.missed_images,
             "instance_recall": _ratio(self.matched_instances, self.reference_instances),
             **{f"pck_{t}": _ratio(self.correct_points[t], self.reference_points) for t in PCK_THRESHOLDS},
             "mean_error": _ratio(self.error_sum, self.matched_points),
@@ -116,7 +116,7 @@ def score_row(
     found = [] if generated is None else generated.instances
     pairs = match_instances(reference.instances, found)
     score = RowScore(
-        unreadable=int(generated is None),
+        missed_images=int(generated is None),
         reference_instances=len(reference.instances),
         matched_instances=len(pairs),
         extra_instances=len(found) - len(pairs),
