@@ -165,7 +165,7 @@ def evaluate_folder(
         sheet = contact_sheet(
             report_rows(scored, references, detector), REPORT_TILE, f"{name}: worst and best rows"
         )
-        sheet.save(out_dir / "report.png")
+        sheet.save(out_dir / "report.png", compress_level=1)  # mostly photos: zlib's effort buys little
     unreadable = [str(sample.path) for sample, result, _ in scored if sample.path and result is None]
     total = RowScore(rows=0)
     for _, _, score in scored:
