@@ -16,6 +16,7 @@ and scoring_ratio = scoring images/s over full-path images/s (target >= 0.9). Pr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -52,7 +53,8 @@ def seconds(fn) -> float:
 
 def bench(name: str, paths: list[Path], options: dict, rounds: int, samples: int, work: Path) -> dict:
     reference = work / name / "reference"
-    run_condition(name, options, [str(p) for p in paths], reference)
+    with contextlib.redirect_stdout(sys.stderr):
+        run_condition(name, options, [str(p) for p in paths], reference)
     generated = work / name / "generated"
     generated.mkdir()
     for path in paths:
@@ -72,7 +74,8 @@ def bench(name: str, paths: list[Path], options: dict, rounds: int, samples: int
 
         order = [("full_path", full_path), ("scoring", scoring)]
         for mode, fn in order if round_index % 2 == 0 else order[::-1]:
-            times[mode].append(seconds(fn))
+            with contextlib.redirect_stdout(sys.stderr):  # the commands' own JSON lines; ours is last
+                times[mode].append(seconds(fn))
     rates = {mode: len(inputs) / statistics.median(values) for mode, values in times.items()}
     return {
         "images": len(inputs),
