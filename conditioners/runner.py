@@ -25,13 +25,15 @@ def condition_many(
     size: tuple[int, int] | None = None,
     encode_png: bool = True,
     render_skipped: bool = True,
+    render: bool = True,
     load: Loader | None = None,
     prefetch: int = 4,
     io_threads: int = 1,
 ) -> Iterator[Conditioned]:
     """Yield a `Conditioned` per source, in order. Memory is bounded by `prefetch` images.
 
-    `render_skipped=False` draws nothing for skipped images (a build stores none of them)."""
+    `render_skipped=False` draws nothing for skipped images (a build stores none of them);
+    `render=False` draws nothing at all (`evaluate` needs only the detections)."""
     load = load or conditioner.load
 
     def read(source: ImageSource) -> LoadedImage | ImageLoadError:
@@ -62,7 +64,7 @@ def condition_many(
             index, source, future = loads.popleft()
             top_up()
             result = _detect(conditioner, index, source, future.result())
-            drawn = result.ok and (render_skipped or not result.skipped)
+            drawn = render and result.ok and (render_skipped or not result.skipped)
             finished.append(pool.submit(draw, result) if drawn else result)
             while finished and (len(finished) > prefetch or _ready(finished[0])):
                 yield _result(finished.popleft())

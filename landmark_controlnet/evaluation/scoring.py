@@ -90,7 +90,7 @@ def score_samples(
     present = [s for s in samples if s.path is not None]
     results: dict[tuple[str, int], Conditioned] = {}
     progress = tqdm(total=len(present), desc=f"evaluate {conditioner.name}", unit="img")
-    for result in condition_many(conditioner, [s.path for s in present], encode_png=False):
+    for result in condition_many(conditioner, [s.path for s in present], render=False):
         results[present[result.index].stem, present[result.index].sample] = result
         progress.update()
     progress.close()
