@@ -64,3 +64,75 @@ def test_a_v_prediction_model_learns_the_velocity_diffusers_defines(sd2):
     assert loss == pytest.approx(expected, rel=1e-4)
     against_noise = float(np.mean((prediction - np.asarray(noise)) ** 2))
     assert abs(against_noise - expected) > 1e-2 * expected, "the noise target would pass too"
+
+
+# SDXL's shape at toy width: text_time add-embeds over a pooled projection, a transformer depth list.
+TINY_SDXL_UNET = {
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 4,
+    "attention_head_dim": [2, 4],
+    "block_out_channels": [16, 32],
+    "cross_attention_dim": 24,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+    "layers_per_block": 1,
+    "norm_num_groups": 8,
+    "projection_class_embeddings_input_dim": 12 + 6 * 4,
+    "transformer_layers_per_block": [1, 2],
+    "use_linear_projection": True,
+}
+
+
+def perturb(model: nnx.Module, seed: int, scale: float = 0.02) -> None:
+    leaves, tree = jax.tree_util.tree_flatten(nnx.state(model, nnx.Param))
+    key = jax.random.key(seed)
+    noisy = [p + scale * jax.random.normal(jax.random.fold_in(key, i), p.shape) for i, p in enumerate(leaves)]
+    nnx.update(model, jax.tree_util.tree_unflatten(tree, noisy))
+
+
+def test_an_sdxl_step_feeds_the_pooled_text_and_size_ids_to_unet_and_controlnet():
+    from landmark_controlnet.diffusion import (
+        AutoencoderKL,
+        AutoencoderKLConfig,
+        NoiseSchedule,
+        UNet2DConditionModel,
+        UNetConfig,
+    )
+    from landmark_controlnet.diffusion.pretrained import InitKeys
+    from landmark_controlnet.training.models import Graphs
+
+    unet = UNet2DConditionModel(UNetConfig.from_dict(TINY_SDXL_UNET), rngs=InitKeys(0))
+    vae = AutoencoderKL(
+        AutoencoderKLConfig.from_dict({"block_out_channels": [8], "norm_num_groups": 4}), rngs=InitKeys(1)
+    )
+    controlnet = controlnet_from_unet(unet, 0, controlnet_options(jnp.float32))
+    for seed, model in enumerate((unet, controlnet)):  # zero-initialised convolutions would hide any input
+        perturb(model, seed)
+    graphs = {
+        name: nnx.split(model)[0]
+        for name, model in (("vae", vae), ("unet", unet), ("controlnet", controlnet))
+    }
+    frozen = {name: nnx.to_pure_dict(nnx.state(model)) for name, model in (("vae", vae), ("unet", unet))}
+    frozen["noise_schedule"] = NoiseSchedule.from_config({})
+    params = nnx.to_pure_dict(nnx.state(controlnet))
+    rng = np.random.default_rng(0)
+    batch = {  # cached latents and embeddings: the step needs no text encoder
+        "latent_moments": jnp.asarray(rng.standard_normal((2, 8, 8, 8)), jnp.float32),
+        "text_embeddings": jnp.asarray(rng.standard_normal((2, 77, 24)), jnp.float32),
+        "conditioning_pixel_values": jnp.asarray(rng.uniform(0, 1, (2, 64, 64, 3)), jnp.float32),
+        "text_embeds": jnp.asarray(rng.standard_normal((2, 12)), jnp.float32),
+        "time_ids": jnp.asarray([[1024, 768, 0, 0, 64, 64], [64, 64, 0, 0, 64, 64]], jnp.float32),
+    }
+    step_graphs = Graphs(text_encoder=None, **graphs)
+
+    def loss(params, batch):
+        return diffusion_loss(params, frozen, batch, jax.random.PRNGKey(3), step_graphs, LossConfig())
+
+    base = float(loss(params, batch))
+    other_size = {**batch, "time_ids": batch["time_ids"].at[0, :2].set(jnp.asarray([512.0, 512.0]))}
+    assert abs(float(loss(params, other_size)) - base) > 1e-6 * abs(base), (
+        "original_size never reached the step"
+    )
+    grads = jax.grad(loss)(params, batch)
+    # The ControlNet's own add-embedding only gets a gradient if the ControlNet sees the added conditioning.
+    assert float(jnp.abs(grads["add_embedding"]["linear_1"]["kernel"]).max()) > 0

@@ -26,7 +26,7 @@ from .clip import CLIPTextModel, encode_prompt
 from .loading import MissingFileError, from_pretrained, open_folder
 from .options import DEFAULT_OPTIONS, ModelOptions
 from .schedulers import DDIMSampler, NoiseSchedule, sample
-from .unet import UNet2DConditionModel
+from .unet import TextTimeConditioning, UNet2DConditionModel
 from .vae import AutoencoderKL
 
 SCHEDULER_CONFIG = "scheduler_config.json"
@@ -133,17 +133,21 @@ def controlnet_prediction(
     conditioning: jax.Array,
     strength: float | jax.Array = 1.0,
     unet_extra: jax.Array | None = None,
+    added: TextTimeConditioning | None = None,
 ) -> jax.Array:
     """The UNet's output steered by the ControlNet's residuals (scaled by `strength`).
 
     `unet_extra` (inpainting) is concatenated to the UNet's input channels; the ControlNet sees the
-    latents alone."""
-    residuals = controlnet(latents, timesteps, text, conditioning, conditioning_scale=strength)
+    latents alone. `added` is SDXL's pooled text and size conditioning, given to both."""
+    residuals = controlnet(
+        latents, timesteps, text, conditioning, conditioning_scale=strength, added_conditioning=added
+    )
     unet_input = latents if unet_extra is None else jnp.concatenate([latents, unet_extra], axis=-1)
     return unet(
         unet_input,
         timesteps,
         text,
+        added_conditioning=added,
         down_block_additional_residuals=residuals.down_block_residuals,
         mid_block_additional_residual=residuals.mid_block_residual,
     )

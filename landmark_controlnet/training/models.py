@@ -79,9 +79,10 @@ class Graphs:
     controlnet: Any
 
     def merge(self, frozen: dict[str, Any], controlnet_params: Any) -> tuple[Any, Any, Any, Any]:
-        """(text_encoder, vae, unet, controlnet) as modules, inside a traced function."""
+        """(text_encoder, vae, unet, controlnet) as modules, inside a traced function. The text encoder is
+        None when `frozen` has none (steps on cached text embeddings need no encoder)."""
         return (
-            nnx.merge(self.text_encoder, frozen["text_encoder"]),
+            nnx.merge(self.text_encoder, frozen["text_encoder"]) if "text_encoder" in frozen else None,
             nnx.merge(self.vae, frozen["vae"]),
             nnx.merge(self.unet, frozen["unet"]),
             nnx.merge(self.controlnet, controlnet_params),

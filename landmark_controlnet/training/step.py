@@ -18,7 +18,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from landmark_controlnet.diffusion import NoiseSchedule, encode_prompt
+from landmark_controlnet.diffusion import NoiseSchedule, TextTimeConditioning, encode_prompt
 from landmark_controlnet.diffusion.pipeline import controlnet_prediction, inpainting_channels
 from landmark_controlnet.diffusion.vae import DiagonalGaussian
 
@@ -124,7 +124,8 @@ def diffusion_loss(
     `frozen` holds the text encoder's, VAE's and UNet's weights and the `noise_schedule`; `batch`
     NHWC pixels in [-1, 1], conditioning in [0, 1], token ids, and for inpainting the mask. With
     --cache_latents it holds the VAE posterior's `latent_moments` and the `text_embeddings`
-    instead of pixels and token ids: the same loss, without running either encoder."""
+    instead of pixels and token ids: the same loss, without running either encoder. An SDXL batch
+    adds the pooled `text_embeds` and the six `time_ids`."""
     text_encoder, vae, unet, controlnet = graphs.merge(frozen, params)
     schedule: NoiseSchedule = frozen["noise_schedule"]
     sample_rng, noise_rng, time_rng = jax.random.split(rng, 3)
@@ -142,13 +143,20 @@ def diffusion_loss(
         extra = inpainting_channels(vae, batch["mask"], pixels, latents.shape[1:3])
     conditioning = batch["conditioning_pixel_values"].astype(config.dtype)
     prediction = controlnet_prediction(
-        unet, controlnet, noisy, timesteps, text, conditioning, unet_extra=extra
+        unet, controlnet, noisy, timesteps, text, conditioning, unet_extra=extra, added=_added(batch)
     )
     target = schedule.training_target(latents, noise, timesteps)
     per_example = ((prediction.astype(jnp.float32) - target) ** 2).mean(axis=(1, 2, 3))
     if config.snr_gamma:
         per_example = per_example * _min_snr_weight(schedule, timesteps, config.snr_gamma)
     return per_example.mean()
+
+
+def _added(batch: dict[str, jax.Array]) -> TextTimeConditioning | None:
+    """SDXL's pooled text projection and (original size, crop, target size) per row, if the batch has them."""
+    if "text_embeds" not in batch:
+        return None
+    return TextTimeConditioning(batch["text_embeds"], batch["time_ids"])
 
 
 def _posterior(vae: Any, batch: dict[str, jax.Array], dtype: Any) -> DiagonalGaussian:

@@ -1,0 +1,359 @@
+"""The trainer's ControlNet step at the real model sizes: SD 1.5 at 512 px and SDXL at 1024 px.
+
+    .venv/bin/python benchmarks/full_size_step.py [--cases sd15,sd15_cached,sdxl_cached] [--steps 20]
+    .venv/bin/python benchmarks/full_size_step.py --scale 0.125 --cases sdxl_cached   # CPU smoke run
+
+For a GPU or TPU. Each case builds the published configs' models (SD 1.5: stable-diffusion-v1-5's
+UNet, VAE and CLIP ViT-L/14 text tower; SDXL: stable-diffusion-xl-base-1.0's UNet and VAE) with
+random weights made on the devices, so no checkpoint is read, and times `make_train_step`, the
+step `train_flax_controlnet.py` runs: bf16 compute, fp32 ControlNet master weights and AdamW
+moments, the frozen models in bf16. `sd15` is the plain step (VAE encoder and text encoder inside
+it); `*_cached` is the `--cache_latents` step (VAE posteriors and text embeddings precomputed).
+SDXL's step adds the pooled text projection and the six size/crop ids.
+
+Prints one JSON object: per case the steps/s, images/s, first-step (compile) seconds, XLA's FLOP
+count of the step, the achieved TFLOP/s, the MFU against the chip's dense bf16 peak (when the chip
+is known), and the compiled step's memory. A case that runs out of memory is retried with
+`remat` (gradient checkpointing per block), and says so. `--scale` shrinks every width, for a
+smoke run on CPU; its figures are not a measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
+sys.path.insert(0, str(REPO))
+
+# Dense bf16 peak FLOP/s by jax's device_kind (vendors' data sheets).
+PEAK_BF16 = {
+    "NVIDIA H200": 989e12,
+    "NVIDIA H100 80GB HBM3": 989e12,
+    "NVIDIA A100-SXM4-80GB": 312e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v6 lite": 918e12,
+}
+
+# The published config.json values (stable-diffusion-v1-5 and stable-diffusion-xl-base-1.0).
+SD15_UNET = {
+    "attention_head_dim": 8,
+    "block_out_channels": [320, 640, 1280, 1280],
+    "cross_attention_dim": 768,
+    "down_block_types": [
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "DownBlock2D",
+    ],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "sample_size": 64,
+}
+SDXL_UNET = {
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 256,
+    "attention_head_dim": [5, 10, 20],
+    "block_out_channels": [320, 640, 1280],
+    "cross_attention_dim": 2048,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "projection_class_embeddings_input_dim": 2816,  # 1280 pooled + 6 ids x 256
+    "sample_size": 128,
+    "transformer_layers_per_block": [1, 2, 10],
+    "use_linear_projection": True,
+}
+VAE = {
+    "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+}
+SD15_TEXT = {"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12, "projection_dim": 768}
+SCHEDULE = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
+SDXL_POOLED = 1280
+
+
+@dataclass(frozen=True)
+class Case:
+    unet: dict
+    resolution: int
+    cached: bool
+    batch: int
+
+    @property
+    def sdxl(self) -> bool:
+        return self.unet.get("addition_embed_type") == "text_time"
+
+
+CASES = {
+    "sd15": Case(SD15_UNET, 512, cached=False, batch=16),
+    "sd15_cached": Case(SD15_UNET, 512, cached=True, batch=16),
+    "sdxl_cached": Case(SDXL_UNET, 1024, cached=True, batch=8),
+}
+
+
+def scaled(config: dict, scale: float) -> dict:
+    """Every width (channels, text dims, head dims) times `scale`, group counts kept dividing them."""
+    if scale == 1:
+        return config
+    out = dict(config)
+    if "block_out_channels" in config:
+        out["block_out_channels"] = [int(c * scale) for c in config["block_out_channels"]]
+    for key in (
+        "cross_attention_dim",
+        "hidden_size",
+        "intermediate_size",
+        "projection_dim",
+        "addition_time_embed_dim",
+    ):
+        if key in config:
+            out[key] = int(config[key] * scale)
+    if "norm_num_groups" in config:
+        out["norm_num_groups"] = 8
+    if "projection_class_embeddings_input_dim" in config:
+        out["projection_class_embeddings_input_dim"] = (
+            int(SDXL_POOLED * scale) + 6 * out["addition_time_embed_dim"]
+        )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--batch", type=int, default=None, help="global batch (default: per case)")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--scale", type=float, default=1.0, help="shrink every width (CPU smoke runs)")
+    parser.add_argument("--resolution", type=int, default=None, help="default: the model's own")
+    parser.add_argument("--remat", action="store_true", help="gradient checkpointing from the start")
+    parser.add_argument("--flops_only", action="store_true", help="count FLOPs, run nothing (any machine)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    options = parser.parse_args()
+    if options.child:
+        case = CASES[options.child]
+        batch, resolution = options.batch or case.batch, options.resolution or case.resolution
+        print(json.dumps(run_case(case, batch, resolution, options)))
+        return
+    import jax
+
+    report = {
+        "backend": jax.default_backend(),
+        "device_kind": jax.devices()[0].device_kind,
+        "devices": jax.device_count(),
+        "jax": jax.__version__,
+        "scale": options.scale,
+        "cases": {},
+    }
+    for name in options.cases.split(","):
+        # One process per case: its own peak memory, and a crash costs only that case.
+        command = [sys.executable, __file__, *sys.argv[1:], "--child", name]
+        print(f"{name} ...", file=sys.stderr, flush=True)
+        result = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
+        lines = result.stdout.strip().splitlines()
+        report["cases"][name] = (
+            json.loads(lines[-1])
+            if result.returncode == 0 and lines
+            else {"error": f"exit status {result.returncode}"}
+        )
+        print(json.dumps(report["cases"][name]), file=sys.stderr, flush=True)
+    print(json.dumps(report))
+
+
+def run_case(case: Case, batch: int, resolution: int, options: argparse.Namespace) -> dict:
+    remat_tries = [True] if options.remat else [False, True]
+    for remat in remat_tries:
+        try:
+            return {**measure(case, batch, resolution, options, remat), "remat": remat}
+        except Exception as error:  # XLA reports running out of memory as a generic runtime error
+            if "RESOURCE_EXHAUSTED" not in str(error) and "out of memory" not in str(error).lower():
+                raise
+            print(f"  out of memory with remat={remat}", file=sys.stderr, flush=True)
+    return {"error": f"out of memory at batch {batch} even with remat"}
+
+
+@dataclass
+class Step:
+    """The trainer's jitted step and its inputs: real arrays, or ShapeDtypeStructs when abstract."""
+
+    step: Any
+    state: Any
+    frozen: dict
+    batch: dict
+    parameters_m: dict
+
+
+def build_step(case: Case, batch: int, resolution: int, scale: float, remat: bool, abstract: bool) -> Step:
+    """Random weights made on the devices (never on the host), or only their shapes when `abstract`.
+
+    The abstract step runs attention as plain XLA: XLA's cost analysis counts neither cuDNN's fused
+    attention nor, after compilation for GPU, cuBLAS's matmuls, so FLOPs are counted on it."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from landmark_controlnet.diffusion import (
+        AutoencoderKL,
+        AutoencoderKLConfig,
+        CLIPTextConfig,
+        CLIPTextModel,
+        ControlNetConfig,
+        ControlNetModel,
+        ModelOptions,
+        NoiseSchedule,
+        UNet2DConditionModel,
+        UNetConfig,
+    )
+    from landmark_controlnet.training.models import Graphs
+    from landmark_controlnet.training.step import (
+        LossConfig,
+        Shardings,
+        init_state,
+        learning_rate_schedule,
+        make_optimizer,
+        make_train_step,
+    )
+
+    shardings = Shardings.over_all_devices()
+    bf16 = jnp.bfloat16
+    attention = "xla" if abstract else None
+    frozen_options = ModelOptions(dtype=bf16, param_dtype=bf16, remat=remat, attention=attention)
+    trained_options = ModelOptions(dtype=bf16, param_dtype=jnp.float32, remat=remat, attention=attention)
+    unet_config = UNetConfig.from_dict(scaled(case.unet, scale))
+    models = {
+        "vae": (AutoencoderKL, AutoencoderKLConfig.from_dict(scaled(VAE, scale)), frozen_options),
+        "unet": (UNet2DConditionModel, unet_config, frozen_options),
+        "controlnet": (ControlNetModel, ControlNetConfig.from_unet(unet_config), trained_options),
+    }
+    if not case.cached:
+        text = CLIPTextConfig.from_dict(scaled(SD15_TEXT, scale))
+        models["text_encoder"] = (CLIPTextModel, text, frozen_options)
+    graphs, weights, counts = {"text_encoder": None}, {}, {}
+    for name, (cls, config, model_options) in models.items():
+        graphs[name], weights[name] = random_weights(cls, config, model_options, shardings, abstract)
+        counts[name] = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(weights[name]))
+    params = weights.pop("controlnet")
+    weights["noise_schedule"] = shardings.replicate(NoiseSchedule.from_config(SCHEDULE))
+    schedule = learning_rate_schedule("constant", 1e-5, 0, 1)
+    optimizer = make_optimizer(schedule)
+    build_state = jax.jit(lambda p: init_state(p, optimizer, 0), out_shardings=shardings.replicated)
+    state = jax.eval_shape(build_state, params) if abstract else build_state(params)
+    host_batch = example_batch(case, unet_config, batch, resolution, scale)
+    if abstract:
+        device_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in host_batch.items()}
+    else:
+        device_batch = shardings.put_batch(host_batch)
+    step = make_train_step(Graphs(**graphs), optimizer, schedule, LossConfig(dtype=bf16), shardings)
+    return Step(step, state, weights, device_batch, {k: round(v / 1e6, 1) for k, v in counts.items()})
+
+
+def step_flops(case: Case, batch: int, resolution: int, scale: float) -> float:
+    """XLA's FLOP count of one step, lowered on abstract weights (nothing allocated or compiled)."""
+    built = build_step(case, batch, resolution, scale, remat=False, abstract=True)
+    return float(built.step.lower(built.state, built.frozen, built.batch).cost_analysis()["flops"])
+
+
+def measure(case: Case, batch: int, resolution: int, options: argparse.Namespace, remat: bool) -> dict:
+    import jax
+
+    flops = step_flops(case, batch, resolution, options.scale)
+    result = {"global_batch": batch, "resolution": resolution, "cached": case.cached}
+    result["tflop_per_step"] = round(flops / 1e12, 2)
+    if options.flops_only:
+        return result
+    built = build_step(case, batch, resolution, options.scale, remat, abstract=False)
+    state, frozen, device_batch = built.state, built.frozen, built.batch
+    started = time.perf_counter()
+    compiled = built.step.lower(state, frozen, device_batch).compile()
+    compile_s = time.perf_counter() - started
+    state, metrics = compiled(state, frozen, device_batch)
+    jax.block_until_ready(metrics)
+    first_step_s = time.perf_counter() - started
+    state, metrics = compiled(state, frozen, device_batch)  # one more warm-up
+    jax.block_until_ready(metrics)
+    started = time.perf_counter()
+    for _ in range(options.steps):
+        state, metrics = compiled(state, frozen, device_batch)
+    jax.block_until_ready((state, metrics))
+    seconds = (time.perf_counter() - started) / options.steps
+
+    peak = PEAK_BF16.get(jax.devices()[0].device_kind)
+    achieved = flops / seconds / jax.device_count()
+    result.update(
+        {
+            "parameters_m": built.parameters_m,
+            "compile_s": round(compile_s, 1),
+            "first_step_s": round(first_step_s, 1),
+            "step_s": round(seconds, 4),
+            "steps_per_s": round(1 / seconds, 3),
+            "images_per_s": round(batch / seconds, 2),
+            "loss_finite": bool(metrics["finite"]),
+            "achieved_tflops_per_device": round(achieved / 1e12, 1),
+            "mfu": round(achieved / peak, 3) if peak else None,
+        }
+    )
+    memory = compiled.memory_analysis()
+    if memory is not None:
+        result["compiled_memory_gb"] = {
+            "arguments": round(memory.argument_size_in_bytes / 1e9, 2),
+            "temporaries": round(memory.temp_size_in_bytes / 1e9, 2),
+        }
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        result["peak_device_memory_gb"] = round(stats["peak_bytes_in_use"] / 1e9, 2)
+    return result
+
+
+def random_weights(cls, config, model_options, shardings, abstract: bool):
+    """(graph, weights): random weights made on the devices in one program, or their shapes."""
+    import jax
+    from flax import nnx
+
+    from landmark_controlnet.diffusion.pretrained import InitKeys
+
+    graph, _ = nnx.split(cls.abstract(config, model_options))
+
+    def build():
+        return nnx.to_pure_dict(nnx.state(cls(config, model_options, rngs=InitKeys(0))))
+
+    build = jax.jit(build, out_shardings=shardings.replicated)
+    return graph, jax.eval_shape(build) if abstract else build()
+
+
+def example_batch(case: Case, unet_config, batch: int, resolution: int, scale: float) -> dict:
+    """Random inputs in the trainer's batch layout: (accumulation 1, global batch, ...)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    latent = resolution // 8
+    rows = {"conditioning_pixel_values": rng.uniform(0, 1, (batch, resolution, resolution, 3))}
+    if case.cached:
+        rows["latent_moments"] = rng.standard_normal((batch, latent, latent, 8))
+        rows["text_embeddings"] = rng.standard_normal((batch, 77, unet_config.cross_attention_dim))
+    else:
+        rows["pixel_values"] = rng.uniform(-1, 1, (batch, resolution, resolution, 3))
+        rows["input_ids"] = rng.integers(0, 49408, (batch, 77))
+    if case.sdxl:
+        rows["text_embeds"] = rng.standard_normal((batch, int(SDXL_POOLED * scale)))
+        rows["time_ids"] = np.tile(
+            np.array([[resolution, resolution, 0, 0, resolution, resolution]]), (batch, 1)
+        )
+    return {
+        k: (v.astype(np.int32) if v.dtype.kind == "i" else v.astype(np.float32))[None]
+        for k, v in rows.items()
+    }
+
+
+if __name__ == "__main__":
+    main()
