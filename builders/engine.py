@@ -20,11 +20,13 @@ from typing import Any
 import datasets
 from tqdm import tqdm
 
+from conditioners.errors import UserError
+
 from .parquet import read_counts
 from .recipe import Recipe
 from .sources import Source
 from .storage import Folder
-from .worker import EMPTY_DIR, Chunk, ChunkProcessor, dataset_features
+from .worker import EMPTY_DIR, HELD_OUT_SPLIT, Chunk, ChunkProcessor, Splits, dataset_features
 
 STATE_FILE = ".build_state.json"
 
@@ -36,6 +38,19 @@ class BuildSettings:
     max_samples: int | None = None
     shard_size: int = 500
     row_group_size: int = 64
+    validation_fraction: float = 0.0  # held out into the `validation` split, by a hash of source_id
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.validation_fraction < 1:
+            raise UserError(f"--validation-fraction {self.validation_fraction}: must be in [0, 1)")
+        if self.validation_fraction and self.split == HELD_OUT_SPLIT:
+            raise UserError(
+                f"--validation-fraction holds rows out into {HELD_OUT_SPLIT!r}: build another split"
+            )
+
+    @property
+    def splits(self) -> Splits:
+        return Splits(self.split, self.validation_fraction)
 
 
 @dataclass
@@ -107,18 +122,29 @@ def check_state(data: Folder, recipe: Recipe, source: Source, settings: BuildSet
         "split": settings.split,
         "shard_size": settings.shard_size,
         "max_samples": settings.max_samples,
+        **({"validation_fraction": settings.validation_fraction} if settings.validation_fraction else {}),
     }
+    wanted = {settings.split: state}
+    if settings.validation_fraction:  # the held-out shards share the chunk indices of the main split's
+        wanted[HELD_OUT_SPLIT] = {"held_out_from": settings.split, **state}
     states = json.loads(data.read_text(STATE_FILE)) if data.exists(STATE_FILE) else {}
-    previous = states.get(settings.split)
-    if previous and previous != state and chunk_records(data, settings.split):
-        changed = sorted(k for k in state if state[k] != previous.get(k))
-        raise ValueError(
-            f"{data} holds a {settings.split!r} build made with other settings "
-            f"({', '.join(changed)}); delete its shards or pass --overwrite to start again"
-        )
-    if states.get(settings.split) != state:
-        states[settings.split] = state
-        data.write_text(STATE_FILE, json.dumps(states, indent=1))
+    for split, expected in wanted.items():
+        previous = states.get(split)
+        if previous and previous != expected and chunk_records(data, split):
+            changed = sorted(k for k in {*expected, *previous} if expected.get(k) != previous.get(k))
+            raise ValueError(
+                f"{data} holds a {split!r} build made with other settings "
+                f"({', '.join(changed)}); delete its shards or pass --overwrite to start again"
+            )
+    if any(states.get(split) != expected for split, expected in wanted.items()):
+        data.write_text(STATE_FILE, json.dumps({**states, **wanted}, indent=1))
+
+
+def held_out_from(output: Folder) -> str | None:
+    """The split whose build held out the `validation` rows, if they were held out."""
+    data = output.sub("data")
+    states = json.loads(data.read_text(STATE_FILE)) if data.exists(STATE_FILE) else {}
+    return states.get(HELD_OUT_SPLIT, {}).get("held_out_from")
 
 
 def chunk_records(data: Folder, split: str) -> dict[int, str]:
@@ -143,7 +169,7 @@ def _run_here(recipe, features, chunks, data, settings, tick) -> None:
     processor = ChunkProcessor(recipe, features, settings.row_group_size)
     try:
         for chunk in chunks:
-            processor.run(chunk, data, settings.split, tick)
+            processor.run(chunk, data, settings.splits, tick)
     finally:
         processor.close()
 
@@ -161,8 +187,8 @@ def _init_worker(
     _progress_queue = progress_queue
 
 
-def _run_chunk(chunk: Chunk, data: Folder, split: str) -> dict[str, Any]:
-    return _processor.run(chunk, data, split, _progress_queue.put)
+def _run_chunk(chunk: Chunk, data: Folder, splits: Splits) -> dict[str, Any]:
+    return _processor.run(chunk, data, splits, _progress_queue.put)
 
 
 def _run_in_pool(recipe, features, chunks, data, settings, tick) -> None:
@@ -182,7 +208,7 @@ def _run_in_pool(recipe, features, chunks, data, settings, tick) -> None:
                 chunk = next(chunk_iter, None)
                 if chunk is None:
                     break
-                in_flight.add(pool.submit(_run_chunk, chunk, data, settings.split))
+                in_flight.add(pool.submit(_run_chunk, chunk, data, settings.splits))
             if not in_flight:
                 break
             finished, in_flight = wait(in_flight, timeout=0.2, return_when=FIRST_COMPLETED)

@@ -19,23 +19,23 @@ from .engine import BuildReport, BuildSettings, prepare, summarize
 from .recipe import Recipe
 from .sources import Source
 from .storage import Folder
-from .worker import ChunkProcessor
+from .worker import ChunkProcessor, Splits
 
 
 class ShardActor:
     """One conditioner per actor, reused for every chunk it is given."""
 
     def __init__(
-        self, recipe: Recipe, features: datasets.Features, data: Folder, split: str, row_group_size: int
+        self, recipe: Recipe, features: datasets.Features, data: Folder, splits: Splits, row_group_size: int
     ):
         self.processor = ChunkProcessor(recipe, features, row_group_size)
         self.data = data
-        self.split = split
+        self.splits = splits
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         out: dict[str, list] = {"index": [], "items": [], "kept": []}
         for chunk in batch["chunk"]:
-            counts = self.processor.run(chunk, self.data, self.split)
+            counts = self.processor.run(chunk, self.data, self.splits)
             out["index"].append(chunk.index)
             out["items"].append(counts["items"])
             out["kept"].append(counts["kept"])
@@ -56,7 +56,7 @@ def build_with_ray(recipe: Recipe, source: Source, output: Folder, settings: Bui
         dataset = ray.data.from_items([{"chunk": chunk} for chunk in chunks], override_num_blocks=len(chunks))
         results = dataset.map_batches(
             ShardActor,
-            fn_constructor_args=(recipe, features, data, settings.split, settings.row_group_size),
+            fn_constructor_args=(recipe, features, data, settings.splits, settings.row_group_size),
             batch_size=1,
             batch_format="numpy",
             concurrency=actors,

@@ -9,11 +9,11 @@ from typing import Any
 from conditioners.errors import UserError
 
 from .card import write_card
-from .engine import BuildReport, BuildSettings, build, summarize
+from .engine import BuildReport, BuildSettings, build, held_out_from, summarize
 from .recipe import CARD_TEMPLATE_FILE, RECIPE_FILE, Recipe, default_output, resolve_builder
 from .sources import make_source
 from .storage import Folder
-from .worker import EMPTY_DIR, dataset_features
+from .worker import EMPTY_DIR, HELD_OUT_SPLIT, dataset_features
 
 
 class DatasetNotBuiltError(UserError, RuntimeError):
@@ -48,6 +48,8 @@ def run_build(
     recipe = Recipe.load(recipe_folder)
     output = prepare_output(recipe_folder, output)
     if overwrite:
+        if held_out_from(output) == settings.split:
+            discard_split(output, HELD_OUT_SPLIT)
         discard_split(output, settings.split)
     source = make_source(recipe.source_type, source_location, settings.split, **recipe.source_options)
     if engine == "ray":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections import Counter
@@ -61,6 +62,26 @@ def empty_marker_name(split: str, index: int) -> str:
 
 
 EMPTY_DIR = ".empty_chunks"
+HELD_OUT_SPLIT = "validation"
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Where a chunk's rows go: `main`, except a `held_out_fraction` of source ids, chosen by a hash
+    of the id (the same rows on every build and every machine), which go to `validation`."""
+
+    main: str = "train"
+    held_out_fraction: float = 0.0
+
+    def of(self, source_id: str) -> str:
+        if self.held_out_fraction <= 0:
+            return self.main
+        digest = hashlib.sha256(source_id.encode()).digest()
+        return (
+            HELD_OUT_SPLIT
+            if int.from_bytes(digest[:8], "big") < self.held_out_fraction * 2**64
+            else self.main
+        )
 
 
 @dataclass
@@ -104,33 +125,53 @@ class ChunkProcessor:
     def close(self) -> None:
         self.conditioner.close()
 
-    def run(self, chunk: Chunk, data: Folder, split: str, progress: Progress | None = None) -> dict[str, Any]:
-        """Write the shard of `chunk` into `data`; return its counts (also stored in the shard)."""
-        writer = ShardWriter(data, shard_name(split, chunk.index), self.features, self.row_group_size)
-        counts: Counter[str] = Counter()
-        pending: list[_Row] = []
+    def run(
+        self, chunk: Chunk, data: Folder, splits: Splits, progress: Progress | None = None
+    ) -> dict[str, Any]:
+        """Write the shard of `chunk` into `data` (and its held-out rows' shard); return its counts.
+
+        The main split's shard (or empty marker) is published last: it is the record that the chunk
+        is done, so a build killed between the two re-runs the chunk and rewrites both."""
+        names = {splits.main, HELD_OUT_SPLIT} if splits.held_out_fraction > 0 else {splits.main}
+        writers = {
+            name: ShardWriter(data, shard_name(name, chunk.index), self.features, self.row_group_size)
+            for name in names
+        }
+        skipped: Counter[str] = Counter()
+        kept: Counter[str] = Counter()  # by split
+        pending: dict[str, list[_Row]] = {name: [] for name in names}
         results = condition_many(self.conditioner, _read(chunk.items), render_skipped=False, load=self.load)
         try:
             for result in results:
                 reason = _skip_reason(result)
-                counts[reason or "kept"] += 1
                 if progress:
                     progress(reason or "kept")
-                if reason is None:
-                    pending.append(_Row(chunk.items[result.index], result))
-                if len(pending) >= self.captioner.batch_size:
-                    self._write(writer, pending)
-            self._write(writer, pending)
+                if reason:
+                    skipped[reason] += 1
+                else:
+                    item = chunk.items[result.index]
+                    split = splits.of(item.source_id)
+                    pending[split].append(_Row(item, result))
+                    kept[split] += 1
+                for name, rows in pending.items():
+                    if len(rows) >= self.captioner.batch_size:
+                        self._write(writers[name], rows)
+            for name, rows in pending.items():
+                self._write(writers[name], rows)
         except BaseException:
-            writer.abort()
+            for writer in writers.values():
+                writer.abort()
             raise
         summary = {
             "items": len(chunk.items),
-            "kept": counts.pop("kept", 0),
-            "skipped": dict(sorted(counts.items())),
+            "kept": kept[splits.main],
+            "skipped": dict(sorted(skipped.items())),
         }
-        if not writer.close(summary):
-            data.write_text(empty_marker_name(split, chunk.index), json.dumps(summary))
+        if HELD_OUT_SPLIT in writers:  # its counts hold rows only: the items are the main split's
+            writers.pop(HELD_OUT_SPLIT).close({"items": 0, "kept": kept[HELD_OUT_SPLIT], "skipped": {}})
+            summary["held_out"] = kept[HELD_OUT_SPLIT]
+        if not writers[splits.main].close(summary):
+            data.write_text(empty_marker_name(splits.main, chunk.index), json.dumps(summary))
         return summary
 
     def load(self, source: ImageSource, name: str) -> LoadedImage:

@@ -30,12 +30,28 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "evaluate", help="score whether generated images follow their reference landmarks"
     )
-    evaluate.add_argument("--generated", type=Path, required=True, help="<stem>.png or <stem>_<k>.png files")
-    evaluate.add_argument(
-        "--reference", type=Path, required=True, help="<stem>.json detections of `condition`"
-    )
+    evaluate.add_argument("--generated", type=Path, help="<stem>.png or <stem>_<k>.png files")
+    evaluate.add_argument("--reference", type=Path, help="<stem>.json detections of `condition`")
     _add_conditioner_args(evaluate, required=False)
     evaluate.add_argument("--out", type=Path, required=True, help="summary.json, rows.jsonl and report.png")
+    generate = evaluate.add_argument_group("generate, then score (instead of --generated/--reference)")
+    generate.add_argument("--controlnet", help="a ControlNet folder or Hub id")
+    generate.add_argument("--base-model", help="a Stable Diffusion folder or Hub id")
+    generate.add_argument(
+        "--dataset", help="a built dataset folder or Hub id (landmarks, conditioning_image, caption)"
+    )
+    generate.add_argument("--split", default="validation")
+    generate.add_argument("--rows", type=int, default=16)
+    generate.add_argument("--samples-per-row", type=int, default=1)
+    generate.add_argument("--steps", type=int, default=25, help="DDIM steps")
+    generate.add_argument("--guidance-scale", type=float, default=7.5)
+    generate.add_argument("--strength", default="1.0", help="control strengths, e.g. 0.4,0.6,0.8,1.0")
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--batch-size", type=int, default=4)
+    generate.add_argument("--resolution", type=int, help="default: the base model's")
+    generate.add_argument(
+        "--compare", help="a second ControlNet, scored on the same rows, seeds and strengths"
+    )
 
     draw = commands.add_parser("draw", help="re-draw a stored detection JSON without running the detector")
     draw.add_argument("detection", type=Path, metavar="DETECTION.json")
@@ -58,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--num-proc", type=int, default=1)
     build.add_argument("--max-samples", type=int)
     build.add_argument("--shard-size", type=int, default=500, help="source items per Parquet shard")
+    build.add_argument(
+        "--validation-fraction",
+        type=float,
+        default=0.0,
+        help="hold this fraction of rows out into a `validation` split (chosen by a hash of source_id)",
+    )
     build.add_argument("--engine", choices=["local", "ray"], default="local")
     build.add_argument(
         "--output", help="build here instead of the builder's own folder: a path or an fsspec URL (s3://...)"
@@ -179,15 +201,7 @@ def _run(argv: list[str]) -> int:
             args.detection, args.out, args.conditioner, options_dict(args.option), args.size, args.image
         )
     if args.command == "evaluate":
-        import json
-
-        from .evaluation.scoring import evaluate_folder
-
-        summary = evaluate_folder(
-            args.generated, args.reference, args.out, args.conditioner, options_dict(args.option)
-        )
-        print(json.dumps(summary))
-        return 0
+        return _evaluate(args)
     if args.command == "build":
         return _build(args)
     if args.command == "show":
@@ -207,6 +221,45 @@ def _run(argv: list[str]) -> int:
     return 2
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from conditioners.errors import UserError
+
+    if args.controlnet:
+        from .evaluation.generate import (
+            GenerationSettings,
+            comparison_table,
+            generate_and_score,
+            parse_strengths,
+        )
+
+        if not (args.base_model and args.dataset):
+            raise UserError("evaluate --controlnet needs --base-model and --dataset")
+        settings = GenerationSettings(
+            controlnet=args.controlnet, base_model=args.base_model, dataset=args.dataset, out=args.out,
+            split=args.split, rows=args.rows, samples_per_row=args.samples_per_row, steps=args.steps,
+            guidance_scale=args.guidance_scale, strengths=parse_strengths(args.strength), seed=args.seed,
+            batch_size=args.batch_size, resolution=args.resolution, compare=args.compare,
+            conditioner_options=options_dict(args.option),
+        )  # fmt: skip
+        summary = generate_and_score(settings)
+        if args.compare:
+            print(comparison_table(summary))
+    else:
+        from .evaluation.scoring import evaluate_folder
+
+        if not (args.generated and args.reference):
+            raise UserError(
+                "evaluate needs --generated and --reference, or --controlnet, --base-model and --dataset"
+            )
+        summary = evaluate_folder(
+            args.generated, args.reference, args.out, args.conditioner, options_dict(args.option)
+        )
+    print(json.dumps(summary))
+    return 0
+
+
 def _build(args: argparse.Namespace) -> int:
     import json
 
@@ -214,7 +267,11 @@ def _build(args: argparse.Namespace) -> int:
     from builders.run import run_build
 
     settings = BuildSettings(
-        split=args.split, num_proc=args.num_proc, max_samples=args.max_samples, shard_size=args.shard_size
+        split=args.split,
+        num_proc=args.num_proc,
+        max_samples=args.max_samples,
+        shard_size=args.shard_size,
+        validation_fraction=args.validation_fraction,
     )
     report = run_build(args.name, args.source, settings, args.output, args.engine, args.overwrite)
     print(json.dumps(report.to_dict()))

@@ -21,6 +21,7 @@ from PIL import Image
 import conditioners
 from builders import BuildSettings, make_source
 from builders.run import DatasetNotBuiltError, load_builder, run_build
+from builders.worker import Splits
 
 CLI = Path(sys.executable).with_name("landmark-controlnet")
 
@@ -124,6 +125,42 @@ def test_resume_refuses_other_settings(tmp_path, data_dir, folder_build):
         run_build(str(builder), str(photos), BuildSettings(shard_size=4), progress=False)
     report = run_build(str(builder), str(photos), BuildSettings(shard_size=4), overwrite=True, progress=False)
     assert report.rows == 6
+
+
+def test_validation_fraction_holds_rows_out_by_source_id(tmp_path, data_dir, hand_build):
+    photos, builder = fx.photo_folder(data_dir, tmp_path), fx.folder_recipe(tmp_path)
+    settings = BuildSettings(shard_size=3, validation_fraction=0.4)
+    report = run_build(str(builder), str(photos), settings, progress=False)
+    train, validation = (datasets.load_dataset(str(builder), split=s) for s in ("train", "validation"))
+    every_id = set(train["source_id"]) | set(validation["source_id"])
+    assert len(every_id) == hand_build.rows == len(train) + len(validation), "a row lost or in both splits"
+    held_out = {i for i in every_id if Splits("train", 0.4).of(i) == "validation"}
+    assert set(validation["source_id"]) == held_out and 0 < len(held_out) < len(every_id)
+    assert report.rows == len(train) and report.items == hand_build.items
+    card = (builder / "README.md").read_text()
+    assert f"`train`: {len(train)} rows" in card and f"`validation`: {len(validation)} rows" in card
+    shards = {p: p.stat().st_mtime_ns for p in (builder / "data").glob("*.parquet")}
+    again = run_build(str(builder), str(photos), settings, progress=False)  # resumed: nothing to do
+    assert again.rows == report.rows and shards == {p: p.stat().st_mtime_ns for p in shards}
+    with pytest.raises(ValueError, match="validation_fraction"):
+        run_build(
+            str(builder), str(photos), BuildSettings(shard_size=3, validation_fraction=0.2), progress=False
+        )
+    run_build(str(builder), str(photos), BuildSettings(shard_size=3), overwrite=True, progress=False)
+    assert not list((builder / "data").glob("validation-*")), (
+        "--overwrite keeps held-out rows of the old build"
+    )
+    assert len(datasets.load_dataset(str(builder), split="train")) == hand_build.rows
+
+
+@pytest.mark.parametrize(
+    "flags", [["--validation-fraction", "1.5"], ["--validation-fraction", "0.1", "--split", "validation"]]
+)
+def test_bad_validation_fractions_are_refused(tmp_path, flags, capsys):
+    from landmark_controlnet.cli import main
+
+    assert main(["build", str(fx.folder_recipe(tmp_path)), "--source", str(tmp_path), *flags]) == 2
+    assert "--validation-fraction" in capsys.readouterr().err
 
 
 def test_resize_and_crop_moves_the_landmarks(tmp_path, data_dir):

@@ -32,6 +32,7 @@ def write_model_card(
     flags: dict[str, Any],
     validation_grid: Path | None,
     final_loss: float | None,
+    fidelity: dict[str, Any] | None = None,
 ) -> Path:
     header = {
         "base_model": base_model,
@@ -57,6 +58,8 @@ def write_model_card(
         ]
     if final_loss is not None:
         lines += [f"Last logged training loss: {final_loss:.4f}", ""]
+    if fidelity:
+        lines += _fidelity_section(fidelity)
     lines += ["## Use", "", *(_inpainting_use(base_model) if flags.get("inpainting") else _use(base_model))]
     lines += [
         "## Training flags",
@@ -73,6 +76,24 @@ def write_model_card(
     path = output_dir / "README.md"
     path.write_text(f"---\n{yaml.safe_dump(header, sort_keys=False)}---\n\n" + "\n".join(lines))
     return path
+
+
+def _fidelity_section(summary: dict[str, Any]) -> list[str]:
+    """The last `--fidelity_rows` scores: do generated images follow their landmarks?"""
+    figures = ("instance_recall", "pck_0.05", "pck_0.1", "pck_0.2", "mean_error", "handedness_agreement")
+    shown = [(name, summary[name]) for name in figures if summary.get(name) is not None]
+    return [
+        "## Control fidelity",
+        "",
+        f"At step {summary['step']}: images generated for {summary['rows']} rows of the `{summary['split']}` "
+        f"split, re-detected with `{summary['conditioner']}` and scored against the rows' landmarks "
+        "(`landmark-controlnet evaluate`).",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        *(f"| {name} | {value:.3f} |" for name, value in shown),
+        "",
+    ]
 
 
 def _use(base_model: str) -> list[str]:

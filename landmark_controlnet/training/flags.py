@@ -121,6 +121,18 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     runs.add_argument("--validation_steps", type=int, default=100, help="0 turns validation off")
     runs.add_argument("--num_validation_images", type=int, default=4)
     runs.add_argument("--num_inference_steps", type=int, default=30, help="denoising steps of validation")
+    runs.add_argument(
+        "--fidelity_rows",
+        type=int,
+        default=0,
+        help="at each validation, generate for this many fixed rows and score whether the images follow "
+        "their landmarks (`landmark-controlnet evaluate`'s figures, logged as fidelity/*)",
+    )
+    runs.add_argument(
+        "--fidelity_split",
+        default="validation",
+        help="the split those rows come from (build it with --validation-fraction)",
+    )
     runs.add_argument("--checkpointing_steps", type=int, default=5000, help="0 turns checkpoints off")
     runs.add_argument("--checkpoints_total_limit", type=int, default=None)
     runs.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder, or `latest`")
@@ -171,6 +183,10 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
         parser.error("--cache_latents does not apply to --inpainting: its masks are re-dilated every step")
     if not 0 <= args.mask_dilation < 1:
         parser.error("--mask_dilation is a fraction of --resolution, in [0, 1)")
+    if args.fidelity_rows and args.inpainting:
+        parser.error("--fidelity_rows scores text-to-image generations; it does not apply to --inpainting")
+    if args.fidelity_rows and not args.validation_steps:
+        parser.error("--fidelity_rows scores at each validation: give --validation_steps")
     if args.resolution % 64:
         parser.error("--resolution must be a multiple of 64 (the validation pipeline needs it)")
     return args

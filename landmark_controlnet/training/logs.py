@@ -78,8 +78,11 @@ class RunLog:
 
 
 def read_metrics(log_dir: Path) -> list[dict[str, Any]]:
-    """Logged steps in order; a step logged again after a resume keeps its latest values."""
+    """Logged steps in order, each step's lines merged (the loss and, at a validation, fidelity/*); a step
+    logged again after a resume keeps its latest values."""
     path = log_dir / "metrics.jsonl"
     lines = path.read_text().splitlines() if path.exists() else []
-    by_step = {entry["step"]: entry for entry in map(json.loads, filter(None, lines))}
+    by_step: dict[int, dict[str, Any]] = {}
+    for entry in map(json.loads, filter(None, lines)):
+        by_step.setdefault(entry["step"], {}).update(entry)
     return [by_step[step] for step in sorted(by_step)]

@@ -8,7 +8,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +42,9 @@ from .step import (
     make_train_step,
 )
 from .validation import ValidationSet, Validator, host_copy, save_grid
+
+if TYPE_CHECKING:
+    from .fidelity import FidelityCheck
 
 log = logging.getLogger("train_flax_controlnet")
 DTYPES = {"no": jnp.float32, "fp16": jnp.float16, "bf16": jnp.bfloat16}
@@ -82,6 +85,8 @@ class Run:
     validator: Validator | None
     validation: ValidationSet | None
     log: RunLog | None
+    fidelity: FidelityCheck | None = None
+    fidelity_summary: dict[str, Any] | None = None  # the last one, for the model card
 
     @property
     def is_main(self) -> bool:
@@ -154,6 +159,11 @@ def build_run(args: argparse.Namespace) -> Run:
     validator = None
     if validation:
         validator = Validator(sd, graphs.controlnet, args.resolution, args.num_inference_steps)
+    fidelity = None
+    if validator and args.fidelity_rows:
+        from .fidelity import FidelityCheck  # imports the conditioners' detectors: only when asked
+
+        fidelity = FidelityCheck(args, validator.generator)
     run_log = None
     if is_main:
         config = {k: v for k, v in vars(args).items() if k != "hub_token"}
@@ -164,7 +174,7 @@ def build_run(args: argparse.Namespace) -> Run:
     log.info("start-up: %s", phases)
     return Run(
         args, graphs, state, frozen, train_step, batches, max_steps, start_step,
-        checkpoints, validator, validation, run_log,
+        checkpoints, validator, validation, run_log, fidelity,
     )  # fmt: skip
 
 
@@ -398,12 +408,18 @@ def gather_position(position: dict[str, int], step: int) -> dict[str, Any]:
 
 
 def validate(run: Run, step: int) -> None:
-    grid = run.validator(
-        host_copy(run.state.params), run.validation, run.args.num_validation_images, run.args.seed
-    )
+    params = host_copy(run.state.params)
+    grid = run.validator(params, run.validation, run.args.num_validation_images, run.args.seed)
     save_grid(grid, Path(run.args.output_dir), step)
     if run.log:
         run.log.image(step, "validation", grid)
+    if run.fidelity:
+        from .fidelity import fidelity_scalars
+
+        summary = run.fidelity(params, step)
+        run.fidelity_summary = {"step": step, "split": run.args.fidelity_split, **summary}
+        if run.log:
+            run.log.scalars(step, fidelity_scalars(run.fidelity_summary))
 
 
 class StepProfiler:
@@ -447,6 +463,7 @@ def finish(run: Run, final_loss: float | None) -> Path:
             flags,
             grids[-1] if grids else None,
             final_loss,
+            run.fidelity_summary,
         )
         if run.args.push_to_hub:
             repo_id = run.args.hub_model_id or output_dir.resolve().name

@@ -1,0 +1,260 @@
+"""`landmark-controlnet evaluate --controlnet DIR --base-model DIR --dataset DIR`: generate, then score.
+
+Rows come from a built dataset: the `conditioning_image` and `caption` are the inputs, the stored
+`landmarks` the reference. Images are generated with the project's own sampler
+(`diffusion.pipeline.ControlNetGenerator`) in batches, for every control strength asked for, then
+scored by `scoring.evaluate_folder` exactly as images from any other tool are. `--compare` runs a
+second ControlNet on the same rows, seeds and strengths.
+
+    out/references/<stem>.json                    the rows' landmarks, framed as generation frames them
+    out/<label>/strength_<s>/generated/<stem>_<k>.png
+    out/<label>/strength_<s>/{summary.json, rows.jsonl, report.png}
+    out/summary.json                              every summary, keyed by label then strength
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from conditioners import Detection
+from conditioners.errors import UserError
+from conditioners.images import center_crop_framing, resize_and_crop
+
+from .scoring import evaluate_folder
+
+SEEDS_PER_SAMPLE = (
+    100_003  # sample k of batch b draws seed + k * this + b: distinct, and the same for every model
+)
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    controlnet: str
+    base_model: str
+    dataset: str
+    out: Path
+    split: str = "validation"
+    rows: int = 16
+    samples_per_row: int = 1
+    steps: int = 25
+    guidance_scale: float = 7.5
+    strengths: tuple[float, ...] = (1.0,)
+    seed: int = 0
+    batch_size: int = 4
+    resolution: int | None = None  # default: the base model's own
+    compare: str | None = None
+    conditioner_options: dict[str, Any] | None = None
+
+
+@dataclass
+class Row:
+    stem: str
+    caption: str
+    conditioning: np.ndarray  # (resolution, resolution, 3) uint8, framed as training frames it
+    reference: Detection  # in the framed picture's pixels
+
+
+def parse_strengths(text: str) -> tuple[float, ...]:
+    """`0.4,0.6,0.8,1.0` -> (0.4, 0.6, 0.8, 1.0); each in (0, 2]."""
+    try:
+        strengths = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise UserError(
+            f"--strength {text!r}: a comma-separated list of numbers, e.g. 0.4,0.6,0.8,1.0"
+        ) from exc
+    if not strengths or any(not 0 < s <= 2 for s in strengths):
+        raise UserError(f"--strength {text!r}: each strength must be in (0, 2]")
+    return strengths
+
+
+def load_rows(table: Any, count: int, resolution: int, dataset: str = "dataset") -> list[Row]:
+    """The first `count` rows of `open_split`'s table that have landmarks, framed to a `resolution` square."""
+    from landmark_controlnet.training.data import caption_text, decode
+
+    rows = []
+    for index, record in enumerate(table):
+        if len(rows) == count:
+            break
+        if not record.get("landmarks"):
+            continue
+        conditioning = decode(record["conditioning_image"], f"{dataset} row {index}")
+        framing = center_crop_framing(conditioning.size, resolution)
+        reference = Detection.from_json(record["landmarks"])
+        if reference.size != conditioning.size:  # landmarks of a photo the builder then resized
+            scale = (conditioning.width / reference.width, conditioning.height / reference.height)
+            reference = reference.transformed(scale, (0.0, 0.0), conditioning.size)
+        rows.append(
+            Row(
+                stem=f"row{index:05d}",
+                caption=caption_text(record.get("caption")),
+                conditioning=np.asarray(resize_and_crop(conditioning, framing, Image.Resampling.BILINEAR)),
+                reference=reference.framed(framing),
+            )
+        )
+    if not rows:
+        raise UserError(f"{dataset} has no row with landmarks to score")
+    return rows
+
+
+def open_split(dataset: str, split: str) -> Any:
+    """The split's conditioning images (undecoded), captions and landmarks; a clear error without them."""
+    from landmark_controlnet.training.data import open_dataset
+
+    try:
+        table = open_dataset(dataset, split=split)
+    except ValueError as exc:  # datasets: "Unknown split ..."
+        raise UserError(
+            f"{dataset} has no {split!r} split ({exc}). Build one with `landmark-controlnet build ... "
+            "--validation-fraction 0.01`, or name another split (the ControlNet may have trained on its rows)"
+        ) from exc
+    if "landmarks" not in (table.features or {}):
+        raise UserError(
+            f"{dataset} has no `landmarks` column: evaluate needs the builders' stored detections"
+        )
+    from datasets import Image as ImageFeature
+
+    return table.cast_column("conditioning_image", ImageFeature(decode=False)).select_columns(
+        [c for c in ("conditioning_image", "caption", "landmarks") if c in table.column_names]
+    )
+
+
+def batches(rows: list[Row], size: int) -> Iterator[tuple[int, list[Row]]]:
+    for start in range(0, len(rows), size):
+        yield start // size, rows[start : start + size]
+
+
+class Generator:
+    """A base model loaded once; `generate` writes one ControlNet's samples at one strength."""
+
+    def __init__(self, settings: GenerationSettings):
+        from landmark_controlnet.diffusion.pipeline import load_stable_diffusion
+
+        self.settings = settings
+        self.sd = load_stable_diffusion(settings.base_model)
+        self._samplers: dict[str, tuple[Any, Any]] = {}
+
+    @property
+    def resolution(self) -> int:
+        return self.settings.resolution or self.sd.unet.config.sample_size * self.sd.vae.config.downscale
+
+    def _sampler(self, controlnet: str) -> tuple[Any, Any]:
+        if controlnet not in self._samplers:
+            from flax import nnx
+
+            from landmark_controlnet.diffusion import ControlNetModel, from_pretrained
+            from landmark_controlnet.diffusion.pipeline import ControlNetGenerator
+
+            graph, params = nnx.split(from_pretrained(ControlNetModel, controlnet))
+            sampler = ControlNetGenerator(self.sd, graph, self.settings.steps, self.settings.guidance_scale)
+            self._samplers[controlnet] = (sampler, nnx.to_pure_dict(params))
+        return self._samplers[controlnet]
+
+    def generate(self, controlnet: str, rows: list[Row], strength: float, folder: Path, label: str) -> None:
+        sampler, params = self._sampler(controlnet)
+        settings = self.settings
+        write_samples(
+            sampler, params, rows, folder, samples=settings.samples_per_row, seed=settings.seed,
+            strength=strength, batch_size=settings.batch_size,
+            description=f"generate {label} strength {strength:g}",
+        )  # fmt: skip
+
+
+def write_samples(
+    sampler: Any,
+    params: Any,
+    rows: list[Row],
+    folder: Path,
+    *,
+    samples: int = 1,
+    seed: int = 0,
+    strength: float = 1.0,
+    batch_size: int = 4,
+    description: str = "generate",
+) -> None:
+    """`<stem>_<k>.png` for every row and sample, from `sampler` (a `ControlNetGenerator`) in batches."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with tqdm(total=len(rows) * samples, desc=description, unit="img") as progress:
+        for sample in range(samples):
+            for number, batch in batches(rows, batch_size):
+                images = sampler(
+                    params,
+                    [row.caption for row in batch],
+                    np.stack([row.conditioning for row in batch]),
+                    seed=seed + sample * SEEDS_PER_SAMPLE + number,
+                    strength=strength,
+                )
+                for row, image in zip(batch, images, strict=True):
+                    Image.fromarray(image).save(folder / f"{row.stem}_{sample}.png", compress_level=1)
+                progress.update(len(batch))
+
+
+def write_references(rows: list[Row], folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for row in rows:
+        (folder / f"{row.stem}.json").write_text(row.reference.to_json())
+
+
+def generate_and_score(settings: GenerationSettings) -> dict[str, Any]:
+    """Generate for every model and strength, score each, write `summary.json`; return the summary."""
+    table = open_split(settings.dataset, settings.split)  # before the models load: a wrong split fails fast
+    generator = Generator(settings)
+    rows = load_rows(table, settings.rows, generator.resolution, f"{settings.dataset} ({settings.split})")
+    references = settings.out / "references"
+    write_references(rows, references)
+    models = {
+        "controlnet": settings.controlnet,
+        **({"compare": settings.compare} if settings.compare else {}),
+    }
+    results: dict[str, dict[str, Any]] = {}
+    for label, controlnet in models.items():
+        results[label] = {"path": controlnet, "strengths": {}}
+        for strength in settings.strengths:
+            folder = settings.out / label / f"strength_{strength:g}"
+            generator.generate(controlnet, rows, strength, folder / "generated", label)
+            summary = evaluate_folder(
+                folder / "generated", references, folder, options=settings.conditioner_options
+            )
+            results[label]["strengths"][f"{strength:g}"] = summary
+    summary = {
+        "base_model": settings.base_model,
+        "dataset": settings.dataset,
+        "split": settings.split,
+        "rows": len(rows),
+        "samples_per_row": settings.samples_per_row,
+        "resolution": generator.resolution,
+        "steps": settings.steps,
+        "guidance_scale": settings.guidance_scale,
+        "seed": settings.seed,
+        **results,
+    }
+    (settings.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+TABLE_FIGURES = ("instance_recall", "pck_0.05", "pck_0.1", "pck_0.2", "mean_error", "handedness_agreement")
+
+
+def comparison_table(summary: dict[str, Any]) -> str:
+    """One line per strength and figure: the ControlNet's value beside the compared one's."""
+    lines = [
+        f"controlnet: {summary['controlnet']['path']}",
+        f"compare:    {summary['compare']['path']}",
+        f"{'strength':>8}  {'figure':<22}{'controlnet':>12}{'compare':>12}",
+    ]
+    for strength, ours in summary["controlnet"]["strengths"].items():
+        theirs = summary["compare"]["strengths"][strength]
+        for figure in TABLE_FIGURES:
+            lines.append(f"{strength:>8}  {figure:<22}{_cell(ours.get(figure))}{_cell(theirs.get(figure))}")
+    return "\n".join(lines)
+
+
+def _cell(value: float | None) -> str:
+    return f"{'-':>12}" if value is None else f"{value:>12.3f}"
