@@ -32,6 +32,15 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 sys.path.insert(0, str(REPO))
+sys.path.append(str(REPO / "benchmarks"))  # last: benchmarks/conditioners.py must not shadow the package
+
+from published_configs import (  # noqa: E402
+    SD15_TEXT_CONFIG,
+    SD15_UNET_CONFIG,
+    SDXL_POOLED,
+    SDXL_UNET_CONFIG,
+    VAE_CONFIG,
+)
 
 # Dense bf16 peak FLOP/s by jax's device_kind (vendors' data sheets).
 PEAK_BF16 = {
@@ -43,47 +52,7 @@ PEAK_BF16 = {
     "TPU v6 lite": 918e12,
 }
 
-# The published config.json values (stable-diffusion-v1-5 and stable-diffusion-xl-base-1.0).
-SD15_UNET = {
-    "attention_head_dim": 8,
-    "block_out_channels": [320, 640, 1280, 1280],
-    "cross_attention_dim": 768,
-    "down_block_types": [
-        "CrossAttnDownBlock2D",
-        "CrossAttnDownBlock2D",
-        "CrossAttnDownBlock2D",
-        "DownBlock2D",
-    ],
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-    "layers_per_block": 2,
-    "norm_num_groups": 32,
-    "sample_size": 64,
-}
-SDXL_UNET = {
-    "addition_embed_type": "text_time",
-    "addition_time_embed_dim": 256,
-    "attention_head_dim": [5, 10, 20],
-    "block_out_channels": [320, 640, 1280],
-    "cross_attention_dim": 2048,
-    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-    "layers_per_block": 2,
-    "norm_num_groups": 32,
-    "projection_class_embeddings_input_dim": 2816,  # 1280 pooled + 6 ids x 256
-    "sample_size": 128,
-    "transformer_layers_per_block": [1, 2, 10],
-    "use_linear_projection": True,
-}
-VAE = {
-    "block_out_channels": [128, 256, 512, 512],
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "layers_per_block": 2,
-    "norm_num_groups": 32,
-}
-SD15_TEXT = {"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12, "projection_dim": 768}
 SCHEDULE = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
-SDXL_POOLED = 1280
 
 
 @dataclass(frozen=True)
@@ -99,9 +68,9 @@ class Case:
 
 
 CASES = {
-    "sd15": Case(SD15_UNET, 512, cached=False, batch=16),
-    "sd15_cached": Case(SD15_UNET, 512, cached=True, batch=16),
-    "sdxl_cached": Case(SDXL_UNET, 1024, cached=True, batch=8),
+    "sd15": Case(SD15_UNET_CONFIG, 512, cached=False, batch=16),
+    "sd15_cached": Case(SD15_UNET_CONFIG, 512, cached=True, batch=16),
+    "sdxl_cached": Case(SDXL_UNET_CONFIG, 1024, cached=True, batch=8),
 }
 
 
@@ -232,12 +201,12 @@ def build_step(case: Case, batch: int, resolution: int, scale: float, remat: boo
     trained_options = ModelOptions(dtype=bf16, param_dtype=jnp.float32, remat=remat, attention=attention)
     unet_config = UNetConfig.from_dict(scaled(case.unet, scale))
     models = {
-        "vae": (AutoencoderKL, AutoencoderKLConfig.from_dict(scaled(VAE, scale)), frozen_options),
+        "vae": (AutoencoderKL, AutoencoderKLConfig.from_dict(scaled(VAE_CONFIG, scale)), frozen_options),
         "unet": (UNet2DConditionModel, unet_config, frozen_options),
         "controlnet": (ControlNetModel, ControlNetConfig.from_unet(unet_config), trained_options),
     }
     if not case.cached:
-        text = CLIPTextConfig.from_dict(scaled(SD15_TEXT, scale))
+        text = CLIPTextConfig.from_dict(scaled(SD15_TEXT_CONFIG, scale))
         models["text_encoder"] = (CLIPTextModel, text, frozen_options)
     graphs, weights, counts = {"text_encoder": None}, {}, {}
     for name, (cls, config, model_options) in models.items():

@@ -36,10 +36,12 @@ REPO = Path(__file__).resolve().parent.parent
 # benchmarks/conditioners.py would shadow the `conditioners` package our diffusion package imports.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 sys.path.insert(0, str(REPO))
+sys.path.append(str(REPO / "benchmarks"))  # last: benchmarks/conditioners.py must not shadow the package
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
+from published_configs import SD15_UNET_CONFIG  # noqa: E402
 from safetensors.numpy import load_file  # noqa: E402
 
 from landmark_controlnet.diffusion import weights  # noqa: E402
@@ -50,34 +52,6 @@ RECORD = REPO / "benchmarks" / "results" / "load_memory_2cpu.json"
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
 FP16_FILE = "diffusion_pytorch_model.fp16.safetensors"
 GB = 1e9
-
-# stable-diffusion-v1-5/stable-diffusion-v1-5, unet/config.json.
-SD15_UNET_CONFIG = {
-    "_class_name": "UNet2DConditionModel",
-    "_diffusers_version": "0.6.0",
-    "act_fn": "silu",
-    "attention_head_dim": 8,
-    "block_out_channels": [320, 640, 1280, 1280],
-    "center_input_sample": False,
-    "cross_attention_dim": 768,
-    "down_block_types": [
-        "CrossAttnDownBlock2D",
-        "CrossAttnDownBlock2D",
-        "CrossAttnDownBlock2D",
-        "DownBlock2D",
-    ],
-    "downsample_padding": 1,
-    "flip_sin_to_cos": True,
-    "freq_shift": 0,
-    "in_channels": 4,
-    "layers_per_block": 2,
-    "mid_block_scale_factor": 1,
-    "norm_eps": 1e-05,
-    "norm_num_groups": 32,
-    "out_channels": 4,
-    "sample_size": 64,
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-}
 
 # Rough peak need per child, in parameter bytes, to wait for before starting it (plus the runtime).
 EXPECTED_RATIO = {"streaming": 1.3, "naive": 2.5}

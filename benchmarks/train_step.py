@@ -128,73 +128,17 @@ def measure(options: argparse.Namespace) -> dict:
     return result
 
 
-# stable-diffusion-v1-5's vae/config.json and text_encoder/config.json (CLIP ViT-L/14's text tower).
-SD15_VAE = {
-    "block_out_channels": [128, 256, 512, 512],
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "layers_per_block": 2,
-    "sample_size": 512,
-}
-SD15_TEXT = {"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12, "projection_dim": 768}
-
-
 def sd15_step_flops(resolution: int = 512, batch: int = 1) -> dict:
     """XLA's FLOP count of one train step at full SD 1.5 shapes, on pixels and captions and on cached
     latents and embeddings: the step's share that --cache_latents removes, where timing a full-size
     step is out of reach (abstract weights: nothing is allocated, nothing is compiled)."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
     sys.path.append(str(REPO / "benchmarks"))  # last: benchmarks/conditioners.py must not shadow the package
-    from load_memory import SD15_UNET_CONFIG
+    from full_size_step import CASES, step_flops
 
-    from landmark_controlnet.diffusion import (
-        AutoencoderKL,
-        AutoencoderKLConfig,
-        CLIPTextConfig,
-        CLIPTextModel,
-        ControlNetConfig,
-        ControlNetModel,
-        NoiseSchedule,
-        UNet2DConditionModel,
-        UNetConfig,
-    )
-    from landmark_controlnet.training.models import Graphs
-    from landmark_controlnet.training.step import LossConfig, diffusion_loss
-
-    unet_config = UNetConfig.from_dict(SD15_UNET_CONFIG)
-    models = {
-        "text_encoder": lambda: CLIPTextModel(CLIPTextConfig.from_dict(SD15_TEXT), rngs=nnx.Rngs(0)),
-        "vae": lambda: AutoencoderKL(AutoencoderKLConfig.from_dict(SD15_VAE), rngs=nnx.Rngs(0)),
-        "unet": lambda: UNet2DConditionModel(unet_config, rngs=nnx.Rngs(0)),
-        "controlnet": lambda: ControlNetModel(ControlNetConfig.from_unet(unet_config), rngs=nnx.Rngs(0)),
+    flops = {
+        name: step_flops(CASES[case], batch, resolution, scale=1.0)
+        for name, case in (("uncached", "sd15"), ("cached", "sd15_cached"))
     }
-    graphs, weights = {}, {}
-    for name, build in models.items():
-        graphs[name], state = nnx.split(nnx.eval_shape(build))
-        weights[name] = nnx.to_pure_dict(state)
-    params = weights.pop("controlnet")
-    weights["noise_schedule"] = NoiseSchedule.from_config({})
-    side, latent = resolution, resolution // 8
-    shape = jax.ShapeDtypeStruct
-    common = {"conditioning_pixel_values": shape((batch, side, side, 3), jnp.float32)}
-    batches = {
-        "uncached": {**common, "pixel_values": shape((batch, side, side, 3), jnp.float32),
-                     "input_ids": shape((batch, 77), jnp.int32)},
-        "cached": {**common, "latent_moments": shape((batch, latent, latent, 8), jnp.float32),
-                   "text_embeddings": shape((batch, 77, 768), jnp.float32)},
-    }  # fmt: skip
-    grad = jax.grad(diffusion_loss)
-    flops = {}
-    for name, example in batches.items():
-
-        def step(params, frozen, batch):
-            return grad(params, frozen, batch, jax.random.PRNGKey(0), Graphs(**graphs), LossConfig())
-
-        lowered = jax.jit(step).lower(params, weights, example)
-        flops[name] = float(lowered.cost_analysis()["flops"])
     return {
         "shapes": f"SD 1.5 UNet, ControlNet, VAE and CLIP text encoder, {resolution} px, batch {batch}",
         "tflops_per_step": {k: round(v / 1e12, 3) for k, v in flops.items()},
