@@ -2,7 +2,8 @@
 
 `write_tiny_sd(folder)` writes model_index.json plus unet/, vae/, text_encoder/, tokenizer/ and scheduler/
 (PyTorch safetensors), loadable part by part, by `diffusion.pipeline.load_stable_diffusion`, or by
-PyTorch diffusers as a pipeline. The weights are random (torch default init); nothing is downloaded.
+PyTorch diffusers as a pipeline; `sdxl=True` adds text_encoder_2/ and tokenizer_2/ as SDXL has. The
+weights are random (torch default init); nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -73,6 +74,28 @@ SCHEDULER = {
 SD2_UNET = {"use_linear_projection": True, "attention_head_dim": [1, 2, 2, 2], "upcast_attention": True}
 SD2_TEXT = {"hidden_act": "gelu"}
 SD2_SCHEDULER = {"prediction_type": "v_prediction"}
+# SDXL's shape at toy width: no attention in the first block, a transformer depth list, text_time
+# add-embeds over the second encoder's pooled projection, two text encoders side by side.
+HIDDEN_2 = 48  # the second (OpenCLIP bigG-like) encoder; the UNet sees HIDDEN + HIDDEN_2 channels
+SDXL_TIME_DIM = 8
+SDXL_UNET = {
+    "sample_size": 8,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "block_out_channels": [32, 64, 64],
+    "layers_per_block": 1,
+    "transformer_layers_per_block": [1, 1, 2],
+    "attention_head_dim": [1, 2, 2],
+    "use_linear_projection": True,
+    "cross_attention_dim": HIDDEN + HIDDEN_2,
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": SDXL_TIME_DIM,
+    "projection_class_embeddings_input_dim": HIDDEN_2 + 6 * SDXL_TIME_DIM,
+    "norm_num_groups": 32,
+}
+SDXL_VAE = {"scaling_factor": 0.13025, "force_upcast": True}
 MODEL_INDEX = {
     "_class_name": "StableDiffusionPipeline",
     "feature_extractor": [None, None],
@@ -84,22 +107,39 @@ MODEL_INDEX = {
     "unet": ["diffusers", "UNet2DConditionModel"],
     "vae": ["diffusers", "AutoencoderKL"],
 }
+SDXL_MODEL_INDEX = {
+    "_class_name": "StableDiffusionXLPipeline",
+    "force_zeros_for_empty_prompt": True,
+    "scheduler": ["diffusers", "DDPMScheduler"],
+    "text_encoder": ["transformers", "CLIPTextModel"],
+    "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+    "tokenizer": ["transformers", "CLIPTokenizer"],
+    "tokenizer_2": ["transformers", "CLIPTokenizer"],
+    "unet": ["diffusers", "UNet2DConditionModel"],
+    "vae": ["diffusers", "AutoencoderKL"],
+}
 
 
-def write_tiny_sd(folder: Path, *, inpainting: bool = False, sd2: bool = False, seed: int = 0) -> Path:
+def write_tiny_sd(
+    folder: Path, *, inpainting: bool = False, sd2: bool = False, sdxl: bool = False, seed: int = 0
+) -> Path:
     """Write the tiny model into `folder` (created) and return it.
 
     The weights are PyTorch safetensors written by diffusers and transformers, as the real repos ship
     them. `inpainting` gives the UNet 9 input channels (latents + mask + masked-image latents); `sd2`
-    makes it SD 2.1-shaped (SD2_*), v-prediction included. Takes a few seconds on CPU.
+    makes it SD 2.1-shaped (SD2_*), v-prediction included; `sdxl` makes an SDXL pipeline folder (a
+    second text encoder with projection and its tokenizer, the SDXL_* UNet and VAE). Takes a few
+    seconds on CPU.
     """
     import diffusers
     import torch
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
+    if sdxl and (sd2 or inpainting):
+        raise ValueError("the tiny SDXL is text-to-image, epsilon-prediction only")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    index = {"_diffusers_version": diffusers.__version__, **MODEL_INDEX}
+    index = {"_diffusers_version": diffusers.__version__, **(SDXL_MODEL_INDEX if sdxl else MODEL_INDEX)}
     (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     (folder / "scheduler").mkdir(exist_ok=True)
     scheduler = {**SCHEDULER, **(SD2_SCHEDULER if sd2 else {}), "_diffusers_version": diffusers.__version__}
@@ -108,27 +148,43 @@ def write_tiny_sd(folder: Path, *, inpainting: bool = False, sd2: bool = False, 
 
     with _quiet(), torch.random.fork_rng():  # leave the caller's torch RNG as it was
         torch.manual_seed(seed)
-        unet_config = {**UNET, **(SD2_UNET if sd2 else {}), "in_channels": 9 if inpainting else 4}
-        unet = diffusers.UNet2DConditionModel(**unet_config)
-        vae = diffusers.AutoencoderKL(**VAE)
-        text_config = CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=HIDDEN,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            max_position_embeddings=MAX_LENGTH,
-            projection_dim=HIDDEN,
-            # Real ids rather than CLIP's legacy 0/1/2, so pooling picks the first <|endoftext|>.
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            **(SD2_TEXT if sd2 else {"hidden_act": "quick_gelu"}),
-        )
-        text_encoder = CLIPTextModel(text_config).eval()
-        for name, model in (("unet", unet), ("vae", vae), ("text_encoder", text_encoder)):
+        if sdxl:
+            unet_config = SDXL_UNET
+        else:
+            unet_config = {**UNET, **(SD2_UNET if sd2 else {}), "in_channels": 9 if inpainting else 4}
+        models = {
+            "unet": diffusers.UNet2DConditionModel(**unet_config),
+            "vae": diffusers.AutoencoderKL(**{**VAE, **(SDXL_VAE if sdxl else {})}),
+            "text_encoder": CLIPTextModel(
+                _text_config(tokenizer, HIDDEN, **(SD2_TEXT if sd2 else {"hidden_act": "quick_gelu"}))
+            ).eval(),
+        }
+        if sdxl:
+            _write_tokenizer(folder / "tokenizer_2")
+            second = _text_config(tokenizer, HIDDEN_2, hidden_act="gelu")
+            models["text_encoder_2"] = CLIPTextModelWithProjection(second).eval()
+        for name, model in models.items():
             model.save_pretrained(folder / name)  # config.json + (diffusion_pytorch_)model.safetensors
     return folder
+
+
+def _text_config(tokenizer: CLIPTokenizer, hidden: int, **changes):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=MAX_LENGTH,
+        projection_dim=hidden,
+        # Real ids rather than CLIP's legacy 0/1/2, so pooling picks the first <|endoftext|>.
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **changes,
+    )
 
 
 @contextmanager
