@@ -86,3 +86,31 @@ def test_our_models_load_it_and_match_diffusers_unet(sdxl):
             .transpose(0, 2, 3, 1)
         )
     assert np.abs(ours - theirs).max() <= 1e-4 * np.abs(theirs).max()
+
+
+def test_the_controlnet_sampler_generates_with_an_sdxl_base(sdxl):
+    """Both encoders, the pooled text and the size ids reach the sampler's UNet and ControlNet."""
+    import jax
+    from flax import nnx
+
+    from landmark_controlnet.diffusion.pipeline import ControlNetGenerator, load_stable_diffusion
+    from landmark_controlnet.training.models import controlnet_from_unet, controlnet_options
+
+    sd = load_stable_diffusion(sdxl)
+    assert sd.is_sdxl and sd.tokenizer_2 is not None
+    controlnet = controlnet_from_unet(sd.unet, 0, controlnet_options(jnp.float32))
+    graph, state = nnx.split(controlnet)
+    key = jax.random.key(0)
+    leaves, tree = jax.tree_util.tree_flatten(nnx.to_pure_dict(state))
+    params = jax.tree_util.tree_unflatten(
+        tree,
+        [p + 0.05 * jax.random.normal(jax.random.fold_in(key, i), p.shape) for i, p in enumerate(leaves)],
+    )  # perturbed: the zero-initialised output convolutions would hide the conditioning
+    generator = ControlNetGenerator(sd, graph, steps=2)
+    conditioning = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    images = generator(params, PROMPTS, conditioning, seed=0)
+    assert images.shape == (2, 64, 64, 3) and images.dtype == np.uint8
+    other_prompts = generator(params, PROMPTS[::-1], conditioning, seed=0)
+    assert not np.array_equal(images, other_prompts)
+    weaker = generator(params, PROMPTS, conditioning, seed=0, strength=0.2)
+    assert not np.array_equal(images, weaker)

@@ -1,4 +1,4 @@
-"""A Stable Diffusion 1.x/2.x pipeline folder as the project's models, and ControlNet-guided sampling.
+"""A Stable Diffusion 1.x/2.x or SDXL pipeline folder as the project's models, and ControlNet-guided sampling.
 
     sd = load_stable_diffusion("stable-diffusion-v1-5/stable-diffusion-v1-5")
     controlnet = from_pretrained(ControlNetModel, "out/controlnet")
@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from .clip import CLIPTextModel, encode_prompt
-from .loading import MissingFileError, from_pretrained, open_folder
+from .clip import CLIPTextModel, CLIPTextModelWithProjection, encode_prompt, encode_sdxl_prompt
+from .loading import MissingFileError, from_pretrained, is_sdxl, open_folder, read_model_index
 from .options import DEFAULT_OPTIONS, ModelOptions
 from .schedulers import DDIMSampler, NoiseSchedule, sample
 from .unet import TextTimeConditioning, UNet2DConditionModel
@@ -37,13 +37,35 @@ INPAINTING_CHANNELS = 9  # latents (4), mask (1), masked-photo latents (4)
 
 @dataclass
 class StableDiffusion:
-    """The frozen parts of a Stable Diffusion 1.x/2.x pipeline, and its scheduler's config."""
+    """The frozen parts of a Stable Diffusion 1.x/2.x or SDXL pipeline, and its scheduler's config.
+
+    SDXL has a second tokenizer and text encoder (with projection); SD 1.x/2.x leave them None."""
 
     tokenizer: Any
     text_encoder: CLIPTextModel
     vae: AutoencoderKL
     unet: UNet2DConditionModel
     scheduler_config: dict[str, Any] = field(default_factory=dict)
+    tokenizer_2: Any = None
+    text_encoder_2: CLIPTextModelWithProjection | None = None
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.text_encoder_2 is not None
+
+    def text_models(self) -> dict[str, nnx.Module]:
+        """The text encoders by their folder name."""
+        models = {"text_encoder": self.text_encoder}
+        if self.text_encoder_2 is not None:
+            models["text_encoder_2"] = self.text_encoder_2
+        return models
+
+    def token_ids(self, captions: list[str]) -> dict[str, np.ndarray]:
+        """Each text encoder's token ids, by its folder name."""
+        ids = {"text_encoder": tokenize(self.tokenizer, captions)}
+        if self.tokenizer_2 is not None:
+            ids["text_encoder_2"] = tokenize(self.tokenizer_2, captions)
+        return ids
 
     @property
     def noise_schedule(self) -> NoiseSchedule:
@@ -63,15 +85,34 @@ def load_stable_diffusion(
     allow_pickle: bool = False,
     token: str | bool | None = None,
 ) -> StableDiffusion:
-    """Tokenizer, text encoder, VAE, UNet and scheduler config of a diffusers pipeline folder or repo."""
+    """Tokenizer(s), text encoder(s), VAE, UNet and scheduler config of a diffusers pipeline folder or
+    repo; an SDXL pipeline (its `model_index.json` names a text_encoder_2) also gets its second pair."""
     common = dict(revision=revision, variant=variant, options=options, allow_pickle=allow_pickle, token=token)
+    second = {}
+    if _is_sdxl_folder(location, revision, token):
+        second = {
+            "tokenizer_2": load_tokenizer(location, "tokenizer_2", revision=revision, token=token),
+            "text_encoder_2": from_pretrained(
+                CLIPTextModelWithProjection, location, subfolder="text_encoder_2", **common
+            ),
+        }
     return StableDiffusion(
         tokenizer=load_tokenizer(location, revision=revision, token=token),
         text_encoder=from_pretrained(CLIPTextModel, location, subfolder="text_encoder", **common),
         vae=from_pretrained(AutoencoderKL, location, subfolder="vae", **common),
         unet=from_pretrained(UNet2DConditionModel, location, subfolder="unet", **common),
         scheduler_config=read_scheduler_config(location, revision=revision, token=token),
+        **second,
     )
+
+
+def _is_sdxl_folder(location: str | os.PathLike, revision: str | None, token: str | bool | None) -> bool:
+    try:
+        return is_sdxl(read_model_index(location, revision=revision, token=token))
+    except (
+        MissingFileError
+    ):  # a bare folder of the five parts: SD 1.x/2.x, as before model_index.json was read
+        return False
 
 
 def load_tokenizer(
@@ -167,9 +208,10 @@ class ControlNetGenerator:
         self.sd = sd
         self.plan = DDIMSampler.from_config(sd.scheduler_config).plan(steps)
         self.guidance_scale = guidance_scale
-        graphs, states = zip(*(nnx.split(m) for m in (sd.text_encoder, sd.vae, sd.unet)), strict=True)
-        self._graphs = (*graphs, controlnet_graph)
-        self._frozen = states
+        frozen = {**sd.text_models(), "vae": sd.vae, "unet": sd.unet}
+        split = {name: nnx.split(model) for name, model in frozen.items()}
+        self._graphs = {name: graph for name, (graph, _) in split.items()} | {"controlnet": controlnet_graph}
+        self._frozen = {name: state for name, (_, state) in split.items()}
         self._run = jax.jit(self._generate)
 
     def __call__(
@@ -189,7 +231,9 @@ class ControlNetGenerator:
         if photos is not None:
             pixels = jnp.asarray(photos, jnp.float32) / 127.5 - 1.0
             inpaint = (pixels, jnp.asarray(np.asarray(masks) > 0, jnp.float32)[..., None])
-        text_ids = jnp.asarray(tokenize(self.sd.tokenizer, [""] * len(prompts) + list(prompts)))
+        text_ids = {
+            k: jnp.asarray(v) for k, v in self.sd.token_ids([""] * len(prompts) + list(prompts)).items()
+        }
         cond = jnp.asarray(conditioning, jnp.float32) / 255.0
         images = self._run(
             self._frozen, controlnet_params, text_ids, cond, inpaint, jnp.float32(strength),
@@ -198,11 +242,11 @@ class ControlNetGenerator:
         return np.asarray(images)
 
     def _generate(self, frozen, controlnet_params, text_ids, cond, inpaint, strength, key):
-        text_encoder, vae, unet, controlnet = (
-            nnx.merge(g, s) for g, s in zip(self._graphs, (*frozen, controlnet_params), strict=True)
-        )
-        text = encode_prompt(text_encoder, text_ids)
+        models = {name: nnx.merge(self._graphs[name], state) for name, state in frozen.items()}
+        vae, unet = models["vae"], models["unet"]
+        controlnet = nnx.merge(self._graphs["controlnet"], controlnet_params)
         batch, height, width = cond.shape[:3]
+        text, added = self._encode(models, text_ids, height, width)
         latent_hw = (height // vae.config.downscale, width // vae.config.downscale)
         latents = jax.random.normal(key, (batch, *latent_hw, unet.config.out_channels))
         latents = latents * self.plan.init_noise_sigma
@@ -216,7 +260,7 @@ class ControlNetGenerator:
             doubled = jnp.concatenate([x, x])
             timesteps = jnp.broadcast_to(timestep, (doubled.shape[0],))
             output = controlnet_prediction(
-                unet, controlnet, doubled, timesteps, text, doubled_cond, strength, extra
+                unet, controlnet, doubled, timesteps, text, doubled_cond, strength, extra, added
             )
             unconditional, conditional = jnp.split(output.astype(jnp.float32), 2)
             return unconditional + self.guidance_scale * (conditional - unconditional)
@@ -224,3 +268,26 @@ class ControlNetGenerator:
         latents = sample(self.plan, denoise, latents, use_scan=True)
         decoded = vae.decode(vae.from_latents(latents)).astype(jnp.float32)
         return ((decoded / 2 + 0.5).clip(0, 1) * 255).round().astype(jnp.uint8)
+
+    @staticmethod
+    def _encode(models: dict, text_ids: dict, height: int, width: int):
+        """(context, added conditioning) for the unconditional half, then the prompts' half.
+
+        SDXL: both encoders, and the size ids of an uncropped picture generated at its own size
+        (original = target = (height, width)). Its unconditional half is zeros, as SDXL's pipeline
+        gives an empty negative prompt (`force_zeros_for_empty_prompt`)."""
+        if "text_encoder_2" not in models:
+            return encode_prompt(models["text_encoder"], text_ids["text_encoder"]), None
+        context, pooled = encode_sdxl_prompt(
+            models["text_encoder"],
+            models["text_encoder_2"],
+            text_ids["text_encoder"],
+            text_ids["text_encoder_2"],
+        )
+        half = context.shape[0] // 2
+        context = jnp.concatenate([jnp.zeros_like(context[:half]), context[half:]])
+        pooled = jnp.concatenate([jnp.zeros_like(pooled[:half]), pooled[half:]])
+        time_ids = jnp.tile(
+            jnp.asarray([[height, width, 0, 0, height, width]], jnp.float32), (pooled.shape[0], 1)
+        )
+        return context, TextTimeConditioning(pooled, time_ids)
