@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
+from tiny_models import perturb
 
 from landmark_controlnet.cli import main
 from landmark_controlnet.diffusion.export import save_pretrained
@@ -34,13 +33,7 @@ def models(tmp_path_factory, hand_build):
     controlnets = []
     for seed in (1, 2):
         controlnet = controlnet_from_unet(unet, seed, controlnet_options(jnp.float32))
-        # Zero-initialised output convolutions would make the ControlNet (and its strength) a no-op.
-        key = jax.random.key(seed)
-        leaves, tree = jax.tree_util.tree_flatten(nnx.state(controlnet, nnx.Param))
-        noisy = [
-            p + 0.05 * jax.random.normal(jax.random.fold_in(key, i), p.shape) for i, p in enumerate(leaves)
-        ]
-        nnx.update(controlnet, jax.tree_util.tree_unflatten(tree, noisy))
+        perturb(controlnet, seed, scale=0.05)  # else a no-op: its output convolutions start at zero
         save_pretrained(controlnet, root / f"controlnet-{seed}")
         controlnets.append(root / f"controlnet-{seed}")
     return {"root": root, "dataset": builder, "base": base, "controlnets": controlnets}

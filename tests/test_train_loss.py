@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from tiny_models import perturb
 
 from landmark_controlnet.diffusion import encode_prompt
 from landmark_controlnet.diffusion.pipeline import controlnet_prediction, tokenize
@@ -81,13 +82,6 @@ TINY_SDXL_UNET = {
     "transformer_layers_per_block": [1, 2],
     "use_linear_projection": True,
 }
-
-
-def perturb(model: nnx.Module, seed: int, scale: float = 0.02) -> None:
-    leaves, tree = jax.tree_util.tree_flatten(nnx.state(model, nnx.Param))
-    key = jax.random.key(seed)
-    noisy = [p + scale * jax.random.normal(jax.random.fold_in(key, i), p.shape) for i, p in enumerate(leaves)]
-    nnx.update(model, jax.tree_util.tree_unflatten(tree, noisy))
 
 
 def test_an_sdxl_step_feeds_the_pooled_text_and_size_ids_to_unet_and_controlnet():

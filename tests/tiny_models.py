@@ -64,3 +64,18 @@ def tiny_blip(folder: Path) -> Path:
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+def perturb(model, seed: int, scale: float = 0.02) -> None:
+    """Add seeded Gaussian noise to every parameter of an NNX `model`, in place.
+
+    A fresh ControlNet's output convolutions are zero-initialised, so an unperturbed one is a no-op
+    and a comparison through it proves nothing. Small noise: a large constant offset makes the
+    residuals swamp everything else (float32 then hides the inputs a test wants to see)."""
+    import jax
+    from flax import nnx
+
+    leaves, tree = jax.tree_util.tree_flatten(nnx.state(model, nnx.Param))
+    key = jax.random.key(seed)
+    noisy = [p + scale * jax.random.normal(jax.random.fold_in(key, i), p.shape) for i, p in enumerate(leaves)]
+    nnx.update(model, jax.tree_util.tree_unflatten(tree, noisy))
