@@ -34,7 +34,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchm
 sys.path.insert(0, str(REPO))
 sys.path.append(str(REPO / "benchmarks"))  # last: benchmarks/conditioners.py must not shadow the package
 
-from published_configs import (  # noqa: E402
+from landmark_controlnet.training.published_configs import (  # noqa: E402
     SD15_TEXT_CONFIG,
     SD15_UNET_CONFIG,
     SDXL_POOLED,
@@ -223,7 +223,8 @@ def build_step(case: Case, batch: int, resolution: int, scale: float, remat: boo
         device_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in host_batch.items()}
     else:
         device_batch = shardings.put_batch(host_batch)
-    step = make_train_step(Graphs(**graphs), optimizer, schedule, LossConfig(dtype=bf16), shardings)
+    config = LossConfig(dtype=bf16)
+    step = make_train_step(Graphs(**graphs), optimizer, schedule, config, shardings, params, weights)
     return Step(step, state, weights, device_batch, {k: round(v / 1e6, 1) for k, v in counts.items()})
 
 

@@ -41,12 +41,12 @@ sys.path.append(str(REPO / "benchmarks"))  # last: benchmarks/conditioners.py mu
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
-from published_configs import SD15_UNET_CONFIG  # noqa: E402
 from safetensors.numpy import load_file  # noqa: E402
 
 from landmark_controlnet.diffusion import weights  # noqa: E402
 from landmark_controlnet.diffusion.loading import from_pretrained  # noqa: E402
 from landmark_controlnet.diffusion.unet import UNet2DConditionModel, UNetConfig  # noqa: E402
+from landmark_controlnet.training.published_configs import SD15_UNET_CONFIG  # noqa: E402
 
 RECORD = REPO / "benchmarks" / "results" / "load_memory_2cpu.json"
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"

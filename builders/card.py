@@ -24,6 +24,14 @@ from .storage import Folder
 PREVIEW_FILE = "preview.png"
 PREVIEW_ROWS = 4
 BASE_TAGS = ["controlnet", "landmarks", "image-to-image"]
+# One line each in the card's column list, for the columns whose meaning their name does not say.
+COLUMN_MEANINGS = {
+    "original_size": "[height, width] of the source photo (upright, full resolution): SDXL's "
+    "`original_size` size conditioning (the first two of its `time_ids`)",
+    "crop_top_left": "[top, left] of `image` inside the source photo resized to `image`'s scale, "
+    "[0, 0] when not cropped: SDXL's `crops_coords_top_left` conditioning (the next two `time_ids`; "
+    "the last two are `image`'s own height and width)",
+}
 
 
 def card_yaml(recipe: Recipe, features: datasets.Features, reports: list[BuildReport]) -> dict[str, Any]:
@@ -130,7 +138,10 @@ def write_card(
         "items": main.items,
         "skip_table": _skip_table(main),
         "preview": f"![preview]({PREVIEW_FILE})" if preview else "(no rows yet)",
-        "columns": "\n".join(f"- `{name}`" for name in features),
+        "columns": "\n".join(
+            f"- `{name}`" + (f": {COLUMN_MEANINGS[name]}" if name in COLUMN_MEANINGS else "")
+            for name in features
+        ),
     }
     body = string.Template(recipe.card_template()).safe_substitute(values)
     header = yaml.safe_dump(card_yaml(recipe, features, reports), sort_keys=False, allow_unicode=True)

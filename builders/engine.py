@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import multiprocessing
 import queue
 from collections import Counter
@@ -18,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import datasets
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from conditioners.errors import UserError
@@ -26,9 +28,18 @@ from .parquet import read_counts
 from .recipe import Recipe
 from .sources import Source
 from .storage import Folder
-from .worker import EMPTY_DIR, HELD_OUT_SPLIT, Chunk, ChunkProcessor, Splits, dataset_features
+from .worker import (
+    EMPTY_DIR,
+    HELD_OUT_SPLIT,
+    SIZE_FEATURES,
+    Chunk,
+    ChunkProcessor,
+    Splits,
+    dataset_features,
+)
 
 STATE_FILE = ".build_state.json"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -95,7 +106,16 @@ def prepare(
     data.remove_temporaries()
     check_state(data, recipe, source, settings)
     chunks = pending_chunks(source, settings, set(chunk_records(data, settings.split)))
-    return data, dataset_features(source, recipe), chunks
+    features = written_features(data, source, recipe)
+    if missing := [name for name in SIZE_FEATURES if name not in features]:
+        log.warning(
+            "%s holds shards built before rows recorded %s: this build keeps their schema, without those "
+            "columns, so that the dataset stays loadable. To record them, build into a new folder, or "
+            "delete every shard of this one first (--overwrite deletes the built split's own).",
+            data,
+            " and ".join(missing),
+        )
+    return data, features, chunks
 
 
 def summarize(output: Folder, split: str) -> BuildReport:
@@ -138,6 +158,24 @@ def check_state(data: Folder, recipe: Recipe, source: Source, settings: BuildSet
             )
     if any(states.get(split) != expected for split, expected in wanted.items()):
         data.write_text(STATE_FILE, json.dumps({**states, **wanted}, indent=1))
+
+
+def written_features(data: Folder, source: Source, recipe: Recipe) -> datasets.Features:
+    """The row features of the shards in `data`: `dataset_features`, less `SIZE_FEATURES` when the
+    folder already holds shards written before rows recorded them.
+
+    Resuming such a build (or adding a split to its folder) keeps the old schema rather than being
+    refused: the finished shards stay usable and a trainer can do without the size columns (SDXL's
+    default is original = target size, no crop), whereas shards of two schemas in one folder would
+    make `load_dataset` fail. A folder emptied of its shards (`--overwrite` of its only split) gets
+    the new columns."""
+    features = dataset_features(source, recipe)
+    shards = data.names("*-*.parquet")
+    if not shards:
+        return features
+    with data.open(shards[0]) as file:  # one suffices: every build into the folder keeps its schema
+        columns = set(pq.read_schema(file).names)
+    return datasets.Features({k: v for k, v in features.items() if k in columns or k not in SIZE_FEATURES})
 
 
 def held_out_from(output: Folder) -> str | None:

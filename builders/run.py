@@ -9,11 +9,11 @@ from typing import Any
 from conditioners.errors import UserError
 
 from .card import write_card
-from .engine import BuildReport, BuildSettings, build, held_out_from, summarize
+from .engine import BuildReport, BuildSettings, build, held_out_from, summarize, written_features
 from .recipe import CARD_TEMPLATE_FILE, RECIPE_FILE, Recipe, default_output, resolve_builder
 from .sources import make_source
 from .storage import Folder
-from .worker import EMPTY_DIR, HELD_OUT_SPLIT, dataset_features
+from .worker import EMPTY_DIR, HELD_OUT_SPLIT
 
 
 class DatasetNotBuiltError(UserError, RuntimeError):
@@ -62,7 +62,8 @@ def run_build(
         raise ValueError(f"unknown engine {engine!r}: local or ray")
     splits = sorted({name.rsplit("-", 1)[0] for name in output.sub("data").names("*-*.parquet")})
     reports = [report] + [summarize(output, s) for s in splits if s != settings.split]
-    write_card(output, recipe, source.describe(), dataset_features(source, recipe), reports)
+    features = written_features(output.sub("data"), source, recipe)  # as the shards hold them
+    write_card(output, recipe, source.describe(), features, reports)
     return report
 
 

@@ -7,7 +7,7 @@ import json
 import math
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,10 @@ from PIL import Image
 import conditioners
 from conditioners import Conditioned, SkipReason, condition_many
 from conditioners.images import (
+    Framing,
     ImageSource,
     LoadedImage,
+    center_crop_framing,
     encode_jpeg,
     load_image,
     read_image_size,
@@ -33,12 +35,21 @@ from .recipe import Recipe
 from .sources import Source, SourceItem
 from .storage import Folder
 
+# What SDXL's size conditioning (its `time_ids`) needs from each row, in SDXL's conventions:
+# `original_size` is [height, width] of the source photo, upright (EXIF orientation applied) and at
+# full resolution; `crop_top_left` is [top, left] of `image` inside that photo resized to `image`'s
+# scale ([0, 0] when the row stores the photo itself). The target size is `image`'s own size.
+SIZE_FEATURES = {
+    "original_size": datasets.Sequence(datasets.Value("int32"), length=2),
+    "crop_top_left": datasets.Sequence(datasets.Value("int32"), length=2),
+}
 ROW_FEATURES = {
     "image": datasets.Image(),
     "conditioning_image": datasets.Image(),
     "caption": datasets.Value("string"),
     "landmarks": datasets.Value("string"),
     "source_id": datasets.Value("string"),
+    **SIZE_FEATURES,
 }
 EMPTY_DRAWING = str(SkipReason.EMPTY_DRAWING)
 Progress = Callable[[str], None]
@@ -92,9 +103,11 @@ class Chunk:
 
 @dataclass
 class StoredPhoto(LoadedImage):
-    """A photo framed as the recipe asks: `pixels` at detection scale, `stored` the row's JPEG."""
+    """A photo framed as the recipe asks: `pixels` at detection scale, `stored` the row's JPEG, cut
+    from the full-size upright photo by `framing` (`size` is the stored image's)."""
 
     stored: bytes = b""
+    framing: Framing | None = None
 
 
 @dataclass
@@ -109,6 +122,16 @@ class _Row:
             return {"bytes": photo.stored, "path": str(Path(name).with_suffix(".jpg"))}
         return {"bytes": self.result.source, "path": name}
 
+    @property
+    def size_cells(self) -> dict[str, list[int]]:
+        """`SIZE_FEATURES`: the source photo's upright full size and where the stored image was cut."""
+        photo = self.result.photo
+        if isinstance(photo, StoredPhoto):
+            (width, height), (left, top) = photo.framing.source_size, photo.framing.offset
+        else:  # the photo itself, whose full upright size `load_image` gives
+            (width, height), (left, top) = photo.size, (0, 0)
+        return {"original_size": [height, width], "crop_top_left": [top, left]}
+
 
 class ChunkProcessor:
     """Holds one conditioner and one captioner for the life of a build process."""
@@ -121,6 +144,8 @@ class ChunkProcessor:
         self.captioner = make_captioner(recipe.captioner_type, **recipe.captioner_options)
         extra_images = set(self.conditioner.extra_images)
         self.source_columns = [k for k in features if k not in ROW_FEATURES and k not in extra_images]
+        # A resumed build of a folder whose shards predate them writes none (see engine.written_features).
+        self.size_columns = [k for k in SIZE_FEATURES if k in features]
 
     def close(self) -> None:
         self.conditioner.close()
@@ -186,9 +211,15 @@ class ChunkProcessor:
         full = load_image(source, long_side=detail, name=name)  # JPEGs decode at reduced scale
         if min(full.size) < max(self.conditioner.min_workable_side, self.conditioner.filters.min_image_side):
             return full  # skipped as image_too_small; never blown up to the frame size
-        framed = resize_and_crop(full.pixels, short_side, Image.Resampling.LANCZOS)
+        # Framed from the full upright size, so that the crop the row records is exact; the reduced
+        # decode is resized straight to that framing's frame.
+        framing = center_crop_framing(full.size, short_side)
+        decoded = (full.pixels.shape[1], full.pixels.shape[0])
+        framed = resize_and_crop(full.pixels, replace(framing, source_size=decoded), Image.Resampling.LANCZOS)
         detected = framed.resize(scaled_size(framed.size, self.conditioner.detect_long_side))
-        return StoredPhoto(np.asarray(detected), framed.size, name, stored=encode_jpeg(framed))
+        return StoredPhoto(
+            np.asarray(detected), framed.size, name, stored=encode_jpeg(framed), framing=framing
+        )
 
     def _write(self, writer: ShardWriter, rows: list[_Row]) -> None:
         if not rows:
@@ -206,6 +237,7 @@ class ChunkProcessor:
                     "caption": caption,
                     "landmarks": result.detection.to_json(),
                     "source_id": row.item.source_id,
+                    **{key: cell for key, cell in row.size_cells.items() if key in self.size_columns},
                     **{key: row.item.extra.get(key) for key in self.source_columns},
                 }
             )

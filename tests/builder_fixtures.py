@@ -222,7 +222,7 @@ def hf_dataset(data: Path, root: Path) -> Path:
 
 
 def comparable_rows(dataset) -> list[list[str]]:
-    """source_id, caption, sha256 of both images and landmarks of every row, sorted."""
+    """source_id, caption, sha256 of both images, landmarks and the size columns of every row, sorted."""
     import hashlib
 
     import datasets
@@ -236,6 +236,7 @@ def comparable_rows(dataset) -> list[list[str]]:
             hashlib.sha256(r["image"]["bytes"]).hexdigest(),
             hashlib.sha256(r["conditioning_image"]["bytes"]).hexdigest(),
             r["landmarks"],
+            json.dumps([r.get("original_size"), r.get("crop_top_left")]),
         ]
         for r in dataset
     )

@@ -14,9 +14,11 @@ from pathlib import Path
 import builder_fixtures as fx
 import datasets
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import yaml
-from PIL import Image
+from hostile_corpus import orientations
+from PIL import Image, ImageOps
 
 import conditioners
 from builders import BuildSettings, make_source
@@ -176,6 +178,142 @@ def test_resize_and_crop_moves_the_landmarks(tmp_path, data_dir):
         np.testing.assert_array_equal(
             conditioners.draw(detection), np.asarray(row["conditioning_image"].convert("RGB"))
         )
+
+
+def centre_crop_top_left(width: int, height: int, side: int) -> list[int]:
+    """SDXL's crop coordinates for a resize of the short side to `side` and a centre crop (worked out
+    here, not by the builder's code)."""
+    resized_width, resized_height = (
+        round(width * side / min(width, height)),
+        round(height * side / min(width, height)),
+    )
+    return [(resized_height - side) // 2, (resized_width - side) // 2]
+
+
+def crop_errors(stored: np.ndarray, frame: np.ndarray, top_left: list[int]) -> dict:
+    """Mean absolute error of `stored` against the crop of `frame` at `top_left` and 1 px either side."""
+    (top, left), (height, width) = top_left, stored.shape[:2]
+    errors = {}
+    for dy, dx in ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)):
+        y, x = top + dy, left + dx
+        if 0 <= y <= frame.shape[0] - height and 0 <= x <= frame.shape[1] - width:
+            cut = frame[y : y + height, x : x + width].astype(np.float64)
+            errors[dy, dx] = float(np.abs(stored.astype(np.float64) - cut).mean())
+    return errors
+
+
+@pytest.mark.parametrize("side", [256, None])
+def test_size_columns_record_the_full_upright_photo_and_the_centre_crop(tmp_path, data_dir, side):
+    hands = data_dir / "images" / "hands"
+    photos = tmp_path / "photos"
+    fx.link(hands / "hagrid_tile11_prayer.jpg", photos / "landscape.jpg")  # 780 x 437
+    fx.link(hands / "mediapipe_gesture_four_15a73593.jpg", photos / "portrait.jpg")  # 384 x 512
+    # A 1280 x 720 photo stored as a camera held sideways: 720 x 1280 pixels, EXIF orientation 6.
+    upright = Image.open(hands / "mmpose_panoptic_005880453_01.jpg").convert("RGB")
+    rotated = dict((name, data) for name, _, data in orientations(upright))["exif_6.jpg"]
+    (photos / "rotated.jpg").write_bytes(rotated)
+    assert Image.open(photos / "rotated.jpg").size == (720, 1280)
+    builder = fx.folder_recipe(tmp_path, extra=f"[image]\nresize_short_side = {side}\n" if side else "")
+    report = run_build(str(builder), str(photos), BuildSettings(), progress=False)
+    dataset = load_builder(str(builder))  # not a cached build
+    assert report.rows == len(dataset) == 3, report.skipped
+    assert dataset.features["original_size"] == datasets.Sequence(datasets.Value("int32"), length=2)
+    assert dataset.features["crop_top_left"] == datasets.Sequence(datasets.Value("int32"), length=2)
+    crops = {}
+    for row in dataset:
+        photo = ImageOps.exif_transpose(Image.open(photos / row["source_id"])).convert("RGB")
+        width, height = photo.size
+        assert row["original_size"] == [height, width], row["source_id"]
+        if not side:  # the photo itself, upright as `datasets` decodes it
+            assert row["image"].size == photo.size and row["crop_top_left"] == [0, 0]
+            continue
+        assert row["crop_top_left"] == centre_crop_top_left(width, height, side), row["source_id"]
+        crops[row["source_id"]] = row["crop_top_left"]
+        # The stored image is the photo resized to its scale and cut at crop_top_left, not 1 px off.
+        scale = side / min(width, height)
+        resized = photo.resize((round(width * scale), round(height * scale)), Image.Resampling.LANCZOS)
+        errors = crop_errors(
+            np.asarray(row["image"].convert("RGB")), np.asarray(resized), row["crop_top_left"]
+        )
+        assert errors.pop((0, 0)) < min(5, *errors.values()), (row["source_id"], errors)
+    if not side:
+        return
+    assert crops["landscape.jpg"][0] == 0 < crops["landscape.jpg"][1]  # cut at the sides
+    assert crops["portrait.jpg"][0] > 0 == crops["portrait.jpg"][1]  # cut at the top and bottom
+    assert crops["rotated.jpg"][0] == 0 < crops["rotated.jpg"][1]  # landscape once upright
+    assert "- `crop_top_left`: [top, left]" in (builder / "README.md").read_text()
+
+
+def test_size_columns_of_a_build_that_stores_the_photos_themselves(folder_build):
+    photos, builder, report = folder_build
+    dataset = load_builder(str(builder))  # not a cached build
+    assert len(dataset) == report.rows > 0
+    for row in dataset:
+        width, height = ImageOps.exif_transpose(Image.open(photos / row["source_id"])).size
+        assert row["original_size"] == [height, width] == [row["image"].height, row["image"].width]
+        assert row["crop_top_left"] == [0, 0]
+    card = (builder / "README.md").read_text()
+    assert "- `original_size`: [height, width] of the source photo" in card
+    header = yaml.safe_load(card.split("---")[1])
+    assert {"name": "original_size", "list": "int32", "length": 2} in header["dataset_info"]["features"]
+
+
+def test_every_builder_records_the_size_columns():
+    from builders.recipe import BUILDERS_DIR, Recipe, builder_names
+    from builders.sources import SOURCES
+    from builders.worker import SIZE_FEATURES, dataset_features
+
+    assert {"hand_repair", "hagrid_hand_enc", "face_synthetics_spiga", "laion_face"} <= set(builder_names())
+    for name in builder_names():
+        recipe = Recipe.load(BUILDERS_DIR / name)
+        kind = "folder" if recipe.source_type == "images" else recipe.source_type
+        source = object.__new__(SOURCES[kind])  # its columns, without a location to read
+        features = dataset_features(source, recipe)
+        assert {k: features[k] for k in SIZE_FEATURES} == SIZE_FEATURES, name
+
+
+def strip_size_columns(shard: Path) -> None:
+    """Rewrite a shard as builds wrote it before rows recorded their size (counts metadata kept)."""
+    from builders.worker import SIZE_FEATURES
+
+    table = pq.read_table(shard)
+    features = datasets.Features.from_arrow_schema(table.schema)
+    old = datasets.Features({k: v for k, v in features.items() if k not in SIZE_FEATURES})
+    metadata = {  # the file's key-value metadata (the build counts), which read_table leaves out
+        **{k: v for k, v in pq.ParquetFile(shard).metadata.metadata.items() if k != b"ARROW:schema"},
+        b"huggingface": old.arrow_schema.metadata[b"huggingface"],
+    }
+    pq.write_table(table.drop_columns(list(SIZE_FEATURES)).replace_schema_metadata(metadata), shard)
+
+
+def test_resuming_a_build_without_size_columns_keeps_its_schema(folder_build, caplog):
+    from builders.parquet import read_counts
+    from builders.storage import Folder
+
+    photos, builder, report = folder_build
+    shards = sorted((builder / "data").glob("train-*.parquet"))
+    for shard in shards:
+        strip_size_columns(shard)
+    counts = read_counts(Folder(builder / "data"), shards[0].name)
+    assert counts["kept"] > 0
+    shards[-1].unlink()  # a partial build of the old schema
+    resumed = run_build(str(builder), str(photos), BuildSettings(shard_size=3), progress=False)
+    assert "without those columns" in caplog.text and "--overwrite" in caplog.text
+    assert resumed.rows == report.rows and shards[-1].exists()
+    assert read_counts(Folder(builder / "data"), shards[0].name) == counts
+    for shard in shards:  # one schema: the rebuilt shard has the old one
+        assert not {"original_size", "crop_top_left"} & set(pq.read_schema(shard).names)
+    assert "original_size" not in (builder / "README.md").read_text()  # the card describes the shards
+    dataset = load_builder(str(builder))  # by its files: not a cached load of the build before
+    assert len(dataset) == report.rows and "original_size" not in dataset.features
+    caplog.clear()
+    again = run_build(str(builder), str(photos), BuildSettings(shard_size=3), overwrite=True, progress=False)
+    assert again.rows == report.rows and "without those columns" not in caplog.text
+    rows = load_builder(str(builder))
+    assert (
+        rows["crop_top_left"] == [[0, 0]] * report.rows
+        and "original_size" in (builder / "README.md").read_text()
+    )
 
 
 @pytest.mark.parametrize("short_side", [None, 256])

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
-from pathlib import Path
 
+import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
@@ -42,11 +43,10 @@ def test_large_tensors_split_on_their_largest_divisible_axis_small_ones_replicat
 
 def test_fsdp_divides_the_bytes_of_the_sd15_controlnet_per_device():
     """The real SD 1.5 ControlNet (361 M parameters), from shapes alone."""
-    sys.path.append(str(Path(__file__).resolve().parent.parent / "benchmarks"))  # last: shadows nothing
     from flax import nnx
-    from published_configs import SD15_UNET_CONFIG
 
     from landmark_controlnet.diffusion import ControlNetConfig, ControlNetModel, UNetConfig
+    from landmark_controlnet.training.published_configs import SD15_UNET_CONFIG
 
     config = ControlNetConfig.from_unet(UNetConfig.from_dict(SD15_UNET_CONFIG))
     params = nnx.to_pure_dict(nnx.state(ControlNetModel.abstract(config)))
@@ -82,3 +82,47 @@ def test_arrays_really_are_sharded_on_four_devices():
     assert shards["kernel"] == [[256, 256]] * 4, "split in two along fsdp, the same half on both data rows"
     assert shards["bias"] == [[256]] * 4
     assert "1 of 2 tensors split" in description
+
+
+STATE_CHILD = """
+import json, jax
+from flax import nnx
+from landmark_controlnet.diffusion import ControlNetConfig, ControlNetModel, UNetConfig
+from landmark_controlnet.diffusion.pretrained import InitKeys
+from landmark_controlnet.training.step import Shardings, init_state_on_devices, make_optimizer
+from landmark_controlnet.training.tiny_sd import SDXL_UNET
+config = ControlNetConfig.from_unet(UNetConfig.from_dict(SDXL_UNET))
+params = nnx.to_pure_dict(nnx.state(ControlNetModel(config, rngs=InitKeys(0))))
+optimizer = make_optimizer(lambda step: 1e-4)
+report = {}
+for mesh in ("data=4", "data=2,fsdp=2"):
+    state = init_state_on_devices(params, optimizer, 0, Shardings.over_all_devices(mesh, 1024))
+    kernel = state.params["mid_block"]["resnets"][0]["conv1"]["kernel"]
+    adam = state.opt_state[1][0]  # clip_by_global_norm, then adamw's scale_by_adam
+    trees = (state.params, adam.mu, adam.nu)
+    specs = [[str(x.sharding.spec) for x in jax.tree_util.tree_leaves(t)] for t in trees]
+    report[mesh] = {
+        "bytes": sum(x.addressable_shards[0].data.nbytes for x in jax.tree_util.tree_leaves(state)),
+        "kernel": [str(kernel.sharding.spec), kernel.shape, kernel.addressable_shards[0].data.shape],
+        "moments_as_parameters": specs[0] == specs[1] == specs[2],
+        "split": sum("fsdp" in spec for spec in specs[0]),
+    }
+print(json.dumps(report))
+"""
+
+
+def test_the_train_state_is_sharded_along_fsdp_and_halves_the_bytes_per_device():
+    """The trainer's own state on a 2x2 mesh: parameters and Adam moments split, half the bytes."""
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run(
+        [sys.executable, "-c", STATE_CHILD], capture_output=True, text=True, env={**os.environ, **env}
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    replicated, sharded = report["data=4"], report["data=2,fsdp=2"]
+    assert replicated["split"] == 0 and "fsdp" not in replicated["kernel"][0]
+    spec, shape, shard = sharded["kernel"]
+    assert "fsdp" in spec and sorted(np.array(shape) // np.array(shard)) == [1, 1, 1, 2]
+    assert sharded["split"] > 50
+    assert sharded["moments_as_parameters"], "Adam's moments are laid out as their parameters"
+    assert 0.5 <= sharded["bytes"] / replicated["bytes"] < 0.6

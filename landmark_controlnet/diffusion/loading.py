@@ -440,16 +440,34 @@ def from_pretrained(
     whole file in memory); without it a folder holding only `.bin` raises PickleRefusedError.
     """
     folder = open_folder(location, subfolder, revision, token)
-    config_path = folder.fetch(CONFIG_NAME)
-    if config_path is None:
-        raise _missing(folder, CONFIG_NAME)
-    config = cls.config_class.from_json_file(config_path)
+    config = _read_config(cls, folder)
     source = weights_source(folder, cls, variant, allow_pickle)
     try:
         return load_module(cls.abstract(config, options), source, cls.ignore_unexpected)
     finally:
         if isinstance(source, SafetensorsSource):
             source.close()
+
+
+def abstract_pretrained(
+    cls: type[ModelT],
+    location: str | os.PathLike,
+    *,
+    subfolder: str | None = None,
+    revision: str | None = None,
+    options: ModelOptions = DEFAULT_OPTIONS,
+    token: str | bool | None = None,
+) -> ModelT:
+    """`cls` as the folder's config.json describes it, with ShapeDtypeStructs for weights: only the
+    config is read (from the Hub, only it is downloaded), so a model of any size is sized for free."""
+    return cls.abstract(_read_config(cls, open_folder(location, subfolder, revision, token)), options)
+
+
+def _read_config(cls: type[ModelT], folder: ModelFolder) -> Any:
+    config_path = folder.fetch(CONFIG_NAME)
+    if config_path is None:
+        raise _missing(folder, CONFIG_NAME)
+    return cls.config_class.from_json_file(config_path)
 
 
 # -- pipelines ---------------------------------------------------------------------------------------

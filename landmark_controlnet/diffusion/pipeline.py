@@ -23,7 +23,14 @@ import numpy as np
 from flax import nnx
 
 from .clip import CLIPTextModel, CLIPTextModelWithProjection, encode_prompt, encode_sdxl_prompt
-from .loading import MissingFileError, from_pretrained, is_sdxl, open_folder, read_model_index
+from .loading import (
+    MissingFileError,
+    abstract_pretrained,
+    from_pretrained,
+    is_sdxl,
+    open_folder,
+    read_model_index,
+)
 from .options import DEFAULT_OPTIONS, ModelOptions
 from .schedulers import DDIMSampler, NoiseSchedule, sample
 from .unet import TextTimeConditioning, UNet2DConditionModel
@@ -84,23 +91,33 @@ def load_stable_diffusion(
     options: ModelOptions = DEFAULT_OPTIONS,
     allow_pickle: bool = False,
     token: str | bool | None = None,
+    abstract: bool = False,
 ) -> StableDiffusion:
     """Tokenizer(s), text encoder(s), VAE, UNet and scheduler config of a diffusers pipeline folder or
-    repo; an SDXL pipeline (its `model_index.json` names a text_encoder_2) also gets its second pair."""
-    common = dict(revision=revision, variant=variant, options=options, allow_pickle=allow_pickle, token=token)
+    repo; an SDXL pipeline (its `model_index.json` names a text_encoder_2) also gets its second pair.
+
+    `abstract=True` reads the configs alone: the models hold ShapeDtypeStructs (sizing, `--dry_run`)."""
+    if abstract:
+        common = dict(revision=revision, options=options, token=token)
+        load = abstract_pretrained
+    else:
+        common = dict(
+            revision=revision, variant=variant, options=options, allow_pickle=allow_pickle, token=token
+        )
+        load = from_pretrained
     second = {}
     if _is_sdxl_folder(location, revision, token):
         second = {
             "tokenizer_2": load_tokenizer(location, "tokenizer_2", revision=revision, token=token),
-            "text_encoder_2": from_pretrained(
+            "text_encoder_2": load(
                 CLIPTextModelWithProjection, location, subfolder="text_encoder_2", **common
             ),
         }
     return StableDiffusion(
         tokenizer=load_tokenizer(location, revision=revision, token=token),
-        text_encoder=from_pretrained(CLIPTextModel, location, subfolder="text_encoder", **common),
-        vae=from_pretrained(AutoencoderKL, location, subfolder="vae", **common),
-        unet=from_pretrained(UNet2DConditionModel, location, subfolder="unet", **common),
+        text_encoder=load(CLIPTextModel, location, subfolder="text_encoder", **common),
+        vae=load(AutoencoderKL, location, subfolder="vae", **common),
+        unet=load(UNet2DConditionModel, location, subfolder="unet", **common),
         scheduler_config=read_scheduler_config(location, revision=revision, token=token),
         **second,
     )

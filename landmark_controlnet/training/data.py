@@ -27,7 +27,7 @@ from PIL import Image
 
 import conditioners
 from conditioners import Detection
-from conditioners.images import load_image, resize_and_crop
+from conditioners.images import center_crop_framing, load_image, resize_and_crop
 
 SHUFFLE_BUFFER = 1000
 ROW_INDEX = "__row_index__"  # a map-style row's index in the dataset, which --cache_latents keys on
@@ -65,6 +65,8 @@ class Columns:
     caption: str = "caption"
     landmarks: str = "landmarks"
     mask: str | None = None  # inpainting runs only
+    original_size: str = "original_size"  # SDXL's size conditioning, when the builder recorded it
+    crop_top_left: str = "crop_top_left"
 
     def check(self, dataset: datasets.Dataset | datasets.IterableDataset) -> None:
         available = list(dataset.features or {})
@@ -92,6 +94,7 @@ class ExampleOptions:
     random_flip: bool = False
     proportion_empty_prompts: float = 0.0
     mask_dilation: float = 0.0  # the largest random dilation of an inpainting mask, x resolution
+    size_ids: bool = False  # SDXL: each example gets its six `time_ids`
 
 
 def decode(value: Any, name: str) -> Image.Image:
@@ -147,12 +150,39 @@ def photo_values(photo: Image.Image, resolution: int, flip: bool) -> np.ndarray:
     return np.asarray(frame(photo, resolution), np.float32) / 127.5 - 1.0
 
 
-def prepare_conditioning(row: dict[str, Any], columns: Columns, resolution: int, flip: bool) -> np.ndarray:
-    """The row's conditioning image (re-drawn mirrored when `flip`) as the ControlNet's input."""
+def prepare_conditioning(
+    row: dict[str, Any], columns: Columns, options: ExampleOptions, flip: bool
+) -> dict[str, np.ndarray]:
+    """The row's conditioning image (re-drawn mirrored when `flip`) as the ControlNet's input, and for
+    SDXL the row's `time_ids`."""
     conditioning = decode(row[columns.conditioning_image], f"{row_name(row)} (conditioning)")
+    prepared = {}
+    if options.size_ids:
+        prepared["time_ids"] = size_ids(row, columns, conditioning.size, options.resolution)
     if flip:
         conditioning = flipped_conditioning(conditioning, row.get(columns.landmarks))
-    return conditioning_values(frame(conditioning, resolution))
+    prepared["conditioning_pixel_values"] = conditioning_values(frame(conditioning, options.resolution))
+    return prepared
+
+
+def size_ids(
+    row: dict[str, Any], columns: Columns, stored_size: tuple[int, int], resolution: int
+) -> np.ndarray:
+    """SDXL's (original height, original width, crop top, crop left, target height, target width).
+
+    The builder's `original_size` and `crop_top_left` (in the stored picture's scale) when the row has
+    them, else the stored picture's own size and no crop; then training's own centre crop, added in
+    the framed scale, as SDXL counts crops in the resized frame. The stored size is the conditioning
+    image's, which the builders write at the photo's size. A mirrored row keeps its ids: a centred
+    crop mirrors onto itself."""
+    framing = center_crop_framing(stored_size, resolution)
+    original, crop = row.get(columns.original_size), row.get(columns.crop_top_left)
+    if original is None or crop is None:
+        original, crop = (stored_size[1], stored_size[0]), (0, 0)
+    scale_x, scale_y = framing.scale
+    top = round(crop[0] * scale_y) + framing.offset[1]
+    left = round(crop[1] * scale_x) + framing.offset[0]
+    return np.array([original[0], original[1], top, left, resolution, resolution], np.float32)
 
 
 def prepare_example(
@@ -165,7 +195,7 @@ def prepare_example(
     photo = decode(row[columns.image], name)
     example = {
         "pixel_values": photo_values(photo, options.resolution, flip),
-        "conditioning_pixel_values": prepare_conditioning(row, columns, options.resolution, flip),
+        **prepare_conditioning(row, columns, options, flip),
         "caption": "" if empty else caption_text(row[columns.caption]),
     }
     if columns.mask:
@@ -281,13 +311,13 @@ class BatchLoader:
     """Turns row batches into numpy batches in threads, stacked into `accumulation` micro-batches.
 
     `prepare(row, rng)` makes one example (`prepare_example`, or a cached one); a "caption" it
-    returns is tokenised into "input_ids"."""
+    returns is tokenised by `tokenize` into the token ids of every text encoder, by batch key."""
 
     def __init__(
         self,
         rows: Iterator[tuple[list[dict[str, Any]], dict[str, int]]],
         prepare: Prepare,
-        tokenize: Callable[[list[str]], np.ndarray],
+        tokenize: Callable[[list[str]], dict[str, np.ndarray]],
         accumulation: int,
         seed: int,
         first_micro_batch: int = 0,
@@ -306,7 +336,7 @@ class BatchLoader:
         prepared = list(self.pool.map(self.prepare, rows, rngs))
         batch = {key: np.stack([e[key] for e in prepared]) for key in prepared[0] if key != "caption"}
         if "caption" in prepared[0]:
-            batch["input_ids"] = self.tokenize([e["caption"] for e in prepared])
+            batch.update(self.tokenize([e["caption"] for e in prepared]))
         return batch
 
     def __iter__(self) -> Iterator[tuple[dict[str, np.ndarray], dict[str, int]]]:

@@ -14,6 +14,8 @@ MODEL_TAGS = [
     "stable-diffusion-diffusers",
     "landmarks",
 ]
+SDXL_TAG = "stable-diffusion-xl"
+SDXL_SIZE = 1024  # SDXL generates at 1024 px; its conditioning image is drawn at that size
 HUB_IGNORE = ["checkpoints/*", "checkpoints/**", "logs/*", "logs/**", "profile/**", ".*"]
 
 
@@ -33,12 +35,15 @@ def write_model_card(
     validation_grid: Path | None,
     final_loss: float | None,
     fidelity: dict[str, Any] | None = None,
+    sdxl: bool = False,
 ) -> Path:
+    """The Hub model card, README.md. `sdxl`: the base model is SDXL, so the card shows diffusers'
+    StableDiffusionXLControlNetPipeline and carries the stable-diffusion-xl tag."""
     header = {
         "base_model": base_model,
         "library_name": "diffusers",
         "license": "creativeml-openrail-m",
-        "tags": MODEL_TAGS,
+        "tags": [*MODEL_TAGS, SDXL_TAG] if sdxl else MODEL_TAGS,
         "inference": True,
     }
     if not Path(dataset).exists():
@@ -60,7 +65,8 @@ def write_model_card(
         lines += [f"Last logged training loss: {final_loss:.4f}", ""]
     if fidelity:
         lines += _fidelity_section(fidelity)
-    lines += ["## Use", "", *(_inpainting_use(base_model) if flags.get("inpainting") else _use(base_model))]
+    use = _inpainting_use(base_model) if flags.get("inpainting") else _use(base_model, sdxl)
+    lines += ["## Use", "", *use]
     lines += [
         "## Training flags",
         "",
@@ -96,12 +102,35 @@ def _fidelity_section(summary: dict[str, Any]) -> list[str]:
     ]
 
 
-def _use(base_model: str) -> list[str]:
+def _use(base_model: str, sdxl: bool = False) -> list[str]:
+    """Text-to-image with diffusers' ControlNet pipeline for the base model: SD's at the base model's
+    own size, SDXL's at 1024 px."""
+    if sdxl:
+        pipeline, resize = "StableDiffusionXLControlNetPipeline", f".resize(({SDXL_SIZE}, {SDXL_SIZE}))"
+        size = f", height={SDXL_SIZE}, width={SDXL_SIZE}"
+    else:
+        pipeline, resize, size = "StableDiffusionControlNetPipeline", "", ""
+    return _pipeline_use(
+        pipeline,
+        base_model,
+        f"image = load_image(CONDITIONING_IMAGE){resize}  # a landmark drawing",
+        f'pipe(PROMPT, image=image{size}).images[0].save("out.png")',
+    )
+
+
+def _pipeline_use(pipeline: str, base_model: str, *run: str) -> list[str]:
+    """A python block: the ControlNet and diffusers' `pipeline` over `base_model`, in float16 on CUDA,
+    then the `run` lines."""
     return [
         "```python",
-        "from diffusers import ControlNetModel, StableDiffusionControlNetPipeline",
-        "controlnet = ControlNetModel.from_pretrained(PATH_OR_REPO)",
-        f'pipe = StableDiffusionControlNetPipeline.from_pretrained("{base_model}", controlnet=controlnet)',
+        "import torch",
+        f"from diffusers import ControlNetModel, {pipeline}",
+        "from diffusers.utils import load_image",
+        "controlnet = ControlNetModel.from_pretrained(PATH_OR_REPO, torch_dtype=torch.float16)",
+        f"pipe = {pipeline}.from_pretrained(",
+        f'    "{base_model}", controlnet=controlnet, torch_dtype=torch.float16',
+        ').to("cuda")',
+        *run,
         "```",
         "",
     ]

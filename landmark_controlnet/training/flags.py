@@ -65,7 +65,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     data.add_argument("--caption_column", default="caption")
     data.add_argument("--max_train_samples", type=int, default=None)
     data.add_argument("--proportion_empty_prompts", type=float, default=0.0)
-    data.add_argument("--resolution", type=int, default=512)
+    data.add_argument(
+        "--resolution",
+        type=int,
+        default=None,
+        help="square training size (default: the base model's own: 512 SD 1.x, 768 SD 2.x, 1024 SDXL)",
+    )
     data.add_argument(
         "--random_flip",
         action="store_true",
@@ -113,6 +118,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     optim.add_argument("--adam_epsilon", type=float, default=1e-8)
     optim.add_argument("--max_grad_norm", type=float, default=1.0)
     optim.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
+    optim.add_argument(
+        "--gradient_checkpointing",
+        action="store_true",
+        help="recompute the UNet's and ControlNet's block activations in the backward pass (remat): "
+        "less activation memory, about a third more compute",
+    )
     optim.add_argument("--snr_gamma", type=float, default=None, help="min-SNR loss weighting (5.0 is usual)")
 
     runs = parser.add_argument_group("validation, checkpoints, logs")
@@ -153,6 +164,31 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "of compiling again ('none' turns it off)",
     )
 
+    devices = parser.add_argument_group("devices")
+    devices.add_argument(
+        "--mesh",
+        default=None,
+        help="data=N,fsdp=M (N x M = all devices): `fsdp` also splits the ControlNet, its optimiser state "
+        "and the frozen models' large tensors (default: data = every device, weights replicated)",
+    )
+    devices.add_argument(
+        "--fsdp_min_elements",
+        type=int,
+        default=2**16,
+        help="tensors with fewer elements stay replicated under fsdp (biases, norms: splitting them "
+        "saves little and costs a collective each)",
+    )
+    devices.add_argument(
+        "--dry_run",
+        nargs="?",
+        const="compile",
+        choices=["compile", "shapes"],
+        default=None,
+        help="print the per-device GB of parameters, optimiser state, frozen weights and (compiling the "
+        "step for abstract inputs) activations for this model, mesh and batch, then exit without "
+        "training or reading any weight; `--dry_run shapes` skips the compilation",
+    )
+
     hosts = parser.add_argument_group("multi-host (TPU pods: --multihost; elsewhere the three below)")
     hosts.add_argument("--multihost", action="store_true", help="jax.distributed.initialize() auto-detected")
     hosts.add_argument("--coordinator_address", default=None, help="HOST:PORT of process 0")
@@ -187,7 +223,7 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
         parser.error("--fidelity_rows scores text-to-image generations; it does not apply to --inpainting")
     if args.fidelity_rows and not args.validation_steps:
         parser.error("--fidelity_rows scores at each validation: give --validation_steps")
-    if args.resolution % 64:
+    if args.resolution is not None and args.resolution % 64:
         parser.error("--resolution must be a multiple of 64 (the validation pipeline needs it)")
     return args
 
@@ -200,6 +236,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
     log.info("imports: %.1f s", time.perf_counter() - started)
 
+    if args.dry_run:
+        from landmark_controlnet.training.dry_run import plan_memory
+        from landmark_controlnet.training.loop import DTYPES, setup_runtime
+
+        setup_runtime(args)
+        plan_memory(args, DTYPES[args.mixed_precision])
+        return 0
     try:
         output = train(args)
     except NonFiniteLoss as exc:

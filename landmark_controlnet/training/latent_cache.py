@@ -5,6 +5,7 @@ the same (it samples the cached posterior with the same key). What is stored:
 - `moments.npy`: (rows, variants, h, w, 2 x latent channels) float32, the posterior's mean and
   log-variance of the framed photo; variant 1 is the mirrored photo (with --random_flip);
 - `text.npy`: (captions, tokens, hidden) float32, one per distinct caption, the empty prompt first;
+  SDXL adds `pooled.npy`, (captions, projection) float32, the second encoder's pooled projection;
 - `caption_index.npy`: each row's caption in `text.npy`.
 
 The folder is named by a hash of everything the values depend on (the dataset's rows, the VAE's
@@ -33,12 +34,11 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from landmark_controlnet.diffusion import encode_prompt
-
 from . import data as input_data
 
 log = logging.getLogger("train_flax_controlnet")
 CACHE_HOME = Path("~/.cache/landmark-controlnet/latents")
+TEXT_FILES = {"text_embeddings": "text.npy", "text_embeds": "pooled.npy"}
 
 
 @dataclass(frozen=True)
@@ -118,10 +118,12 @@ class ChunkedArray:
 class LatentCache:
     """The cached values of one dataset under one key; `example` is the loader's `prepare`."""
 
-    def __init__(self, directory: Path, moments: np.ndarray, text: np.ndarray, caption_index: np.ndarray):
+    def __init__(
+        self, directory: Path, moments: np.ndarray, text: dict[str, np.ndarray], caption_index: np.ndarray
+    ):
         self.directory = directory
         self.moments = moments
-        self.text = text
+        self.text = text  # by batch key: `text_embeddings`, and SDXL's `text_embeds`
         self.caption_index = caption_index
 
     def example(
@@ -131,23 +133,22 @@ class LatentCache:
         in place of the photo and the caption."""
         flip, empty = input_data.example_draws(options, rng)
         index = row[input_data.ROW_INDEX]
+        caption = 0 if empty else self.caption_index[index]
         return {
             "latent_moments": np.array(self.moments[index, int(flip)]),
-            "conditioning_pixel_values": input_data.prepare_conditioning(
-                row, columns, options.resolution, flip
-            ),
-            "text_embeddings": np.array(self.text[0 if empty else self.caption_index[index]]),
+            **input_data.prepare_conditioning(row, columns, options, flip),
+            **{key: np.array(values[caption]) for key, values in self.text.items()},
         }
 
 
 @dataclass
 class Encoders:
-    """The frozen VAE and text encoder as pure functions of their weights, run data-parallel
+    """The frozen VAE and text encoder(s) as pure functions of their weights, run data-parallel
     over this host's devices (each host fills its own cache)."""
 
     graphs: Any
     vae_weights: Any
-    text_weights: Any
+    text_weights: dict[str, Any]  # by model name: `text_encoder`, and SDXL's `text_encoder_2`
     dtype: Any
     per_device: int = 8  # rows (or captions) per device in one batch: the unit a resume skips by
 
@@ -163,8 +164,12 @@ class Encoders:
             posterior = nnx.merge(graphs.vae, weights).encode(pixels.astype(dtype))
             return jnp.concatenate([posterior.mean, posterior.logvar], axis=-1).astype(jnp.float32)
 
-        def text(weights: Any, input_ids: jax.Array) -> jax.Array:
-            return encode_prompt(nnx.merge(graphs.text_encoder, weights), input_ids).astype(jnp.float32)
+        def text(weights: Any, token_ids: dict[str, jax.Array]) -> dict[str, jax.Array]:
+            context, pooled = graphs.encode_text(weights, token_ids)
+            embedded = {"text_embeddings": context.astype(jnp.float32)}
+            if pooled is not None:
+                embedded["text_embeds"] = pooled.astype(jnp.float32)
+            return embedded
 
         self._moments, self._text = jax.jit(moments), jax.jit(text)
 
@@ -175,16 +180,23 @@ class Encoders:
     def moments(self, pixels: np.ndarray) -> np.ndarray:
         return self._run(self._moments, self.vae_weights, pixels)
 
-    def text(self, input_ids: np.ndarray) -> np.ndarray:
-        return self._run(self._text, self.text_weights, input_ids)
+    def text(self, token_ids: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self._run(self._text, self.text_weights, token_ids)
 
-    def _run(self, function: Callable, weights: Any, inputs: np.ndarray) -> np.ndarray:
+    def _run(self, function: Callable, weights: Any, inputs: Any) -> Any:
+        """`function` over `inputs` (an array or a dict of arrays of equal length) in batches."""
+        count = len(jax.tree_util.tree_leaves(inputs)[0])
         outputs = []
-        for start in range(0, len(inputs), self.batch):
-            part = inputs[start : start + self.batch]  # a short part is padded: one compiled shape
-            padded = np.concatenate([part, np.repeat(part[-1:], self.batch - len(part), axis=0)])
-            outputs.append(np.asarray(function(weights, jax.device_put(padded, self.split)))[: len(part)])
-        return np.concatenate(outputs)
+        for start in range(0, count, self.batch):
+            span = slice(start, min(start + self.batch, count))
+            padded = jax.tree_util.tree_map(lambda x, span=span: self._padded(x[span]), inputs)
+            output = function(weights, jax.device_put(padded, self.split))
+            outputs.append(jax.tree_util.tree_map(lambda x, n=span.stop - start: np.asarray(x)[:n], output))
+        return jax.tree_util.tree_map(lambda *parts: np.concatenate(parts), *outputs)
+
+    def _padded(self, part: np.ndarray) -> np.ndarray:
+        """A short part padded with its last row: one compiled shape."""
+        return np.concatenate([part, np.repeat(part[-1:], self.batch - len(part), axis=0)])
 
 
 def build_latent_cache(
@@ -192,7 +204,7 @@ def build_latent_cache(
     columns: input_data.Columns,
     options: input_data.ExampleOptions,
     encoders: Encoders,
-    tokenize: Callable[[list[str]], np.ndarray],
+    tokenize: Callable[[list[str]], dict[str, np.ndarray]],
     root: Path,
     threads: int = 4,
 ) -> LatentCache:
@@ -214,11 +226,16 @@ def build_latent_cache(
     caption_index = _caption_index(captions, distinct)
     np.save(directory / "caption_index.npy", caption_index)
 
-    text = ChunkedArray(
-        directory / "text.npy", _text_shape(encoders, tokenize, len(distinct)), encoders.batch
-    )
-    for chunk in _progress(text, "caching text embeddings"):
-        text.write(chunk, encoders.text(tokenize([distinct[i] for i in text.rows(chunk)])))
+    shapes = {key: value.shape[1:] for key, value in encoders.text(tokenize([""])).items()}
+    text = {
+        key: ChunkedArray(directory / TEXT_FILES[key], (len(distinct), *shape), encoders.batch)
+        for key, shape in shapes.items()
+    }
+    chunks = text["text_embeddings"]
+    for chunk in _progress(chunks, "caching text embeddings"):
+        embedded = encoders.text(tokenize([distinct[i] for i in chunks.rows(chunk)]))
+        for key, values in embedded.items():
+            text[key].write(chunk, values)
 
     first = encoders.moments(np.zeros((1, options.resolution, options.resolution, 3), np.float32))
     shape = (len(dataset), variants, *first.shape[1:])
@@ -232,17 +249,16 @@ def build_latent_cache(
             moments.write(chunk, values.reshape(len(rows), variants, *values.shape[1:]))
     log.info("latent cache: %s", directory)
     return LatentCache(
-        directory, np.load(moments.path, mmap_mode="r"), np.load(text.path, mmap_mode="r"), caption_index
+        directory,
+        np.load(moments.path, mmap_mode="r"),
+        {key: np.load(array.path, mmap_mode="r") for key, array in text.items()},
+        caption_index,
     )
 
 
 def _caption_index(captions: list[str], distinct: list[str]) -> np.ndarray:
     position = {caption: i for i, caption in enumerate(distinct)}
     return np.array([position[c] for c in captions], np.int32)
-
-
-def _text_shape(encoders: Encoders, tokenize: Callable, count: int) -> tuple[int, ...]:
-    return (count, *encoders.text(tokenize([""])).shape[1:])
 
 
 def _photo_variants(

@@ -17,7 +17,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from landmark_controlnet.diffusion.pipeline import StableDiffusion, tokenize
+from landmark_controlnet.diffusion.pipeline import StableDiffusion
 
 from . import data as input_data
 from .checkpoints import Checkpoints, resolve_resume
@@ -31,7 +31,9 @@ from .models import (
     load_base_model,
     load_controlnet,
     split_models,
+    token_batch,
 )
+from .sharding import describe
 from .step import (
     LossConfig,
     Shardings,
@@ -111,10 +113,12 @@ def build_run(args: argparse.Namespace) -> Run:
     output_dir = Path(args.output_dir)
     dtype = DTYPES[args.mixed_precision]
     phases = Phases()
-    sd = load_base_model(args.pretrained_model_name_or_path, args.revision, dtype)
+    remat = args.gradient_checkpointing
+    sd = load_base_model(args.pretrained_model_name_or_path, args.revision, dtype, remat)
     check_unet_channels(args, sd)
+    args.resolution = args.resolution or native_resolution(sd)
     phases.mark("base model")
-    options = controlnet_options(dtype)
+    options = controlnet_options(dtype, remat)
     if args.controlnet_model_name_or_path:
         controlnet = load_controlnet(args.controlnet_model_name_or_path, args.controlnet_revision, options)
     else:
@@ -137,15 +141,19 @@ def build_run(args: argparse.Namespace) -> Run:
         args.adam_weight_decay,
         args.max_grad_norm,
     )
-    shardings = Shardings.over_all_devices()
+    shardings = Shardings.over_all_devices(args.mesh, args.fsdp_min_elements)
+    frozen_weights = {**frozen_weights, "noise_schedule": sd.noise_schedule}
+    log_layout(shardings, params, frozen_weights)
     state = init_state_on_devices(params, optimizer, args.seed, shardings)
-    frozen = shardings.replicate({**frozen_weights, "noise_schedule": sd.noise_schedule})
-    train_step = make_train_step(graphs, optimizer, schedule, LossConfig(dtype, args.snr_gamma), shardings)
+    frozen = shardings.put(frozen_weights)
+    step_config = LossConfig(dtype, args.snr_gamma)
+    train_step = make_train_step(graphs, optimizer, schedule, step_config, shardings, params, frozen)
     phases.mark("weights to devices")
 
     cache = None
     if args.cache_latents:
-        encoders = Encoders(graphs, frozen_weights["vae"], frozen_weights["text_encoder"], dtype)
+        text_weights = {name: frozen_weights[name] for name in sd.text_models()}
+        encoders = Encoders(graphs, frozen_weights["vae"], text_weights, dtype)
         cache = latent_cache(args, sd, rows, encoders)
         phases.mark("latent cache")
     checkpoints = Checkpoints(output_dir / "checkpoints", args.checkpoints_total_limit)
@@ -176,6 +184,17 @@ def build_run(args: argparse.Namespace) -> Run:
         args, graphs, state, frozen, train_step, batches, max_steps, start_step,
         checkpoints, validator, validation, run_log, fidelity,
     )  # fmt: skip
+
+
+def native_resolution(sd: StableDiffusion) -> int:
+    """The size the base model was trained at: 512 for SD 1.x, 768 for SD 2.x, 1024 for SDXL."""
+    return sd.unet.config.sample_size * sd.vae.config.downscale
+
+
+def log_layout(shardings: Shardings, params: Any, frozen: dict[str, Any]) -> None:
+    """Once, at start: the mesh, what the sharding rule splits, and the bytes each device holds."""
+    log.info("%s", describe(params, shardings.specs(params), shardings.mesh, "ControlNet"))
+    log.info("%s", describe(frozen, shardings.specs(frozen), shardings.mesh, "frozen models"))
 
 
 class Phases:
@@ -271,9 +290,9 @@ def latent_cache(args: argparse.Namespace, sd: StableDiffusion, rows: Any, encod
     cache = build_latent_cache(
         rows.dataset,
         _columns(args),
-        example_options(args),
+        example_options(args, sd),
         encoders,
-        lambda captions: tokenize(sd.tokenizer, captions),
+        lambda captions: token_batch(sd, captions),
         root,
         args.dataloader_num_workers,
     )
@@ -281,12 +300,13 @@ def latent_cache(args: argparse.Namespace, sd: StableDiffusion, rows: Any, encod
     return cache
 
 
-def example_options(args: argparse.Namespace) -> input_data.ExampleOptions:
+def example_options(args: argparse.Namespace, sd: StableDiffusion) -> input_data.ExampleOptions:
     return input_data.ExampleOptions(
         args.resolution,
         args.random_flip,
         args.proportion_empty_prompts,
         args.mask_dilation if args.inpainting else 0.0,
+        size_ids=sd.is_sdxl,
     )
 
 
@@ -301,12 +321,12 @@ def input_batches(
         row_batches = rows.batches(epoch, rows_in_epoch)
     else:
         row_batches = rows.batches(start_step * accumulation)
-    columns, options = _columns(args), example_options(args)
+    columns, options = _columns(args), example_options(args, sd)
     make_example = cache.example if cache else input_data.prepare_example
     loader = input_data.BatchLoader(
         row_batches,
         lambda row, rng: make_example(row, columns, options, rng),
-        lambda captions: tokenize(sd.tokenizer, captions),
+        lambda captions: token_batch(sd, captions),
         accumulation,
         args.seed,
         first_micro_batch=start_step * accumulation,
@@ -368,7 +388,7 @@ def run_loop(run: Run) -> float | None:
             _log_metrics(run, step, metrics, bar)
         if due[1] or (due[3] and args.checkpointing_steps):
             run.checkpoints.save(step, run.state, gather_position(position, step))
-        if (due[2] or due[3]) and run.validator:
+        if (due[2] or due[3]) and args.validation_steps:
             validate(run, step)
     if previous:
         last_loss = check_finite(run, *previous)
@@ -408,7 +428,10 @@ def gather_position(position: dict[str, int], step: int) -> dict[str, Any]:
 
 
 def validate(run: Run, step: int) -> None:
+    """Every process gathers the parameters (a collective when they are sharded); process 0 validates."""
     params = host_copy(run.state.params)
+    if not run.validator:
+        return
     grid = run.validator(params, run.validation, run.args.num_validation_images, run.args.seed)
     save_grid(grid, Path(run.args.output_dir), step)
     if run.log:
@@ -464,6 +487,7 @@ def finish(run: Run, final_loss: float | None) -> Path:
             grids[-1] if grids else None,
             final_loss,
             run.fidelity_summary,
+            sdxl=run.graphs.is_sdxl,
         )
         if run.args.push_to_hub:
             repo_id = run.args.hub_model_id or output_dir.resolve().name

@@ -12,10 +12,18 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from landmark_controlnet.diffusion import ControlNetConfig, ControlNetModel, ModelOptions, from_pretrained
+from landmark_controlnet.diffusion import (
+    ControlNetConfig,
+    ControlNetModel,
+    ModelOptions,
+    encode_prompt,
+    encode_sdxl_prompt,
+    from_pretrained,
+)
 from landmark_controlnet.diffusion.pipeline import StableDiffusion, load_stable_diffusion
 from landmark_controlnet.diffusion.pretrained import InitKeys
 
@@ -25,11 +33,16 @@ LATENT_CHANNELS = 4
 
 
 def load_base_model(
-    location: str, revision: str | None = None, dtype: jnp.dtype = jnp.float32, remat: bool = False
+    location: str,
+    revision: str | None = None,
+    dtype: jnp.dtype = jnp.float32,
+    remat: bool = False,
+    abstract: bool = False,
 ) -> StableDiffusion:
-    """The frozen models with their weights in the compute dtype (they are never updated)."""
+    """The frozen models with their weights in the compute dtype (they are never updated); `abstract`:
+    their shapes alone, from the configs."""
     options = ModelOptions(dtype=dtype, param_dtype=dtype, remat=remat)
-    return load_stable_diffusion(location, revision=revision, options=options)
+    return load_stable_diffusion(location, revision=revision, options=options, abstract=abstract)
 
 
 def controlnet_options(dtype: jnp.dtype, remat: bool = False) -> ModelOptions:
@@ -69,29 +82,51 @@ def load_controlnet(location: str, revision: str | None, options: ModelOptions) 
     return from_pretrained(ControlNetModel, location, revision=revision, options=options)
 
 
+# The batch key of each text encoder's token ids.
+TOKEN_KEYS = {"text_encoder": "input_ids", "text_encoder_2": "input_ids_2"}
+
+
 @dataclass(frozen=True)
 class Graphs:
-    """The structure of every model the step runs (static under jit); weights come separately."""
+    """The structure of every model the step runs (static under jit); weights come separately.
+    SDXL adds `text_encoder_2` (with projection)."""
 
     text_encoder: Any
     vae: Any
     unet: Any
     controlnet: Any
+    text_encoder_2: Any = None
 
-    def merge(self, frozen: dict[str, Any], controlnet_params: Any) -> tuple[Any, Any, Any, Any]:
-        """(text_encoder, vae, unet, controlnet) as modules, inside a traced function. The text encoder is
-        None when `frozen` has none (steps on cached text embeddings need no encoder)."""
+    @property
+    def is_sdxl(self) -> bool:
+        return self.text_encoder_2 is not None
+
+    def merge(self, frozen: dict[str, Any], controlnet_params: Any) -> tuple[Any, Any, Any]:
+        """(vae, unet, controlnet) as modules, inside a traced function."""
         return (
-            nnx.merge(self.text_encoder, frozen["text_encoder"]) if "text_encoder" in frozen else None,
             nnx.merge(self.vae, frozen["vae"]),
             nnx.merge(self.unet, frozen["unet"]),
             nnx.merge(self.controlnet, controlnet_params),
         )
 
+    def encode_text(self, frozen: dict[str, Any], token_ids: dict[str, jax.Array]) -> tuple[Any, Any]:
+        """(context, pooled) from the token ids by batch key (`TOKEN_KEYS`); pooled is None but for SDXL,
+        whose context is both encoders' penultimate states side by side."""
+        first = nnx.merge(self.text_encoder, frozen["text_encoder"])
+        if not self.is_sdxl:
+            return encode_prompt(first, token_ids[TOKEN_KEYS["text_encoder"]]), None
+        second = nnx.merge(self.text_encoder_2, frozen["text_encoder_2"])
+        return encode_sdxl_prompt(first, second, *(token_ids[key] for key in TOKEN_KEYS.values()))
+
+
+def token_batch(sd: StableDiffusion, captions: list[str]) -> dict[str, np.ndarray]:
+    """Every text encoder's token ids of `captions`, by batch key."""
+    return {TOKEN_KEYS[name]: ids for name, ids in sd.token_ids(captions).items()}
+
 
 def split_models(sd: StableDiffusion, controlnet: ControlNetModel) -> tuple[Graphs, dict[str, Any], Any]:
     """(graphs, frozen weights by model name, the ControlNet's weights), all weights as pure dicts."""
-    parts = {"text_encoder": sd.text_encoder, "vae": sd.vae, "unet": sd.unet, "controlnet": controlnet}
+    parts = {**sd.text_models(), "vae": sd.vae, "unet": sd.unet, "controlnet": controlnet}
     graphs, weights = {}, {}
     for name, model in parts.items():
         graphs[name], state = nnx.split(model)

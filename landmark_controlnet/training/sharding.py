@@ -23,9 +23,8 @@ from conditioners.errors import UserError
 
 AXES = ("data", "fsdp")
 BATCH_AXES = AXES  # a batch is split over every device of the mesh
-MIN_SHARDED_ELEMENTS = (
-    2**16
-)  # below this a tensor is replicated (a 256 x 256 matrix is the largest kept whole)
+# Below this a tensor is replicated (a 256 x 256 matrix is the largest kept whole); --fsdp_min_elements.
+MIN_SHARDED_ELEMENTS = 2**16
 
 
 @dataclass(frozen=True)
@@ -63,13 +62,13 @@ class MeshShape:
         return Mesh(np.array(devices).reshape(self.data, self.fsdp), AXES)
 
 
-def partition_spec(path: str, shape: Sequence[int], fsdp: int) -> P:
+def partition_spec(path: str, shape: Sequence[int], fsdp: int, min_elements: int = MIN_SHARDED_ELEMENTS) -> P:
     """How one parameter (or its gradient, or an optimiser moment of it) is laid out on the mesh.
 
     `path` names the tensor (`down_blocks.1.attentions.0.proj_in.kernel`); the rule needs only its
     shape today, and takes the path so that a rule by name can be added in one place."""
     del path
-    if fsdp == 1 or math.prod(shape) < MIN_SHARDED_ELEMENTS:
+    if fsdp == 1 or math.prod(shape) < min_elements:
         return P()
     by_size = sorted(range(len(shape)), key=lambda axis: (-shape[axis], axis))
     for axis in by_size:
@@ -78,20 +77,20 @@ def partition_spec(path: str, shape: Sequence[int], fsdp: int) -> P:
     return P()
 
 
-def tree_specs(tree: Any, fsdp: int) -> Any:
+def tree_specs(tree: Any, fsdp: int, min_elements: int = MIN_SHARDED_ELEMENTS) -> Any:
     """`partition_spec` for every array leaf of `tree` (scalars and non-arrays replicated)."""
 
     def spec(path: tuple, leaf: Any) -> P:
         shape = getattr(leaf, "shape", ())
-        return partition_spec(jax.tree_util.keystr(path, simple=True, separator="."), shape, fsdp)
+        name = jax.tree_util.keystr(path, simple=True, separator=".")
+        return partition_spec(name, shape, fsdp, min_elements)
 
     return jax.tree_util.tree_map_with_path(spec, tree)
 
 
-def tree_shardings(tree: Any, mesh: Mesh) -> Any:
-    return jax.tree_util.tree_map(
-        lambda spec: NamedSharding(mesh, spec), tree_specs(tree, mesh.shape["fsdp"]), is_leaf=_is_spec
-    )
+def tree_shardings(tree: Any, mesh: Mesh, min_elements: int = MIN_SHARDED_ELEMENTS) -> Any:
+    specs = tree_specs(tree, mesh.shape["fsdp"], min_elements)
+    return jax.tree_util.tree_map(lambda spec: NamedSharding(mesh, spec), specs, is_leaf=_is_spec)
 
 
 def per_device_bytes(tree: Any, specs: Any, axis_sizes: Mapping[str, int]) -> int:

@@ -1,8 +1,10 @@
-"""The train state, the optimiser and the jitted, data-parallel train step.
+"""The train state, the optimiser and the jitted train step on an explicit mesh.
 
-Sharding is explicit: one `Mesh` over every device of every host with a single "data" axis;
-the ControlNet, its optimiser state and the frozen weights are replicated; a batch of shape
-(accumulation, global batch, ...) is split along the global-batch axis.
+The mesh has MaxDiffusion's two axes (`--mesh data=N,fsdp=M`, see `sharding.py`). A batch of shape
+(accumulation, global batch, ...) is split along the global-batch axis over every device; the
+ControlNet's parameters, gradients and optimiser moments, and the frozen UNet, VAE and text encoders,
+are split along `fsdp` by one rule (`sharding.partition_spec`) and replicated along `data`. With the
+default mesh (`data` = every device) everything but the batch is replicated, as plain data parallelism.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from landmark_controlnet.diffusion import NoiseSchedule, TextTimeConditioning, encode_prompt
+from landmark_controlnet.diffusion import NoiseSchedule, TextTimeConditioning
 from landmark_controlnet.diffusion.pipeline import controlnet_prediction, inpainting_channels
 from landmark_controlnet.diffusion.vae import DiagonalGaussian
 
 from .models import Graphs
+from .sharding import BATCH_AXES, MIN_SHARDED_ELEMENTS, MeshShape, tree_shardings, tree_specs
 
 SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
 
@@ -44,17 +47,46 @@ class LossConfig:
 @dataclass(frozen=True)
 class Shardings:
     mesh: Mesh
-    replicated: NamedSharding
-    batch: NamedSharding  # (accumulation, global batch, ...): split along the batch axis
+    min_elements: int = MIN_SHARDED_ELEMENTS  # smaller tensors stay replicated
 
     @classmethod
-    def over_all_devices(cls) -> Shardings:
-        mesh = Mesh(np.array(jax.devices()), ("data",))
-        return cls(mesh, NamedSharding(mesh, P()), NamedSharding(mesh, P(None, "data")))
+    def over_all_devices(cls, mesh: str | None = None, min_elements: int = MIN_SHARDED_ELEMENTS) -> Shardings:
+        """`mesh` is the --mesh text (`data=4,fsdp=2`); None puts every device on `data`."""
+        return cls(MeshShape.parse(mesh, jax.device_count()).mesh(), min_elements)
+
+    @property
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, P())
+
+    @property
+    def batch(self) -> NamedSharding:
+        """(accumulation, global batch, ...): rows split over every device of the mesh."""
+        return NamedSharding(self.mesh, P(None, BATCH_AXES))
+
+    def of(self, tree: Any) -> Any:
+        """The sharding of every leaf of `tree` (arrays or shapes), by `partition_spec`."""
+        return tree_shardings(tree, self.mesh, self.min_elements)
+
+    def specs(self, tree: Any) -> Any:
+        return tree_specs(tree, self.mesh.shape["fsdp"], self.min_elements)
+
+    def of_state(self, params: Any, optimizer: optax.GradientTransformation) -> TrainState:
+        """The train state's shardings: the optimiser moments are laid out as their parameters are."""
+        return self.of(jax.eval_shape(lambda p: init_state(p, optimizer, 0), params))
 
     def put_batch(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """This host's rows -> one global array per key (each host passes only its own part)."""
         return {k: jax.make_array_from_process_local_data(self.batch, v) for k, v in local.items()}
+
+    def put(self, tree: Any) -> Any:
+        """Host values that are the same on every host -> global arrays laid out by `of`: each device
+        receives only its own slice, so a sharded model never needs a full copy on one device."""
+
+        def place(x: Any, sharding: NamedSharding) -> jax.Array:
+            x = np.asarray(x)
+            return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+        return jax.tree_util.tree_map(place, tree, self.of(tree))
 
     def replicate(self, tree: Any) -> Any:
         """Host values that are the same on every host -> replicated global arrays."""
@@ -105,10 +137,11 @@ def init_state(params: Any, optimizer: optax.GradientTransformation, seed: int) 
 def init_state_on_devices(
     params: Any, optimizer: optax.GradientTransformation, seed: int, shardings: Shardings
 ) -> TrainState:
-    """`init_state` as one compiled program on the mesh: run eagerly, the optimiser's init compiles
-    one small program per parameter shape."""
-    build = jax.jit(lambda p: init_state(p, optimizer, seed), out_shardings=shardings.replicated)
-    return build(shardings.replicate(params))
+    """`init_state` as one compiled program on the mesh, laid out by `shardings.of_state`: run eagerly,
+    the optimiser's init compiles one small program per parameter shape."""
+    laid_out = shardings.of_state(params, optimizer)
+    build = jax.jit(lambda p: init_state(p, optimizer, seed), out_shardings=laid_out)
+    return build(shardings.put(params))
 
 
 def diffusion_loss(
@@ -126,24 +159,21 @@ def diffusion_loss(
     --cache_latents it holds the VAE posterior's `latent_moments` and the `text_embeddings`
     instead of pixels and token ids: the same loss, without running either encoder. An SDXL batch
     adds the pooled `text_embeds` and the six `time_ids`."""
-    text_encoder, vae, unet, controlnet = graphs.merge(frozen, params)
+    vae, unet, controlnet = graphs.merge(frozen, params)
     schedule: NoiseSchedule = frozen["noise_schedule"]
     sample_rng, noise_rng, time_rng = jax.random.split(rng, 3)
     latents = vae.to_latents(_posterior(vae, batch, config.dtype), sample_rng).astype(jnp.float32)
     noise = jax.random.normal(noise_rng, latents.shape)
     timesteps = schedule.sample_timesteps(time_rng, latents.shape[0])
     noisy = schedule.add_noise(latents, noise, timesteps).astype(config.dtype)
-    if "text_embeddings" in batch:
-        text = batch["text_embeddings"].astype(config.dtype)
-    else:
-        text = encode_prompt(text_encoder, batch["input_ids"])
+    text, added = _text_conditioning(graphs, frozen, batch, config.dtype)
     extra = None
     if "mask" in batch:  # an inpainting UNet also sees the mask and the masked photo's latents
         pixels = batch["pixel_values"].astype(config.dtype)
         extra = inpainting_channels(vae, batch["mask"], pixels, latents.shape[1:3])
     conditioning = batch["conditioning_pixel_values"].astype(config.dtype)
     prediction = controlnet_prediction(
-        unet, controlnet, noisy, timesteps, text, conditioning, unet_extra=extra, added=_added(batch)
+        unet, controlnet, noisy, timesteps, text, conditioning, unet_extra=extra, added=added
     )
     target = schedule.training_target(latents, noise, timesteps)
     per_example = ((prediction.astype(jnp.float32) - target) ** 2).mean(axis=(1, 2, 3))
@@ -152,11 +182,19 @@ def diffusion_loss(
     return per_example.mean()
 
 
-def _added(batch: dict[str, jax.Array]) -> TextTimeConditioning | None:
-    """SDXL's pooled text projection and (original size, crop, target size) per row, if the batch has them."""
-    if "text_embeds" not in batch:
-        return None
-    return TextTimeConditioning(batch["text_embeds"], batch["time_ids"])
+def _text_conditioning(
+    graphs: Graphs, frozen: dict[str, Any], batch: dict[str, jax.Array], dtype: Any
+) -> tuple[jax.Array, TextTimeConditioning | None]:
+    """(context, SDXL's added conditioning or None): from the cached embeddings when the batch has
+    them, else from the token ids through the frozen encoders. SDXL's pooled projection goes with the
+    row's six `time_ids` (original size, crop top-left, target size)."""
+    if "text_embeddings" in batch:
+        text, pooled = batch["text_embeddings"], batch.get("text_embeds")
+    else:
+        text, pooled = graphs.encode_text(frozen, batch)
+    if pooled is None:
+        return text.astype(dtype), None
+    return text.astype(dtype), TextTimeConditioning(pooled.astype(dtype), batch["time_ids"])
 
 
 def _posterior(vae: Any, batch: dict[str, jax.Array], dtype: Any) -> DiagonalGaussian:
@@ -178,8 +216,13 @@ def make_train_step(
     schedule: optax.Schedule,
     config: LossConfig,
     shardings: Shardings,
+    params: Any,
+    frozen: Any,
 ):
-    """`step(state, frozen, batch) -> (state, metrics)`, jitted over the mesh; the state is donated."""
+    """`step(state, frozen, batch) -> (state, metrics)`, jitted over the mesh; the state is donated.
+
+    `params` and `frozen` (arrays or shapes) give the layouts; the state keeps its own step after step."""
+    state_shardings = shardings.of_state(params, optimizer)
     grad_fn = jax.value_and_grad(diffusion_loss)
 
     def step(state: TrainState, frozen: dict[str, Any], batch: dict[str, jax.Array]):
@@ -216,7 +259,7 @@ def make_train_step(
 
     return jax.jit(
         step,
-        in_shardings=(shardings.replicated, shardings.replicated, shardings.batch),
-        out_shardings=(shardings.replicated, shardings.replicated),
+        in_shardings=(state_shardings, shardings.of(frozen), shardings.batch),
+        out_shardings=(state_shardings, shardings.replicated),
         donate_argnums=(0,),
     )

@@ -144,7 +144,7 @@ def write_tiny_sd(
     (folder / "scheduler").mkdir(exist_ok=True)
     scheduler = {**SCHEDULER, **(SD2_SCHEDULER if sd2 else {}), "_diffusers_version": diffusers.__version__}
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2) + "\n")
-    tokenizer = _write_tokenizer(folder / "tokenizer")
+    tokenizer = write_tokenizer(folder / "tokenizer")
 
     with _quiet(), torch.random.fork_rng():  # leave the caller's torch RNG as it was
         torch.manual_seed(seed)
@@ -160,7 +160,7 @@ def write_tiny_sd(
             ).eval(),
         }
         if sdxl:
-            _write_tokenizer(folder / "tokenizer_2")
+            write_tokenizer(folder / "tokenizer_2")
             second = _text_config(tokenizer, HIDDEN_2, hidden_act="gelu")
             models["text_encoder_2"] = CLIPTextModelWithProjection(second).eval()
         for name, model in models.items():
@@ -217,7 +217,7 @@ def byte_level_alphabet() -> list[str]:
     return [chr(b) for b in printable] + [chr(256 + n) for n in range(len(others))]
 
 
-def _write_tokenizer(sub: Path) -> CLIPTokenizer:
+def write_tokenizer(sub: Path) -> CLIPTokenizer:
     """A real CLIPTokenizer on a tiny byte-level BPE: all 256 bytes (plain and `</w>`) + the WORDS."""
     from transformers import CLIPTokenizer
 

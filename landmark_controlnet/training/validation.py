@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from PIL import Image
 
 from conditioners.preview import contact_sheet
@@ -107,5 +108,15 @@ def save_grid(grid: Image.Image, output_dir: Path, step: int) -> Path:
 
 
 def host_copy(tree: Any) -> Any:
-    """A replicated global array -> numpy, from this host's own copy."""
-    return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), tree)
+    """Global arrays -> numpy: a replicated one from this host's own copy, a sharded one gathered.
+
+    On several hosts, gathering is a collective: every process must call this, not only process 0."""
+
+    def copy(x: jax.Array) -> np.ndarray:
+        if x.is_fully_replicated:
+            return np.asarray(x.addressable_data(0))
+        if x.is_fully_addressable:
+            return np.asarray(x)
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+    return jax.tree_util.tree_map(copy, tree)

@@ -1,0 +1,155 @@
+"""--dry_run: what each device will hold for this model, mesh and batch, before paying for the devices.
+
+Nothing is materialised: the models are built from their config.json files alone (ShapeDtypeStructs),
+the train state's and frozen weights' bytes per device follow from their shapes and the sharding rule,
+and the activations come from XLA's memory analysis of the compiled step, compiled for the abstract
+inputs on this machine's devices. Run it on the accelerator you will train on: CPU figures (under
+`--xla_force_host_platform_device_count`) follow the CPU compiler's fusion and layouts, not a TPU's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from landmark_controlnet.diffusion import ControlNetConfig, ControlNetModel
+from landmark_controlnet.diffusion.loading import abstract_pretrained
+from landmark_controlnet.diffusion.pipeline import StableDiffusion
+
+from .models import LATENT_CHANNELS, TOKEN_KEYS, controlnet_options, load_base_model, split_models
+from .sharding import per_device_bytes
+from .step import LossConfig, Shardings, init_state, make_optimizer, make_train_step
+
+log = logging.getLogger("train_flax_controlnet")
+GB = 1e9
+
+
+def plan_memory(args: argparse.Namespace, dtype: Any) -> dict[str, Any]:
+    """Per-device bytes of parameters, optimiser state, frozen weights and activations; printed as a
+    table and returned (the last stdout line is the same figures as JSON)."""
+    remat = args.gradient_checkpointing
+    sd = load_base_model(args.pretrained_model_name_or_path, args.revision, dtype, remat, abstract=True)
+    resolution = args.resolution or sd.unet.config.sample_size * sd.vae.config.downscale
+    graphs, frozen, params = split_models(sd, _abstract_controlnet(args, sd, dtype, remat))
+    if args.cache_latents:  # the step then reads cached embeddings: no text encoder on the devices
+        frozen = {name: weights for name, weights in frozen.items() if not name.startswith("text_encoder")}
+    frozen = {**frozen, "noise_schedule": sd.noise_schedule}
+    shardings = Shardings.over_all_devices(args.mesh, args.fsdp_min_elements)
+    optimizer = make_optimizer(optimizer_schedule(args))
+    state = jax.eval_shape(lambda p: init_state(p, optimizer, 0), params)
+    axes = dict(shardings.mesh.shape)
+    plan = {
+        "model": args.pretrained_model_name_or_path,
+        "sdxl": graphs.is_sdxl,
+        "mesh": axes,
+        "resolution": resolution,
+        "batch_per_device": args.train_batch_size,
+        "compute_dtype": np.dtype(dtype).name,
+        "gradient_checkpointing": remat,
+        "cache_latents": args.cache_latents,
+        "controlnet_parameters": sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params)),
+        "bytes_per_device": {
+            "parameters": per_device_bytes(state.params, shardings.specs(state.params), axes),
+            "optimizer_state": per_device_bytes(state.opt_state, shardings.specs(state.opt_state), axes),
+            "frozen_weights": per_device_bytes(frozen, shardings.specs(frozen), axes),
+        },
+    }
+    if args.dry_run == "compile":
+        laid_out = _laid_out(shardings, optimizer, state, frozen)
+        step = make_train_step(
+            graphs, optimizer, optimizer_schedule(args), LossConfig(dtype), shardings, params, frozen
+        )
+        batch = {
+            key: jax.ShapeDtypeStruct(shape, dtype, sharding=shardings.batch)
+            for key, (shape, dtype) in batch_shapes(
+                sd, args.train_batch_size * jax.device_count(), args
+            ).items()
+        }
+        plan["bytes_per_device"].update(compiled_memory(step, *laid_out, batch))
+    print(format_plan(plan))
+    print(json.dumps(plan))
+    return plan
+
+
+def _abstract_controlnet(args: argparse.Namespace, sd: StableDiffusion, dtype: Any, remat: bool) -> Any:
+    options = controlnet_options(dtype, remat)
+    if args.controlnet_model_name_or_path:
+        location, revision = args.controlnet_model_name_or_path, args.controlnet_revision
+        return abstract_pretrained(ControlNetModel, location, revision=revision, options=options)
+    config = ControlNetConfig.from_unet(sd.unet.config, in_channels=LATENT_CHANNELS)
+    return ControlNetModel.abstract(config, options)
+
+
+def optimizer_schedule(args: argparse.Namespace) -> Any:
+    return lambda step: args.learning_rate  # the schedule's values do not change the step's memory
+
+
+def _laid_out(shardings: Shardings, optimizer: Any, state: Any, frozen: dict[str, Any]) -> tuple[Any, Any]:
+    """The abstract state and frozen weights with the shardings the trainer gives them."""
+    return jax.tree_util.tree_map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        (state, frozen),
+        (shardings.of_state(state.params, optimizer), shardings.of(frozen)),
+    )
+
+
+def compiled_memory(step: Any, *abstract_inputs: Any) -> dict[str, int]:
+    """XLA's memory analysis of the jitted `step` compiled for these abstract inputs, bytes per device:
+    `activations` is its temporary buffers (what the backward pass keeps, gradients, workspace)."""
+    started = time.perf_counter()
+    log.info(
+        "dry run: compiling the train step for %d devices (minutes for a full-size model)", jax.device_count()
+    )
+    compiled = step.lower(*abstract_inputs).compile()
+    log.info("dry run: compiled in %.0f s", time.perf_counter() - started)
+    memory = compiled.memory_analysis()
+    arguments, temporary = memory.argument_size_in_bytes, memory.temp_size_in_bytes
+    peak = arguments + memory.output_size_in_bytes - memory.alias_size_in_bytes + temporary
+    return {"activations": temporary, "compiled_arguments": arguments, "compiled_peak": peak}
+
+
+def batch_shapes(sd: StableDiffusion, global_batch: int, args: argparse.Namespace) -> dict[str, tuple]:
+    """{key: (shape, dtype)} of one step's batch, (accumulation, global batch, ...), as the loader
+    makes it for this model and these flags."""
+    resolution = args.resolution or sd.unet.config.sample_size * sd.vae.config.downscale
+    lead = (args.gradient_accumulation_steps, global_batch)
+    image = (*lead, resolution, resolution, 3)
+    shapes = {"conditioning_pixel_values": (image, np.float32)}
+    tokens = sd.tokenizer.model_max_length
+    if args.cache_latents:
+        latent = resolution // sd.vae.config.downscale
+        shapes["latent_moments"] = ((*lead, latent, latent, 2 * sd.vae.config.latent_channels), np.float32)
+        shapes["text_embeddings"] = ((*lead, tokens, sd.unet.config.cross_attention_dim), np.float32)
+        if sd.is_sdxl:
+            shapes["text_embeds"] = ((*lead, sd.text_encoder_2.config.projection_dim), np.float32)
+    else:
+        shapes["pixel_values"] = (image, np.float32)
+        for name in sd.text_models():
+            shapes[TOKEN_KEYS[name]] = ((*lead, tokens), np.int32)
+    if sd.is_sdxl:
+        shapes["time_ids"] = ((*lead, 6), np.float32)
+    if args.inpainting:
+        shapes["mask"] = ((*lead, resolution, resolution, 1), np.float32)
+    return shapes
+
+
+def format_plan(plan: dict[str, Any]) -> str:
+    mesh = ", ".join(f"{axis}={size}" for axis, size in plan["mesh"].items())
+    lines = [
+        f"dry run: {plan['model']} ({'SDXL' if plan['sdxl'] else 'SD'}), ControlNet "
+        f"{plan['controlnet_parameters'] / 1e6:.0f} M parameters, mesh {mesh}, "
+        f"{plan['batch_per_device']} x {plan['resolution']} px per device, {plan['compute_dtype']} compute"
+        f"{', gradient checkpointing' if plan['gradient_checkpointing'] else ''}"
+        f"{', cached latents' if plan['cache_latents'] else ''}",
+        *(
+            f"  {name.replace('_', ' '):<20} {gb:8.2f} GB per device"
+            for name, gb in plan["gb_per_device"].items()
+        ),
+    ]
+    return "\n".join(lines)
