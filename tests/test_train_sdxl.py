@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -19,8 +20,13 @@ from landmark_controlnet.training.published_configs import write_config_folder
 from landmark_controlnet.training.tiny_sd import write_tiny_sd
 
 # Validation at the end (SDXL sampling), checkpoints every 2 steps, mirrored rows, and a sharding
-# threshold low enough that the tiny model's kernels are split along fsdp.
+# threshold low enough that the tiny model's kernels are split along fsdp. Two meshes partition the
+# convolutions and sum the gradients differently (1e-6 relative); Adam divides each gradient by its
+# own scale, so an element whose gradient cancels to almost nothing would turn that rounding into a
+# full step of either sign. An epsilon of the gradients' own size (about 1e-3 here) keeps those
+# elements' steps proportional to their gradients.
 FLAGS = (
+    "--adam_epsilon", "1e-3",
     "--max_train_steps", "6",
     "--checkpointing_steps", "2",
     "--random_flip",
@@ -98,7 +104,7 @@ def test_the_sdxl_run_validates_and_exports_an_sdxl_controlnet(meshes):
     assert "StableDiffusionXLControlNetPipeline" in (output / "README.md").read_text()
 
 
-def test_a_killed_sharded_run_resumes_onto_another_mesh(workspace, meshes):
+def test_a_killed_sharded_run_resumes_on_its_own_mesh_and_onto_another(workspace, meshes):
     killed = workspace["root"] / "killed"
     process = subprocess.Popen(
         _command(workspace, killed, "--mesh", TWO_BY_TWO),
@@ -107,19 +113,23 @@ def test_a_killed_sharded_run_resumes_onto_another_mesh(workspace, meshes):
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 600
-    while (
-        not (killed / "checkpoints" / "2").is_dir() and process.poll() is None and time.monotonic() < deadline
-    ):
+    while not (killed / "checkpoints" / "2").is_dir() and process.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint in 10 minutes"
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
     assert not (killed / "diffusion_pytorch_model.safetensors").exists()
+    shutil.copytree(killed, workspace["root"] / "killed-onto-4x1")
 
-    _train(workspace, "killed", "--mesh", FOUR_BY_ONE, "--resume_from_checkpoint", "latest")
     straight, _ = meshes[TWO_BY_TWO]
+    _train(workspace, "killed", "--mesh", TWO_BY_TWO, "--resume_from_checkpoint", "latest")
     _assert_same_params(killed, straight, atol=1e-6)
-    resumed = [m["step"] for m in read_metrics(killed / "logs")]
-    assert resumed[-1] == 6
+    # Onto a 4x1 mesh: the sharded checkpoint is read into replicated arrays; the steps after it sum
+    # their gradients in the 4x1 order, so it agrees as the two meshes do.
+    resume = ("--resume_from_checkpoint", "latest")
+    moved, _ = _train(workspace, "killed-onto-4x1", "--mesh", FOUR_BY_ONE, *resume)
+    _assert_same_params(moved, straight, atol=1e-5)
+    assert [m["step"] for m in read_metrics(moved / "logs")][-1] == 6
 
 
 def _dry_run(model, *flags: str, devices: int) -> dict:
@@ -149,5 +159,6 @@ def test_dry_run_compiles_the_step_and_its_arguments_are_what_the_shapes_say(wor
     sizes = plan["bytes_per_device"]
     assert sizes["activations"] > 0
     held = sizes["parameters"] + sizes["optimizer_state"] + sizes["frozen_weights"]
-    # XLA's own count of the step's inputs: the state and frozen weights, plus a one-row batch.
-    assert held <= sizes["compiled_arguments"] < 1.1 * held
+    # XLA's own count of the step's inputs: the state and frozen weights, plus a one-row batch, less
+    # the weights the step never reads (the VAE's decoder), which jit drops from its arguments.
+    assert 0.95 * held <= sizes["compiled_arguments"] < 1.1 * held

@@ -148,8 +148,8 @@ def format_plan(plan: dict[str, Any]) -> str:
         f"{', gradient checkpointing' if plan['gradient_checkpointing'] else ''}"
         f"{', cached latents' if plan['cache_latents'] else ''}",
         *(
-            f"  {name.replace('_', ' '):<20} {gb:8.2f} GB per device"
-            for name, gb in plan["gb_per_device"].items()
+            f"  {name.replace('_', ' '):<20} {size / GB:9.3f} GB per device"
+            for name, size in plan["bytes_per_device"].items()
         ),
     ]
     return "\n".join(lines)
