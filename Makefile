@@ -31,6 +31,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/build.py
 	$(BIN)/python benchmarks/train_step.py
 	$(BIN)/python benchmarks/hand_repair.py
+	$(BIN)/python benchmarks/sdxl_dry_run.py
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

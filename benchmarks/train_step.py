@@ -7,7 +7,10 @@ times (a) the compiled train step fed one batch already on the devices, the uppe
 (b) the real loop, each step taking its batch from the threaded, prefetching input pipeline, and
 (c) the first step (compilation) in a fresh process, cold and then warm from the persistent
 compilation cache (`--compilation_cache_dir`) that the first process filled, and
-(d) (a) and (b) again with `--cache_latents`: steps on cached VAE latents and text embeddings.
+(d) (a) and (b) again with `--cache_latents`: steps on cached VAE latents and text embeddings, and
+(e) a tiny SDXL-shaped model's step on a 4x1 (`data=4`) and a 2x2 (`data=2,fsdp=2`) mesh: steps/s and
+the compiled step's memory per device (its parameters split along fsdp below the usual threshold,
+`--fsdp_min_elements 1024`, as the tiny model has few large tensors). `--sdxl_only` runs (e) alone.
 Prints JSON; `full_over_step_only` near 1 means the devices never wait for data, and
 `cached_over_uncached_*` is the steady-state speed-up of --cache_latents. Pass
 `--model DIR` to time a real Stable Diffusion folder instead (e.g. on a GPU/TPU machine).
@@ -37,15 +40,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--mixed_precision", default="no")
     parser.add_argument("--model", default=None, help="a diffusers SD folder (default: tiny random)")
-    parser.add_argument("--child", choices=["cold", "warm", "cached"], help=argparse.SUPPRESS)
+    parser.add_argument("--sdxl_only", action="store_true", help="only the SDXL mesh comparison (e)")
+    parser.add_argument("--mesh", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["cold", "warm", "cached", "mesh"], help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.child:
         print(json.dumps(measure(options)))
         return
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    model = options.model or str(_tiny_model(work))
     _tiny_dataset(work)
+    sdxl = {"sdxl_meshes": sdxl_meshes(options, work)}
+    if options.sdxl_only:
+        print(json.dumps(sdxl, indent=1))
+        return
+    model = options.model or str(_tiny_model(work))
     # Two processes share one compilation cache: the first compiles cold, the second reads it.
     forwarded = [a for a in sys.argv[1:] if not a.startswith("--model")] + ["--model", model]
     cold, warm, cached = (_child(forwarded, kind, work) for kind in ("cold", "warm", "cached"))
@@ -67,8 +76,35 @@ def main() -> None:
         ),
         # The tiny model's VAE is 1/4 of its UNet's width; SD 1.5's encoder is a far larger share.
         "sd15_step_flops": sd15_step_flops(),
+        **sdxl,
     }
     print(json.dumps(report, indent=1))
+
+
+def sdxl_meshes(options: argparse.Namespace, work: Path) -> dict:
+    """(e): the same SDXL-shaped step on a 4x1 and a 2x2 mesh, each in its own process."""
+    from landmark_controlnet.training.tiny_sd import write_tiny_sd
+
+    model = str(write_tiny_sd(work / "tiny-sdxl", sdxl=True))
+    runs = {}
+    for mesh in ("data=4", "data=2,fsdp=2"):
+        forwarded = ["--model", model, "--mesh", mesh, "--resolution", str(options.resolution)]
+        forwarded += ["--steps", str(options.steps), "--devices", str(options.devices)]
+        runs[mesh] = _child(forwarded, "mesh", work)
+    replicated, sharded = runs["data=4"], runs["data=2,fsdp=2"]
+    return {
+        "model": "tiny random SDXL (two text encoders, text_time, transformer depths [1, 1, 2])",
+        **runs,
+        "2x2_over_4x1_steps_per_s": round(
+            sharded["step_only_steps_per_s"] / replicated["step_only_steps_per_s"], 3
+        ),
+        "2x2_over_4x1_state_bytes": round(
+            sharded["state_bytes_per_device"] / replicated["state_bytes_per_device"], 3
+        ),
+        "2x2_over_4x1_compiled_peak": round(
+            sharded["compiled_peak_bytes_per_device"] / replicated["compiled_peak_bytes_per_device"], 3
+        ),
+    }
 
 
 def _child(forwarded: list[str], kind: str, work: Path) -> dict:
@@ -96,6 +132,7 @@ def measure(options: argparse.Namespace) -> dict:
             "--checkpointing_steps", "0", "--compilation_cache_dir", str(options.work / "jax-cache"),
             *(["--cache_latents", "--latent_cache_dir", str(options.work / "latents")]
               if options.child == "cached" else []),
+            *(["--mesh", options.mesh, "--fsdp_min_elements", "1024"] if options.child == "mesh" else []),
         ]
     )  # fmt: skip
     setup_runtime(args)
@@ -108,7 +145,9 @@ def measure(options: argparse.Namespace) -> dict:
     jax.block_until_ready(metrics)
     result = {"compile_s": round(time.perf_counter() - start, 2)}
     result["build_run_s"] = round(built_s, 2)
-    if options.child in ("cold", "cached"):
+    if options.child == "mesh":
+        result.update(_mesh_figures(run, batch, options.steps))
+    elif options.child in ("cold", "cached"):
         step_only = _time(lambda: run.train_step(run.state, run.frozen, batch), run, options.steps)
         full = _time(lambda: run.train_step(run.state, run.frozen, next(run.batches)[0]), run, options.steps)
         result.update(
@@ -126,6 +165,23 @@ def measure(options: argparse.Namespace) -> dict:
         )
     run.checkpoints.close()
     return result
+
+
+def _mesh_figures(run, batch, steps: int) -> dict:
+    import jax
+
+    from landmark_controlnet.training.dry_run import compiled_memory
+
+    memory = compiled_memory(run.train_step, run.state, run.frozen, batch)
+    state = jax.tree_util.tree_leaves(run.state)
+    return {
+        "step_only_steps_per_s": round(
+            _time(lambda: run.train_step(run.state, run.frozen, batch), run, steps), 2
+        ),
+        "state_bytes_per_device": sum(x.addressable_shards[0].data.nbytes for x in state),
+        "compiled_peak_bytes_per_device": memory["compiled_peak"],
+        "compiled_activations_bytes_per_device": memory["activations"],
+    }
 
 
 def sd15_step_flops(resolution: int = 512, batch: int = 1) -> dict:

@@ -151,3 +151,21 @@ def test_training_scores_fidelity_at_each_validation(models, tmp_path, data_dir)
     assert len(list((output / "fidelity" / "references").glob("row*.json"))) == 2
     card = (output / "README.md").read_text()
     assert "## Control fidelity" in card and "`validation` split" in card
+
+
+def test_evaluate_generates_with_an_sdxl_base_and_its_controlnet(models, tmp_path, capsys):
+    """The same command on a tiny SDXL: both text encoders and the size ids reach the sampler."""
+    base = write_tiny_sd(tmp_path / "tiny-sdxl", sdxl=True)
+    controlnet = controlnet_from_unet(load_base_model(str(base)).unet, 3, controlnet_options(jnp.float32))
+    perturb(controlnet, 3, scale=0.05)
+    save_pretrained(controlnet, tmp_path / "controlnet-sdxl")
+    sdxl = {**models, "base": base, "controlnets": [tmp_path / "controlnet-sdxl"]}
+    out = tmp_path / "eval-sdxl"
+    code, lines, err = evaluate(
+        sdxl, out, "--split", "train", "--rows", "2", "--samples-per-row", "1", capsys=capsys
+    )
+    assert code == 0, err[-2000:]
+    summary = json.loads(lines[-1])
+    assert summary["rows"] == 2 and summary["resolution"] == 64  # the tiny SDXL's own size
+    generated = sorted((out / "controlnet" / "strength_1" / "generated").glob("*.png"))
+    assert len(generated) == 2 and pixels(generated[0]).std() > 0
