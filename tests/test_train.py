@@ -243,9 +243,12 @@ def test_a_diverging_run_stops_and_names_the_last_good_checkpoint(workspace):
     assert not (output / "diffusion_pytorch_model.safetensors").exists()
 
 
-def test_two_hosts_train_together_and_agree(workspace):
-    """Two processes x 2 CPU devices, jax.distributed with a local coordinator, one output folder."""
-    output = workspace["root"] / "two-hosts"
+@pytest.mark.parametrize("mesh", [None, "data=2,fsdp=2"], ids=["data", "fsdp"])
+def test_two_hosts_train_together_and_agree(workspace, mesh):
+    """Two processes x 2 CPU devices, jax.distributed with a local coordinator, one output folder; with
+    `fsdp` the weights are split within each host, and gathering them for the export is a collective."""
+    output = workspace["root"] / f"two-hosts-{mesh or 'data'}"
+    sharded = ["--mesh", mesh, "--fsdp_min_elements", "1024"] if mesh else []
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -253,7 +256,7 @@ def test_two_hosts_train_together_and_agree(workspace):
         subprocess.Popen(
             tf.train_command(
                 workspace["model"], workspace["dataset"], output,
-                "--max_train_steps", "3", "--checkpointing_steps", "2",
+                "--max_train_steps", "3", "--checkpointing_steps", "2", *sharded,
                 "--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2", "--process_id", str(i),
             ),
             env=tf.train_env(devices=2),
@@ -272,3 +275,5 @@ def test_two_hosts_train_together_and_agree(workspace):
         output / "diffusion_pytorch_model.safetensors"
     ).is_file()
     assert len((output / "logs" / "metrics.jsonl").read_text().splitlines()) == 3  # process 0 alone logs
+    if mesh:
+        assert "mesh data=2 fsdp=2" in outputs[0][1]
