@@ -162,3 +162,14 @@ def test_dry_run_compiles_the_step_and_its_arguments_are_what_the_shapes_say(wor
     # XLA's own count of the step's inputs: the state and frozen weights, plus a one-row batch, less
     # the weights the step never reads (the VAE's decoder), which jit drops from its arguments.
     assert 0.95 * held <= sizes["compiled_arguments"] < 1.1 * held
+
+
+def test_an_sdxl_controlnet_is_fine_tuned_from_its_export(workspace, meshes):
+    """--controlnet_model_name_or_path reads the exported SDXL ControlNet back: at learning rate 0 the
+    run's export is the input, add-embedding included."""
+    exported, _ = meshes[FOUR_BY_ONE]
+    output, _ = _train(
+        workspace, "fine-tuned", "--controlnet_model_name_or_path", str(exported),
+        "--learning_rate", "0", "--max_train_steps", "1", "--validation_steps", "0",
+    )  # fmt: skip
+    _assert_same_params(output, exported, atol=0)

@@ -282,6 +282,16 @@ class BasicTransformerBlock(nnx.Module):
         return x + self.ff(self.norm3(x))
 
 
+def call_block(block: nnx.Module, options: ModelOptions, *args: Array | None):
+    """Run one block, under `jax.checkpoint` when the options ask for remat. The UNet's and the
+    ControlNet's blocks and, inside them, each transformer layer are run through it: the backward
+    pass of a block then recomputes one layer at a time, rather than holding all of its layers'
+    attention activations at once (SDXL's deepest blocks have ten)."""
+    if options.remat:
+        return nnx.remat(lambda module, *inputs: module(*inputs))(block, *args)
+    return block(*args)
+
+
 class Transformer2DModel(nnx.Module):
     """GroupNorm, project in (1x1 conv; linear in SD 2.x/SDXL), transformer layers, project out, residual."""
 
@@ -298,6 +308,7 @@ class Transformer2DModel(nnx.Module):
         rngs: nnx.Rngs,
     ):
         inner = heads * head_dim
+        self.options = options
         self.use_linear_projection = use_linear_projection
         self.norm = GroupNorm(channels, groups, 1e-6, options, rngs)
         project = linear if use_linear_projection else _conv1x1
@@ -316,7 +327,7 @@ class Transformer2DModel(nnx.Module):
         if self.use_linear_projection:
             h = self.proj_in(h)
         for block in self.transformer_blocks:
-            h = block(h, context)
+            h = call_block(block, self.options, h, context)
         if self.use_linear_projection:
             h = self.proj_out(h)
         h = h.reshape(batch, height, width, -1)

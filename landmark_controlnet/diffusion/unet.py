@@ -12,7 +12,7 @@ import jax
 from flax import nnx
 
 from .config import UnsupportedConfigError, per_block
-from .layers import GroupNorm, conv2d
+from .layers import GroupNorm, call_block, conv2d
 from .options import DEFAULT_OPTIONS, ModelOptions
 from .unet_blocks import (
     CROSS_ATTENTION_UP,
@@ -22,7 +22,6 @@ from .unet_blocks import (
     DownPathConfig,
     TextTimeConditioning,
     UpBlock,
-    call_block,
     check_block_types,
 )
 

@@ -22,6 +22,7 @@ from .layers import (
     TimestepEmbedding,
     Transformer2DModel,
     Upsample2D,
+    call_block,
     conv2d,
     sinusoidal_embedding,
 )
@@ -164,13 +165,6 @@ def _transformer_stack(channels: int, spec: AttentionSpec | None, config, option
             for depth in spec.layers
         ]
     )
-
-
-def call_block(block: nnx.Module, options: ModelOptions, *args: Array | None):
-    """Run one block, under `jax.checkpoint` when the options ask for remat."""
-    if options.remat:
-        return nnx.remat(lambda module, *inputs: module(*inputs))(block, *args)
-    return block(*args)
 
 
 class DownBlock(nnx.Module):

@@ -203,7 +203,7 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
     args = parser.parse_args(argv)
     args.output_dir = args.output_dir.replace("{timestamp}", time.strftime("%Y%m%d_%H%M%S"))
     args.dataset_name = args.dataset_name or args.train_data_dir
-    if not args.dataset_name:
+    if not args.dataset_name and not args.dry_run:  # a dry run sizes the models; it reads no data
         parser.error("give --dataset_name (or --train_data_dir)")
     if not 0 <= args.proportion_empty_prompts <= 1:
         parser.error("--proportion_empty_prompts must be in [0, 1]")
