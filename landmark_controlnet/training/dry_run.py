@@ -22,7 +22,14 @@ from landmark_controlnet.diffusion import ControlNetConfig, ControlNetModel
 from landmark_controlnet.diffusion.loading import abstract_pretrained
 from landmark_controlnet.diffusion.pipeline import StableDiffusion
 
-from .models import LATENT_CHANNELS, TOKEN_KEYS, controlnet_options, load_base_model, split_models
+from .models import (
+    LATENT_CHANNELS,
+    TOKEN_KEYS,
+    controlnet_options,
+    load_base_model,
+    native_resolution,
+    split_models,
+)
 from .sharding import per_device_bytes
 from .step import LossConfig, Shardings, init_state, make_optimizer, make_train_step
 
@@ -35,7 +42,7 @@ def plan_memory(args: argparse.Namespace, dtype: Any) -> dict[str, Any]:
     table and returned (the last stdout line is the same figures as JSON)."""
     remat = args.gradient_checkpointing
     sd = load_base_model(args.pretrained_model_name_or_path, args.revision, dtype, remat, abstract=True)
-    resolution = args.resolution or sd.unet.config.sample_size * sd.vae.config.downscale
+    args.resolution = args.resolution or native_resolution(sd)
     graphs, frozen, params = split_models(sd, _abstract_controlnet(args, sd, dtype, remat))
     if args.cache_latents:  # the step then reads cached embeddings: no text encoder on the devices
         frozen = {name: weights for name, weights in frozen.items() if not name.startswith("text_encoder")}
@@ -48,7 +55,7 @@ def plan_memory(args: argparse.Namespace, dtype: Any) -> dict[str, Any]:
         "model": args.pretrained_model_name_or_path,
         "sdxl": graphs.is_sdxl,
         "mesh": axes,
-        "resolution": resolution,
+        "resolution": args.resolution,
         "batch_per_device": args.train_batch_size,
         "compute_dtype": np.dtype(dtype).name,
         "gradient_checkpointing": remat,
@@ -61,20 +68,20 @@ def plan_memory(args: argparse.Namespace, dtype: Any) -> dict[str, Any]:
         },
     }
     if args.dry_run == "compile":
-        laid_out = _laid_out(shardings, optimizer, state, frozen)
         step = make_train_step(
             graphs, optimizer, optimizer_schedule(args), LossConfig(dtype), shardings, params, frozen
         )
-        batch = {
-            key: jax.ShapeDtypeStruct(shape, dtype, sharding=shardings.batch)
-            for key, (shape, dtype) in batch_shapes(
-                sd, args.train_batch_size * jax.device_count(), args
-            ).items()
-        }
-        plan["bytes_per_device"].update(compiled_memory(step, *laid_out, batch))
+        inputs = (*_laid_out(shardings, optimizer, state, frozen), _abstract_batch(sd, args, shardings))
+        plan["bytes_per_device"].update(compiled_memory(step, *inputs))
     print(format_plan(plan))
     print(json.dumps(plan))
     return plan
+
+
+def _abstract_batch(sd: StableDiffusion, args: argparse.Namespace, shardings: Shardings) -> dict[str, Any]:
+    shapes = batch_shapes(sd, args.train_batch_size * jax.device_count(), args)
+    batch = shardings.batch
+    return {key: jax.ShapeDtypeStruct(shape, kind, sharding=batch) for key, (shape, kind) in shapes.items()}
 
 
 def _abstract_controlnet(args: argparse.Namespace, sd: StableDiffusion, dtype: Any, remat: bool) -> Any:
@@ -117,7 +124,7 @@ def compiled_memory(step: Any, *abstract_inputs: Any) -> dict[str, int]:
 def batch_shapes(sd: StableDiffusion, global_batch: int, args: argparse.Namespace) -> dict[str, tuple]:
     """{key: (shape, dtype)} of one step's batch, (accumulation, global batch, ...), as the loader
     makes it for this model and these flags."""
-    resolution = args.resolution or sd.unet.config.sample_size * sd.vae.config.downscale
+    resolution = args.resolution or native_resolution(sd)
     lead = (args.gradient_accumulation_steps, global_batch)
     image = (*lead, resolution, resolution, 3)
     shapes = {"conditioning_pixel_values": (image, np.float32)}

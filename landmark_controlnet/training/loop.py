@@ -30,6 +30,7 @@ from .models import (
     controlnet_options,
     load_base_model,
     load_controlnet,
+    native_resolution,
     split_models,
     token_batch,
 )
@@ -184,11 +185,6 @@ def build_run(args: argparse.Namespace) -> Run:
         args, graphs, state, frozen, train_step, batches, max_steps, start_step,
         checkpoints, validator, validation, run_log, fidelity,
     )  # fmt: skip
-
-
-def native_resolution(sd: StableDiffusion) -> int:
-    """The size the base model was trained at: 512 for SD 1.x, 768 for SD 2.x, 1024 for SDXL."""
-    return sd.unet.config.sample_size * sd.vae.config.downscale
 
 
 def log_layout(shardings: Shardings, params: Any, frozen: dict[str, Any]) -> None:

@@ -45,6 +45,11 @@ def load_base_model(
     return load_stable_diffusion(location, revision=revision, options=options, abstract=abstract)
 
 
+def native_resolution(sd: StableDiffusion) -> int:
+    """The size the base model was trained at: 512 for SD 1.x, 768 for SD 2.x, 1024 for SDXL."""
+    return sd.unet.config.sample_size * sd.vae.config.downscale
+
+
 def controlnet_options(dtype: jnp.dtype, remat: bool = False) -> ModelOptions:
     """The ControlNet computes in `dtype` and keeps float32 master weights."""
     return ModelOptions(dtype=dtype, param_dtype=jnp.float32, remat=remat)
