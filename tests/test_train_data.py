@@ -165,23 +165,23 @@ def test_closing_prefetch_stops_and_joins_its_thread():
     assert len(produced) <= 4  # the one taken, two queued, at most one more in hand when it stopped
 
 
-def _png(width: int, height: int) -> dict:
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, height), (9, 9, 9)).save(buffer, format="PNG")
-    return {"bytes": buffer.getvalue(), "path": None}
+def _blank_cell(width: int, height: int) -> dict:
+    """A `datasets` image cell of a flat picture of this size."""
+    return {"bytes": _png(Image.new("RGB", (width, height), (9, 9, 9))), "path": None}
 
 
 def test_sdxl_size_ids_add_training_crop_to_the_builders_record():
     """(original h, w, crop top, left, target h, w): a 384 x 512 (w x h) picture framed at 256 px is
     resized to 256 x 341 and cut 42 px from the top (341 - 256 = 85, halved down)."""
     columns, options = input_data.Columns(), input_data.ExampleOptions(256, size_ids=True)
-    recorded = {"conditioning_image": _png(384, 512), "original_size": [1000, 750], "crop_top_left": [10, 20]}
+    picture = _blank_cell(384, 512)
+    recorded = {"conditioning_image": picture, "original_size": [1000, 750], "crop_top_left": [10, 20]}
     ids = input_data.prepare_conditioning(recorded, columns, options, flip=False)["time_ids"]
     # The builder's crop scales with the picture (256 / 384), then training's own crop adds to it.
     np.testing.assert_array_equal(
         ids, [1000, 750, round(10 * 256 / 384) + 42, round(20 * 256 / 384), 256, 256]
     )
-    bare = {"conditioning_image": _png(384, 512)}  # no size columns: the picture's own size, no crop
+    bare = {"conditioning_image": picture}  # no size columns: the picture's own size, no crop
     ids = input_data.prepare_conditioning(bare, columns, options, flip=False)["time_ids"]
     np.testing.assert_array_equal(ids, [512, 384, 42, 0, 256, 256])
     plain = input_data.prepare_conditioning(bare, columns, input_data.ExampleOptions(256), flip=False)
