@@ -107,7 +107,6 @@ class StoredPhoto(LoadedImage):
     from the full-size upright photo by `framing` (`size` is the stored image's)."""
 
     stored: bytes = b""
-    framing: Framing | None = None
 
 
 @dataclass

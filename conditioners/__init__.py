@@ -15,7 +15,7 @@ from .torchvision_guard import install_import_guard
 install_import_guard()  # before any library imports torchvision (see torchvision_guard)
 
 from .base import Conditioned, Conditioner  # noqa: E402
-from .detection import Detection, Instance, SkipReason  # noqa: E402
+from .detection import Detection, HintBox, Instance, SkipReason  # noqa: E402
 from .drawing import Canvas, DrawingSpec  # noqa: E402
 from .errors import OptionError, UnknownNameError, UserError  # noqa: E402
 from .filters import Filters  # noqa: E402
@@ -32,6 +32,7 @@ __all__ = [
     "Detection",
     "DrawingSpec",
     "Filters",
+    "HintBox",
     "ImageLoadError",
     "Instance",
     "LoadedImage",

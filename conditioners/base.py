@@ -9,6 +9,7 @@ A subclass supplies three things:
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
@@ -16,7 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
-from .detection import Detection, Instance, SkipReason
+from .detection import Detection, HintBox, Instance, SkipReason
 from .drawing import Canvas
 from .errors import UserError
 from .filters import Filters
@@ -145,24 +146,41 @@ class Conditioner(ABC):
     def load(self, source: ImageSource, name: str | None = None) -> LoadedImage:
         return load_image(source, long_side=self.detect_long_side, name=name)
 
-    def detect(self, source: ImageSource | LoadedImage, name: str | None = None) -> Detection:
+    def detect(
+        self,
+        source: ImageSource | LoadedImage,
+        name: str | None = None,
+        hints: Sequence[HintBox] = (),
+    ) -> Detection:
         """Detect, map to input pixels and filter. Raises `ImageLoadError` for unreadable input.
 
-        An exception inside the detector skips this image as `detector_error` (with the message),
-        so one bad image never ends a run; missing weights and other `UserError`s still raise."""
+        `hints` are boxes (input pixels) where the caller knows an instance to be; conditioners that
+        search regions look there closely, the others ignore them. An exception inside the detector
+        skips this image as `detector_error` (with the message), so one bad image never ends a run;
+        missing weights and other `UserError`s still raise."""
         loaded = source if isinstance(source, LoadedImage) else self.load(source, name)
         detection = self.empty_detection(loaded.size)
         if self._too_small(loaded):  # the detector is not run at all
             return detection.with_instances([], SkipReason.IMAGE_TOO_SMALL)
         self.detector  # noqa: B018 -- built outside the guard below: a missing model is not per image
         try:
-            instances = [_to_pixels(instance, loaded.size) for instance in self._detect(loaded.pixels)]
+            detection = self._find(loaded, detection, loaded.hints_here(hints))
         except UserError:
             raise
         except Exception as exc:
             message = f"{type(exc).__name__}: {exc}"
             return replace(detection, skipped=SkipReason.DETECTOR_ERROR, skip_message=message)
-        return self.filter(replace(detection, instances=instances))
+        return self.filter(detection)
+
+    def _find(self, loaded: LoadedImage, detection: Detection, hints: Sequence[HintBox]) -> Detection:
+        """`detection` with the instances found in `loaded`, in input pixels (before the filters).
+
+        One detector pass over the whole picture; the hand conditioners add their region search."""
+        return replace(detection, instances=self.detect_pixels(loaded.pixels, loaded.size))
+
+    def detect_pixels(self, pixels: np.ndarray, size: tuple[int, int]) -> list[Instance]:
+        """One detector pass over `pixels`, its instances mapped to an image of `size`."""
+        return [_to_pixels(instance, size) for instance in self._detect(pixels)]
 
     def empty_detection(
         self, size: tuple[int, int], skipped: str | None = None, message: str | None = None
@@ -190,8 +208,13 @@ class Conditioner(ABC):
     def filter(self, detection: Detection) -> Detection:
         return self.filters.apply(detection)
 
-    def __call__(self, source: ImageSource | LoadedImage, size: tuple[int, int] | None = None) -> Conditioned:
-        return self.conditioned(self.detect(source), size)
+    def __call__(
+        self,
+        source: ImageSource | LoadedImage,
+        size: tuple[int, int] | None = None,
+        hints: Sequence[HintBox] = (),
+    ) -> Conditioned:
+        return self.conditioned(self.detect(source, hints=hints), size)
 
     @classmethod
     def conditioned(cls, detection: Detection, size: tuple[int, int] | None = None) -> Conditioned:

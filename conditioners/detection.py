@@ -31,6 +31,43 @@ class SkipReason(StrEnum):
     DETECTOR_ERROR = "detector_error"
 
 
+@dataclass(frozen=True)
+class HintBox:
+    """Where the caller knows an instance to be (a HaGRID hand box): x0, y0, x1, y1 in the pixels of
+    the upright input image, with the source's label. Conditioners that search regions (the
+    MediaPipe hand conditioners) look there closely; the others ignore hints."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    label: str = ""
+
+    @classmethod
+    def from_normalised_xywh(cls, box: Any, size: tuple[int, int], label: str = "") -> HintBox:
+        """From a normalised [x, y, w, h] (HaGRID's `bboxes`) in an image of `size` (width, height)."""
+        x, y, w, h = (float(v) for v in box)
+        return cls(x * size[0], y * size[1], (x + w) * size[0], (y + h) * size[1], label)
+
+    def problem(self, size: tuple[int, int]) -> str | None:
+        """Why this box cannot be searched in an image of `size` (NaN, empty, outside), or None."""
+        corners = (self.x0, self.y0, self.x1, self.y1)
+        if not all(math.isfinite(v) for v in corners):
+            return "not a finite box"
+        if self.x1 - self.x0 < 1 or self.y1 - self.y0 < 1:
+            return "empty box"
+        if self.x1 <= 0 or self.y1 <= 0 or self.x0 >= size[0] or self.y0 >= size[1]:
+            return f"outside the {size[0]}x{size[1]} image"
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"box": [self.x0, self.y0, self.x1, self.y1], "label": self.label}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HintBox:
+        return cls(*(float(v) for v in data["box"]), label=str(data.get("label", "")))
+
+
 @dataclass
 class Instance:
     """One detected hand, face, body or animal.
@@ -43,6 +80,8 @@ class Instance:
     kind: str
     points: np.ndarray
     score: float | None = None
+    # Facts about this instance beyond its points, e.g. which hand-search pass found it (`found_by`).
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         points = np.asarray(self.points, dtype=np.float64)
@@ -84,6 +123,7 @@ class Instance:
             "kind": self.kind,
             "score": _json_float(self.score),
             "points": [[_json_float(v) for v in row] for row in self.points.tolist()],
+            **({"extra": self.extra} if self.extra else {}),
         }
 
     @classmethod
@@ -91,7 +131,7 @@ class Instance:
         points = np.array(
             [[np.nan if v is None else v for v in row] for row in data["points"]], dtype=np.float64
         ).reshape(-1, len(data["points"][0]) if data["points"] else 4)
-        return cls(kind=data["kind"], points=points, score=data.get("score"))
+        return cls(kind=data["kind"], points=points, score=data.get("score"), extra=data.get("extra", {}))
 
 
 @dataclass

@@ -15,11 +15,13 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageCms, UnidentifiedImageError
 
+from .detection import HintBox
 from .errors import UserError
 
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | np.ndarray
@@ -61,6 +63,25 @@ class LoadedImage:
     pixels: np.ndarray  # (h, w, 3) uint8, C-contiguous
     size: tuple[int, int]  # (width, height) of the full, upright input
     name: str
+    # The same picture at more detail than `pixels` (up to `size`), for detectors that look closer
+    # at regions of it (the hand search); None when only `pixels` were decoded.
+    detail: np.ndarray | None = None
+    # How the picture was cut from its source photo, when it was (a build's `resize_short_side`).
+    framing: Framing | None = None
+
+    @property
+    def sharpest(self) -> np.ndarray:
+        """`detail` where it was decoded, else `pixels`."""
+        return self.pixels if self.detail is None else self.detail
+
+    def hints_here(self, hints: Sequence[HintBox]) -> list[HintBox]:
+        """`hints` given in the source photo's pixels, mapped into this picture's (through `framing`)."""
+        if self.framing is None:
+            return list(hints)
+        (sx, sy), (left, top) = self.framing.scale, self.framing.offset
+        return [
+            HintBox(h.x0 * sx - left, h.y0 * sy - top, h.x1 * sx - left, h.y1 * sy - top, h.label) for h in hints
+        ]
 
 
 def describe_source(source: ImageSource) -> str:

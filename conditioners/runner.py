@@ -8,10 +8,11 @@ Every input yields one `Conditioned`, in order; an unreadable one says so instea
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from .base import Conditioned, Conditioner
+from .detection import HintBox
 from .images import ImageLoadError, ImageSource, LoadedImage, describe_source
 
 # How a source becomes the pixels a detector sees; a build passes one that also frames the photo.
@@ -29,11 +30,13 @@ def condition_many(
     load: Loader | None = None,
     prefetch: int = 4,
     io_threads: int = 1,
+    hints: Sequence[Sequence[HintBox]] | None = None,
 ) -> Iterator[Conditioned]:
     """Yield a `Conditioned` per source, in order. Memory is bounded by `prefetch` images.
 
     `render_skipped=False` draws nothing for skipped images (a build stores none of them);
-    `render=False` draws nothing at all (`evaluate` needs only the detections)."""
+    `render=False` draws nothing at all (`evaluate` needs only the detections). `hints[i]` are the
+    hint boxes of source i (input pixels), for conditioners that search regions."""
     load = load or conditioner.load
 
     def read(source: ImageSource) -> LoadedImage | ImageLoadError:
@@ -63,7 +66,7 @@ def condition_many(
         while loads:
             index, source, future = loads.popleft()
             top_up()
-            result = _detect(conditioner, index, source, future.result())
+            result = _detect(conditioner, index, source, future.result(), hints[index] if hints else ())
             drawn = render and result.ok and (render_skipped or not result.skipped)
             finished.append(pool.submit(draw, result) if drawn else result)
             while finished and (len(finished) > prefetch or _ready(finished[0])):
@@ -73,11 +76,15 @@ def condition_many(
 
 
 def _detect(
-    conditioner: Conditioner, index: int, source: ImageSource, loaded: LoadedImage | ImageLoadError
+    conditioner: Conditioner,
+    index: int,
+    source: ImageSource,
+    loaded: LoadedImage | ImageLoadError,
+    hints: Sequence[HintBox],
 ) -> Conditioned:
     if isinstance(loaded, ImageLoadError):
         return Conditioned(conditioner.unreadable(loaded), index=index, name=loaded.source, source=source)
-    detection = conditioner.detect(loaded)
+    detection = conditioner.detect(loaded, hints=hints)
     return Conditioned(detection, photo=loaded, index=index, name=loaded.name, source=source)
 
 
