@@ -107,6 +107,30 @@ def _skip_table(report: BuildReport) -> str:
     return "\n".join(lines) if report.skipped else "No image was skipped."
 
 
+def hint_table(report: BuildReport) -> str:
+    """The hinted hands (a source's hand boxes, HaGRID's) searched and not found, in hands, after a
+    blank line (it follows the skip table); empty when the conditioner searched no hints."""
+    if not report.hints:
+        return ""
+    return "\n".join(
+        [
+            "",
+            "",
+            "Hinted hands: the source gave boxes where hands are (hints), which the conditioner searched "
+            "closely. These are counts of hands, not of images:",
+            "",
+            "| hinted hands | hands |",
+            "|---|---|",
+            f"| searched (boxes inside the image) | {report.hints} |",
+            f"| `hint_not_found`: found by no detector pass | {report.hint_not_found} |",
+            "",
+            f"{report.hint_not_found} of {report.hints} hinted hands were not found. A row keeps the hands "
+            "that were found in its image; an image in which no hand was found is skipped as "
+            "`no_detection` (counted above).",
+        ]
+    )
+
+
 def write_card(
     output: Folder,
     recipe: Recipe,
@@ -137,6 +161,7 @@ def write_card(
         "rows": main.rows,
         "items": main.items,
         "skip_table": _skip_table(main),
+        "hint_table": hint_table(main),
         "preview": f"![preview]({PREVIEW_FILE})" if preview else "(no rows yet)",
         "columns": "\n".join(
             f"- `{name}`" + (f": {COLUMN_MEANINGS[name]}" if name in COLUMN_MEANINGS else "")

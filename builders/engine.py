@@ -72,6 +72,10 @@ class BuildReport:
     items: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     shards: int = 0
+    # Hands, not images: the hint boxes (a source's hand boxes) the conditioner searched, and how many
+    # of those no pass found a hand in (their photos keep the hands found, or are skipped otherwise).
+    hints: int = 0
+    hint_not_found: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -128,6 +132,8 @@ def summarize(output: Folder, split: str) -> BuildReport:
         report.rows += counts.get("kept", 0)
         report.items += counts.get("items", 0)
         skipped.update(counts.get("skipped", {}))
+        report.hints += counts.get("hints", 0)
+        report.hint_not_found += counts.get("hint_not_found", 0)
         report.shards += is_shard
     report.skipped = dict(sorted(skipped.items()))
     return report

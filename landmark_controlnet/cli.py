@@ -274,6 +274,12 @@ def _build(args: argparse.Namespace) -> int:
         validation_fraction=args.validation_fraction,
     )
     report = run_build(args.name, args.source, settings, args.output, args.engine, args.overwrite)
+    if report.hints:  # hands, not images; the JSON line below has them too
+        print(
+            f"hint_not_found: {report.hint_not_found} of {report.hints} hinted hands (the source's hand "
+            "boxes) were found by no detector pass",
+            file=sys.stderr,
+        )
     print(json.dumps(report.to_dict()))
     return 0
 

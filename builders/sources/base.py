@@ -1,4 +1,5 @@
-"""What every source yields: a stable id, an image (a path or bytes), a caption, extra columns."""
+"""What every source yields: a stable id, an image (a path or bytes), a caption, extra columns and
+hint boxes (where the source knows a hand to be)."""
 
 from __future__ import annotations
 
@@ -11,17 +12,25 @@ from typing import Any
 
 import datasets
 
+from conditioners.detection import HintBox
 from conditioners.images import IMAGE_SUFFIXES
 
 
 @dataclass
 class SourceItem:
-    """One source photo. `image` is a path (read by the worker that needs it) or encoded bytes."""
+    """One source photo. `image` is a path (read by the worker that needs it) or encoded bytes.
+
+    `hints` are boxes where the source knows an instance to be (HaGRID's hand boxes, with their
+    labels), in pixels of the upright source photo at full size, whatever the recipe's framing: the
+    worker passes them to the conditioner, which maps them into the picture it sees. Conditioners
+    that search regions (the MediaPipe hand conditioners) look there closely; a box they cannot use
+    (NaN, empty, outside the photo) is ignored with a warning, so a source need not check them."""
 
     source_id: str
     image: str | bytes
     caption: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    hints: list[HintBox] = field(default_factory=list)
 
     @property
     def name(self) -> str:
