@@ -164,9 +164,17 @@ class ChunkProcessor:
         skipped: Counter[str] = Counter()
         kept: Counter[str] = Counter()  # by split
         pending: dict[str, list[_Row]] = {name: [] for name in names}
-        results = condition_many(self.conditioner, _read(chunk.items), render_skipped=False, load=self.load)
+        hints: Counter[str] = Counter()  # hinted hands searched and not found (hands, not images)
+        results = condition_many(
+            self.conditioner,
+            _read(chunk.items),
+            render_skipped=False,
+            load=self.load,
+            hints=[item.hints for item in chunk.items],  # source pixels: `load`'s framing maps them
+        )
         try:
             for result in results:
+                hints.update(_hint_counts(result, chunk.items[result.index]))
                 reason = _skip_reason(result)
                 if progress:
                     progress(reason or "kept")
@@ -190,6 +198,8 @@ class ChunkProcessor:
             "items": len(chunk.items),
             "kept": kept[splits.main],
             "skipped": dict(sorted(skipped.items())),
+            "hints": hints["hints"],
+            "hint_not_found": hints["hint_not_found"],
         }
         if HELD_OUT_SPLIT in writers:  # its counts hold rows only: the items are the main split's
             writers.pop(HELD_OUT_SPLIT).close({"items": 0, "kept": kept[HELD_OUT_SPLIT], "skipped": {}})
@@ -241,6 +251,18 @@ class ChunkProcessor:
                 }
             )
         rows.clear()
+
+
+def _hint_counts(result: Conditioned, item: SourceItem) -> dict[str, int]:
+    """`hints`: the item's hint boxes the conditioner searched (those it could use in the picture it
+    saw); `hint_not_found`: how many of them no pass found a hand in. Counted whether the item was
+    kept or skipped (a photo whose hands were all missed is skipped as `no_detection`); zero where
+    the conditioner searched no hints (it does not search regions, or it did not run)."""
+    extra, photo = result.detection.extra, result.photo
+    if "hint_not_found" not in extra or photo is None:
+        return {}
+    usable = [hint for hint in photo.hints_here(item.hints) if hint.problem(photo.size) is None]
+    return {"hints": len(usable), "hint_not_found": int(extra["hint_not_found"])}
 
 
 def _skip_reason(result: Conditioned) -> str | None:
