@@ -240,3 +240,132 @@ def comparable_rows(dataset) -> list[list[str]]:
         ]
         for r in dataset
     )
+
+
+# Small hands in Full HD frames, as HaGRID's photos have them (hands 60-250 px in 1920 x 1080): shared
+# hand photos pasted small over a real background, each scaled so that its largest hand is
+# `hand_side` px, with HaGRID boxes made from the hands' own landmarks (found in the shared photo at
+# its full size, mapped through the paste, padded 15%). Some boxes are planted on the background,
+# where there is no hand: the hand search must count them as `hint_not_found`. At most two hands a
+# frame (the hand conditioners' `max_num_hands`).
+@dataclass(frozen=True)
+class PastedPhoto:
+    photo: str  # under images/
+    hand_side: int  # the longer side of its largest hand once pasted, in frame pixels
+    at: tuple[int, int]  # where its top-left corner goes in the frame
+    label: str | None = None  # its hands' HaGRID label; None: the frame's gesture
+
+
+@dataclass(frozen=True)
+class SmallHandFrame:
+    background: str  # under images/negatives/
+    pasted: tuple[PastedPhoto, ...]
+    empty_boxes: tuple[tuple[int, int, int, int], ...] = ()  # x0, y0, x1, y1 on the background only
+
+
+SMALL_HAND_FRAMES = {
+    "four": SmallHandFrame(
+        "mediapipe_dino.jpg",
+        (
+            PastedPhoto("hands/mediapipe_gesture_four_15a73593.jpg", 90, (200, 300)),
+            PastedPhoto("hands/mmpose_freihand_00000355.jpg", 70, (1400, 250), label="no_gesture"),
+        ),
+        empty_boxes=((900, 620, 990, 710),),
+    ),
+    "heart": SmallHandFrame(
+        "sklearn_china.jpg", (PastedPhoto("hands/hagrid_tile10_heart_two_hands.jpg", 70, (700, 150)),)
+    ),
+    "rock": SmallHandFrame(
+        "sam_groceries.jpg",
+        (
+            PastedPhoto("hands/mediapipe_gesture_rock_15cb4e8b.jpg", 110, (150, 250)),
+            PastedPhoto("hands/hagrid_tile04_one_finger.jpg", 65, (1300, 500)),
+        ),
+        empty_boxes=((1000, 150, 1080, 230),),
+    ),
+}
+BOX_PADDING = 0.15
+SMALL_HANDS_FRAME = (1920, 1080)  # HaGRID's photo size
+
+
+@dataclass(frozen=True)
+class SmallHands:
+    """`hagrid_small_hands`: its folder, and by source id the pixel boxes of the pasted hands."""
+
+    root: Path
+    hands: dict[str, list[tuple[float, float, float, float]]]
+    empty_boxes: int
+
+
+def _hand_boxes_of(path: Path) -> list[tuple[float, float, float, float]]:
+    """The landmark boxes (x0, y0, x1, y1, pixels) of the hands MediaPipe finds in `path`, at full size."""
+    import conditioners
+
+    with conditioners.get("hand_encoded", detect_long_side=None) as hands:
+        detection = hands.detect(str(path))
+    return [instance.bbox() for instance in detection.instances]
+
+
+def small_hand_frame(data: Path, frame: SmallHandFrame, gesture: str) -> tuple[Image.Image, list, list, list]:
+    """The 1920 x 1080 picture of `frame`, its HaGRID boxes (normalised x, y, w, h) and their labels, and
+    the pixel boxes of its hands."""
+    from PIL import ImageOps
+
+    background = Image.open(data / "images" / "negatives" / frame.background).convert("RGB")
+    picture = ImageOps.fit(background, SMALL_HANDS_FRAME, Image.Resampling.LANCZOS)
+    boxes, labels, hands = [], [], []
+
+    def add(box: tuple[float, float, float, float], label: str) -> None:
+        x0, y0, x1, y1 = box
+        width, height = SMALL_HANDS_FRAME
+        boxes.append([x0 / width, y0 / height, (x1 - x0) / width, (y1 - y0) / height])
+        labels.append(label)
+
+    for pasted in frame.pasted:
+        path = data / "images" / pasted.photo
+        found = _hand_boxes_of(path)
+        assert found, f"MediaPipe finds no hand in {pasted.photo} at full size"
+        scale = pasted.hand_side / max(max(x1 - x0, y1 - y0) for x0, y0, x1, y1 in found)
+        photo = Image.open(path).convert("RGB")
+        size = (round(photo.width * scale), round(photo.height * scale))
+        picture.paste(photo.resize(size, Image.Resampling.LANCZOS), pasted.at)
+        for x0, y0, x1, y1 in found:
+            (left, top), pad_x, pad_y = pasted.at, BOX_PADDING * (x1 - x0), BOX_PADDING * (y1 - y0)
+            box = (
+                left + (x0 - pad_x) * scale,
+                top + (y0 - pad_y) * scale,
+                left + (x1 + pad_x) * scale,
+                top + (y1 + pad_y) * scale,
+            )
+            hands.append(box)
+            add(box, pasted.label or gesture)
+    for box in frame.empty_boxes:
+        add(box, gesture)
+    return picture, boxes, labels, hands
+
+
+def hagrid_small_hands(data: Path, root: Path) -> SmallHands:
+    """A HaGRID v2 folder of `SMALL_HAND_FRAMES`, one JPEG per gesture, written under `root`."""
+    folder = root / "hagrid_small_hands"
+    annotations = folder / "hagrid_annotations" / "train"
+    annotations.mkdir(parents=True)
+    hands = {}
+    for index, (gesture, frame) in enumerate(SMALL_HAND_FRAMES.items()):
+        image_id = f"{index:08x}-0000-4000-8000-0000000054a1"
+        picture, boxes, labels, pasted = small_hand_frame(data, frame, gesture)
+        images = folder / "hagrid_dataset" / gesture
+        images.mkdir(parents=True)
+        picture.save(images / f"{image_id}.jpg", quality=92)
+        record = {
+            "bboxes": boxes,
+            "labels": labels,
+            "united_bbox": [None],
+            "united_label": [None],
+            "user_id": f"user{index}",
+            "hand_landmarks": [[] for _ in boxes],
+            "meta": {"age": [30], "gender": ["female"], "race": ["White"]},
+        }
+        (annotations / f"{gesture}.json").write_text(json.dumps({image_id: record}))
+        hands[f"{gesture}/{image_id}"] = pasted
+    empty = sum(len(frame.empty_boxes) for frame in SMALL_HAND_FRAMES.values())
+    return SmallHands(folder, hands, empty)
