@@ -111,7 +111,7 @@ def prepare(
     check_state(data, recipe, source, settings)
     chunks = pending_chunks(source, settings, set(chunk_records(data, settings.split)))
     features = written_features(data, source, recipe)
-    if missing := [name for name in SIZE_FEATURES if name not in features]:
+    if missing := [name for name in later_columns(source) if name not in features]:
         log.warning(
             "%s holds shards built before rows recorded %s: this build keeps their schema, without those "
             "columns, so that the dataset stays loadable. To record them, build into a new folder, or "
@@ -166,9 +166,15 @@ def check_state(data: Folder, recipe: Recipe, source: Source, settings: BuildSet
         data.write_text(STATE_FILE, json.dumps({**states, **wanted}, indent=1))
 
 
+def later_columns(source: Source) -> list[str]:
+    """Columns that rows gained after builds had written shards without them (`SIZE_FEATURES`, a
+    source's columns such as HaGRID's `bboxes`): a resumed build does without those its shards lack."""
+    return [*SIZE_FEATURES, *source.features()]
+
+
 def written_features(data: Folder, source: Source, recipe: Recipe) -> datasets.Features:
-    """The row features of the shards in `data`: `dataset_features`, less `SIZE_FEATURES` when the
-    folder already holds shards written before rows recorded them.
+    """The row features of the shards in `data`: `dataset_features`, less the `later_columns` that
+    the folder's shards lack when it already holds shards written before rows recorded them.
 
     Resuming such a build (or adding a split to its folder) keeps the old schema rather than being
     refused: the finished shards stay usable and a trainer can do without the size columns (SDXL's
@@ -181,7 +187,8 @@ def written_features(data: Folder, source: Source, recipe: Recipe) -> datasets.F
         return features
     with data.open(shards[0]) as file:  # one suffices: every build into the folder keeps its schema
         columns = set(pq.read_schema(file).names)
-    return datasets.Features({k: v for k, v in features.items() if k in columns or k not in SIZE_FEATURES})
+    later = set(later_columns(source))
+    return datasets.Features({k: v for k, v in features.items() if k in columns or k not in later})
 
 
 def held_out_from(output: Folder) -> str | None:

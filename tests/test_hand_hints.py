@@ -311,3 +311,37 @@ def test_bad_hints_never_crash_a_build(tmp_path, data_dir, side):
     assert report.rows == 2 and report.skipped == {}
     if HAND_SEARCH:  # searched: the good box and the huge one (it covers the photo), both around a hand
         assert report.hints == 4 and report.hint_not_found <= 1, report
+
+
+def drop_columns(shard: Path, names: list[str]) -> None:
+    """Rewrite a shard as builds wrote it before rows had the columns `names` (its counts kept)."""
+    import datasets
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(shard)
+    features = datasets.Features.from_arrow_schema(table.schema)
+    old = datasets.Features({k: v for k, v in features.items() if k not in names})
+    metadata = {  # the file's key-value metadata (the build counts), which read_table leaves out
+        **{k: v for k, v in pq.ParquetFile(shard).metadata.metadata.items() if k != b"ARROW:schema"},
+        b"huggingface": old.arrow_schema.metadata[b"huggingface"],
+    }
+    pq.write_table(table.drop_columns(names).replace_schema_metadata(metadata), shard)
+
+
+def test_resuming_a_hagrid_build_from_before_the_bboxes_column_keeps_its_schema(tmp_path, data_dir, caplog):
+    import pyarrow.parquet as pq
+
+    root, builder = fx.hagrid(data_dir, tmp_path, v2=True), hagrid_recipe(tmp_path)
+    settings = BuildSettings(shard_size=1)
+    report = run_build(str(builder), str(root), settings, progress=False)
+    shards = sorted((builder / "data").glob("train-*.parquet"))
+    assert len(shards) == report.rows >= 2 and "bboxes" in pq.read_schema(shards[0]).names
+    for shard in shards:
+        drop_columns(shard, ["bboxes"])
+    shards[-1].unlink()  # a partial build of the old schema
+    resumed = run_build(str(builder), str(root), settings, progress=False)
+    assert "bboxes" in caplog.text and "without those columns" in caplog.text
+    assert resumed.rows == report.rows and shards[-1].exists()
+    assert not any("bboxes" in pq.read_schema(shard).names for shard in shards)
+    rows = load_builder(str(builder))
+    assert len(rows) == report.rows and "bboxes" not in rows.features
