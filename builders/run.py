@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -74,25 +75,121 @@ def discard_split(output: Folder, split: str) -> None:
 
 
 def load_builder(name_or_dir: str, split: str = "train", **kwargs: Any):
-    """`datasets.load_dataset` on a builder folder, with a useful sentence when it is not built yet."""
+    """`datasets.load_dataset` on a builder folder, with a useful sentence when it is not built yet.
+
+    A folder without a recipe is read as a dataset folder (a Hub snapshot, a `to_parquet` export):
+    its splits are found as `built_data_files` finds them."""
     import datasets
 
-    folder = default_output(resolve_builder(name_or_dir))  # an unbuilt packaged name: where it would go
-    if not any((folder / "data").glob("*.parquet")):
-        raise DatasetNotBuiltError(
-            f"{folder} has no data yet. Build it first: "
-            f"landmark-controlnet build {name_or_dir} --source PATH_OR_DATASET"
-        )
+    path = Path(name_or_dir)
+    if path.is_dir() and not (path / RECIPE_FILE).exists():
+        folder = path
+    else:
+        folder = default_output(resolve_builder(name_or_dir))  # an unbuilt packaged name: where it would go
+        if not any((folder / "data").glob("*.parquet")):
+            raise DatasetNotBuiltError(
+                f"{folder} has no data yet. Build it first: "
+                f"landmark-controlnet build {name_or_dir} --source PATH_OR_DATASET"
+            )
     return datasets.load_dataset(str(folder), split=split, data_files=built_data_files(folder), **kwargs)
 
 
-def built_data_files(folder: Path) -> dict[str, list[str]]:
-    """The shards of a built folder by split, to pass to `load_dataset` as `data_files`.
+class UnknownLayoutError(UserError, FileNotFoundError):
+    """A dataset folder whose files `built_data_files` cannot assign to splits (not a ValueError:
+    evaluate reads those as an unknown split)."""
+
+
+SPLIT_NAME = r"\w+(?:\.\w+)*"  # datasets' rule for split names (no dash)
+# This project's own shards, `data/{split}-NNNNN.parquet` (any split name): found before datasets'
+# defaults, which know only train/validation/test by name in files without `-of-NNNNN`.
+BUILT_SHARD = re.compile(rf"(?P<split>{SPLIT_NAME})-[0-9]{{5}}\.parquet")
+LOOKED_FOR = (
+    "a README.md `configs` data_files section, data/{split}-NNNNN-of-NNNNN.* or data/{split}-NNNNN.parquet "
+    "shards, files named after a split (train, validation, test, ...) or {split}/ folders"
+)
+
+
+def built_data_files(folder: Path | str) -> dict[str, list[str]]:
+    """The data files of a dataset folder by split, to pass to `load_dataset` as `data_files`.
 
     Given this way, `datasets` keys its cache on the files themselves (their mtimes). Left to the
     card's `configs`, datasets 5.0 keys it on the patterns alone, so a folder rebuilt with as many
-    rows would load the previous build's rows from the cache."""
-    by_split: dict[str, list[str]] = {}
-    for shard in sorted((folder / "data").glob("*-*.parquet")):
-        by_split.setdefault(shard.name.rsplit("-", 1)[0], []).append(str(shard.resolve()))
+    rows would load the previous build's rows from the cache.
+
+    The splits are found as `datasets` finds them: the default config's `data_files` (or
+    `data_dir`) in the card's `configs` (README.md YAML, or `.huggingface.yaml`) when it has one;
+    else this project's `data/{split}-NNNNN.parquet`; else datasets' own patterns
+    (`datasets.data_files.get_data_patterns`): the Hub's `data/{split}-NNNNN-of-NNNNN.parquet`,
+    `{split}/` folders, file names that start with a split name. A folder in none of these layouts
+    (or whose files name no split) raises `UnknownLayoutError`. Paths are absolute, symlinks kept
+    (a Hub snapshot's files are links to extension-less blobs; datasets reads a file's format
+    from its name)."""
+    from datasets.data_files import DataFilesDict, sanitize_patterns
+
+    folder = Path(folder).expanduser().resolve()
+    base, patterns = _card_patterns(folder)
+    if patterns is None:
+        patterns = _built_shard_patterns(base) or _default_patterns(base)
+    patterns = sanitize_patterns(patterns)
+    try:
+        resolved = DataFilesDict.from_patterns(patterns, base_path=base.as_posix())
+    except FileNotFoundError as exc:  # a literal path of the card that is not there
+        raise UnknownLayoutError(f"{folder}: the card's `configs` name a missing file ({exc})") from None
+    by_split = {str(split): list(dict.fromkeys(files)) for split, files in resolved.items()}
+    for split, files in by_split.items():
+        if not re.fullmatch(SPLIT_NAME, split):
+            raise UnknownLayoutError(f"{folder}: split name {split!r} is not a word (letters, digits, _)")
+        if not files:
+            raise UnknownLayoutError(f"{folder}: no file matches split {split!r} ({patterns[split]})")
     return by_split
+
+
+def _card_patterns(folder: Path) -> tuple[Path, dict[str, list[str]] | None]:
+    """(base folder, patterns by split) of the card's default config; (folder, None) without one."""
+    import yaml
+    from datasets.utils.metadata import MetadataConfigs
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    readme = folder / "README.md"
+    try:  # a card without YAML has no configs (and DatasetCard.load would log a warning about it)
+        has_yaml = readme.is_file() and readme.read_text(encoding="utf-8").lstrip().startswith("---")
+        data = DatasetCard.load(readme).data.to_dict() if has_yaml else {}
+        if (folder / ".huggingface.yaml").is_file():  # as datasets reads it: over the card's YAML
+            data.update(yaml.safe_load((folder / ".huggingface.yaml").read_text()) or {})
+        configs = MetadataConfigs.from_dataset_card_data(DatasetCardData(**data))
+        default = configs.get_default_config_name() if configs else None
+    except (ValueError, yaml.YAMLError) as exc:
+        raise UnknownLayoutError(f"{folder}: its card's YAML `configs` cannot be read ({exc})") from None
+    if not configs:
+        return folder, None
+    if default is None:
+        raise UnknownLayoutError(
+            f"{folder}: its card has several `configs` ({', '.join(configs)}) and none is the default; "
+            "name one (the trainer's --dataset_config_name)"
+        )
+    config = configs[default]
+    base = folder / config["data_dir"] if config.get("data_dir") else folder
+    return base, config.get("data_files")  # no data_files: datasets' patterns under data_dir
+
+
+def _built_shard_patterns(folder: Path) -> dict[str, list[str]] | None:
+    splits = sorted(
+        {m["split"] for p in (folder / "data").glob("*.parquet") if (m := BUILT_SHARD.fullmatch(p.name))}
+    )
+    return {split: [f"data/{split}-[0-9][0-9][0-9][0-9][0-9].parquet"] for split in splits} or None
+
+
+def _default_patterns(folder: Path) -> dict[str, list[str]]:
+    from datasets.data_files import DEFAULT_PATTERNS_ALL, EmptyDatasetError, get_data_patterns
+
+    try:
+        patterns = {str(split): list(p) for split, p in get_data_patterns(folder.as_posix()).items()}
+    except EmptyDatasetError:
+        raise UnknownLayoutError(f"{folder} has no data files: looked for {LOOKED_FOR}") from None
+    except ValueError as exc:  # datasets: a data/NAME-NNNNN-of-NNNNN file whose NAME is no split name
+        raise UnknownLayoutError(
+            f"{folder}: a data/NAME-NNNNN-of-NNNNN file's NAME is no split name ({exc})"
+        ) from None
+    if patterns == {str(split): list(p) for split, p in DEFAULT_PATTERNS_ALL.items()}:
+        raise UnknownLayoutError(f"{folder}: no file or folder names a split; looked for {LOOKED_FOR}")
+    return patterns

@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     show = commands.add_parser(
         "show", help="load a built dataset with datasets.load_dataset and summarise it"
     )
-    show.add_argument("name", help="a builder name or a builder folder")
+    show.add_argument("name", help="a builder name, a builder folder or a dataset folder (a Hub snapshot)")
     show.add_argument("--split", default="train")
 
     publish = commands.add_parser("publish", help="upload a built dataset folder to the Hugging Face Hub")
@@ -302,8 +302,9 @@ def _show(args: argparse.Namespace) -> int:
 
     dataset = load_builder(args.name, args.split)
     print(dataset)
-    for row in dataset.select(range(min(3, len(dataset)))):
-        print(f"- {row['source_id']}: {row['image'].size} {row['caption']!r}")
+    for index, row in enumerate(dataset.select(range(min(3, len(dataset))))):  # any dataset's columns
+        image = getattr(row.get("image"), "size", None)
+        print(f"- {row.get('source_id', f'row {index}')}: {image} {row.get('caption')!r}")
     return 0
 
 

@@ -38,7 +38,9 @@ Prepare = Callable[[dict[str, Any], np.random.Generator], dict[str, Any]]
 def open_dataset(
     name: str, config_name: str | None = None, split: str = "train", streaming: bool = False
 ) -> datasets.Dataset | datasets.IterableDataset:
-    """A Hub id, a builder folder (`./builders/hagrid_hand_enc`) or a `save_to_disk` folder."""
+    """A Hub id, a builder folder (`./builders/hagrid_hand_enc`), a folder of a dataset's files (a Hub
+    snapshot: `data/train-00000-of-00001.parquet`, `train/*.parquet`, a card's `configs`) or a
+    `save_to_disk` folder."""
     path = Path(name)
     if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
         loaded = datasets.load_from_disk(str(path))
@@ -49,8 +51,11 @@ def open_dataset(
         raise FileNotFoundError(
             f"{path} holds no data. Build it first: landmark-controlnet build {path.name} --source ..."
         )
-    if path.is_dir() and any((path / "data").glob("*-*.parquet")) and config_name is None:
-        from builders.run import built_data_files  # a builder folder: keyed on its files, not its card
+    if path.is_dir() and config_name is None:
+        # A builder folder, a Hub snapshot or any folder of split files: by its files (the cache is keyed
+        # on them, not on the card), its splits found as datasets finds them; an unknown layout is a
+        # UserError that says what was looked for.
+        from builders.run import built_data_files
 
         return datasets.load_dataset(
             name, split=split, streaming=streaming, data_files=built_data_files(path)

@@ -232,6 +232,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = parse_args(argv, prog)
     log = start_logging()
     started = time.perf_counter()
+    from conditioners.errors import UserError
     from landmark_controlnet.training.loop import NonFiniteLoss, train
 
     log.info("imports: %.1f s", time.perf_counter() - started)
@@ -248,6 +249,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     except NonFiniteLoss as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
+    except UserError as exc:  # a mistake the user can fix (a dataset folder's layout): one line, as the CLI
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"ControlNet written to {output}")
     return 0
 
