@@ -5,8 +5,24 @@
     [source]       type = "hagrid"                  # plus source options
     [conditioner]  name = "hand_encoded"  options = {...}
     [captioner]    type = "template"  template = "a person making a {gesture:words} gesture"
-    [image]        resize_short_side = 512          # optional: resize + centre-crop (re-encodes)
+    [image]        resize_short_side = 512          # optional: resize + crop (re-encodes as JPEG)
+                   frame = "center"                 # or "hands" (needs resize_short_side)
+                   hand_context = 2.5               # frame = "hands" only
+                   min_side = 384                   # frame = "hands" only
     [card]         pretty_name, license, tags, source_url, description
+
+`[image]` says which picture a row stores. Without `resize_short_side` the photo's own bytes. With
+it, `frame = "center"` (the default) resizes the photo's short side to `resize_short_side` and cuts
+the centred square. `frame = "hands"` detects on the whole photo first (at the conditioner's own
+load, at full resolution), then cuts a square around all the hands found, one row per photo
+(`framing.py` has the geometry): their union box widened `hand_context` times about its centre
+(default 2.5), at least `min_side` pixels of the photo (default 3/4 of `resize_short_side`, 384 at
+512, so a small hand is enlarged at most 4/3) and at most the photo's short side, shifted to stay in
+the photo; hands too far apart for any square of the photo are kept in a rectangle of the photo's
+whole short side and the hands' span (with context) along its long side. That crop is resized so
+its short side is `resize_short_side`; the landmarks (the whole photo's detection, framed, with the
+framing in their `extra.framing`), the conditioning image (drawn from them at the stored size) and
+the size columns follow the same `Framing`.
 """
 
 from __future__ import annotations
@@ -18,12 +34,21 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from conditioners.errors import UnknownNameError
+from conditioners.errors import UnknownNameError, UserError
 
 BUILDERS_DIR = Path(__file__).resolve().parent
 RECIPE_FILE = "recipe.toml"
 CARD_TEMPLATE_FILE = "card_template.md"
 PROJECT_NAME = "landmark-controlnet"
+FRAMES = ("center", "hands")
+IMAGE_KEYS = ("resize_short_side", "frame", "hand_context", "min_side")
+DEFAULT_HAND_CONTEXT = 2.5
+# `min_side` by default: a crop of at least 3/4 of the stored side, so hands grow at most 4/3.
+DEFAULT_MIN_SIDE_FRACTION = 0.75
+
+
+class RecipeError(UserError, ValueError):
+    """A recipe.toml value a build cannot use; the message names the file, the option and the fix."""
 
 
 @dataclass
@@ -60,9 +85,54 @@ class Recipe:
     def captioner_options(self) -> dict[str, Any]:
         return {k: v for k, v in self.captioner.items() if k != "type"}
 
+    def __post_init__(self) -> None:
+        self._check_image()
+
     @property
     def resize_short_side(self) -> int | None:
         return self.image.get("resize_short_side")
+
+    @property
+    def frame(self) -> str:
+        """Where the stored picture is cut: "center" or "hands" (module docstring)."""
+        return self.image.get("frame", "center")
+
+    @property
+    def hand_context(self) -> float:
+        return float(self.image.get("hand_context", DEFAULT_HAND_CONTEXT))
+
+    @property
+    def min_side(self) -> int:
+        if "min_side" in self.image:
+            return int(self.image["min_side"])
+        return round(DEFAULT_MIN_SIDE_FRACTION * (self.resize_short_side or 0))
+
+    def _check_image(self) -> None:
+        where = f"{self.folder / RECIPE_FILE if self.folder else self.name}: [image]"
+        unknown = sorted(set(self.image) - set(IMAGE_KEYS))
+        if unknown:
+            raise RecipeError(f"{where} has no option {unknown[0]!r}; it takes {', '.join(IMAGE_KEYS)}")
+        side = self.image.get("resize_short_side")
+        if side is not None and not _positive_int(side):
+            raise RecipeError(
+                f"{where} resize_short_side = {side!r}: give a whole number of pixels, e.g. 512"
+            )
+        if self.frame not in FRAMES:
+            raise RecipeError(f'{where} frame = {self.frame!r}: use "center" or "hands"')
+        if self.frame == "hands" and side is None:
+            raise RecipeError(
+                f'{where} frame = "hands" needs resize_short_side (the stored crop\'s short side, e.g. 512)'
+            )
+        context = self.image.get("hand_context", DEFAULT_HAND_CONTEXT)
+        if isinstance(context, bool) or not isinstance(context, int | float) or not context >= 1:
+            raise RecipeError(
+                f"{where} hand_context = {context!r}: give a number >= 1 (1 = the hands' box alone)"
+            )
+        min_side = self.image.get("min_side", 1)
+        if not _positive_int(min_side):
+            raise RecipeError(
+                f"{where} min_side = {min_side!r}: give a whole number of source pixels, e.g. 384"
+            )
 
     def card_template(self) -> str:
         if self.folder and (self.folder / CARD_TEMPLATE_FILE).exists():
@@ -84,6 +154,10 @@ class Recipe:
             card=data.get("card", {}),
             folder=folder,
         )
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def builder_names() -> list[str]:

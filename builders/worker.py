@@ -7,7 +7,7 @@ import json
 import math
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import conditioners
 from conditioners import Conditioned, SkipReason, condition_many
 from conditioners.images import (
     Framing,
+    ImageLoadError,
     ImageSource,
     LoadedImage,
     center_crop_framing,
@@ -30,6 +31,7 @@ from conditioners.images import (
 )
 
 from .captioners import CaptionInput, make_captioner
+from .framing import HandFraming
 from .parquet import ShardWriter
 from .recipe import Recipe
 from .sources import Source, SourceItem
@@ -110,13 +112,29 @@ class StoredPhoto(LoadedImage):
 
 
 @dataclass
+class FramedResult(Conditioned):
+    """A result framed after detection (`frame = "hands"`): `detection` is the stored one (the whole
+    photo's detection, framed), `photo` still the picture the detector saw (less its full-size
+    pixels), and `stored` the row's picture."""
+
+    stored: StoredPhoto | None = None
+
+
+@dataclass
 class _Row:
     item: SourceItem
     result: Conditioned
 
     @property
+    def photo(self) -> LoadedImage:
+        """The picture the row stores: framed after detection, or as the detector saw it."""
+        if isinstance(self.result, FramedResult) and self.result.stored is not None:
+            return self.result.stored
+        return self.result.photo
+
+    @property
     def image_cell(self) -> dict[str, Any]:
-        photo, name = self.result.photo, Path(self.item.name).name
+        photo, name = self.photo, Path(self.item.name).name
         if isinstance(photo, StoredPhoto):  # re-encoded: the name must not claim another format
             return {"bytes": photo.stored, "path": str(Path(name).with_suffix(".jpg"))}
         return {"bytes": self.result.source, "path": name}
@@ -124,7 +142,7 @@ class _Row:
     @property
     def size_cells(self) -> dict[str, list[int]]:
         """`SIZE_FEATURES`: the source photo's upright full size and where the stored image was cut."""
-        photo = self.result.photo
+        photo = self.photo
         if isinstance(photo, StoredPhoto):
             (width, height), (left, top) = photo.framing.source_size, photo.framing.offset
         else:  # the photo itself, whose full upright size `load_image` gives
@@ -145,6 +163,11 @@ class ChunkProcessor:
         self.source_columns = [k for k in features if k not in ROW_FEATURES and k not in extra_images]
         # A resumed build of a folder whose shards predate them writes none (see engine.written_features).
         self.size_columns = [k for k in SIZE_FEATURES if k in features]
+        self.hand_framing = (
+            HandFraming(recipe.resize_short_side, recipe.hand_context, recipe.min_side)
+            if recipe.frame == "hands"
+            else None
+        )
 
     def close(self) -> None:
         self.conditioner.close()
@@ -170,6 +193,7 @@ class ChunkProcessor:
             _read(chunk.items),
             render_skipped=False,
             load=self.load,
+            before_draw=self.frame_around_hands if self.hand_framing else None,
             hints=[item.hints for item in chunk.items],  # source pixels: `load`'s framing maps them
         )
         try:
@@ -211,9 +235,11 @@ class ChunkProcessor:
     def load(self, source: ImageSource, name: str) -> LoadedImage:
         """Decode once: the detector's pixels and, when the recipe frames photos, the stored JPEG.
 
-        Runs in the runner's helper thread, overlapped with detection."""
+        Runs in the runner's helper thread, overlapped with detection. `frame = "hands"` loads the
+        whole photo as the conditioner does (its hand search sees full resolution); the picture to
+        store is cut after detection, in `frame_around_hands`."""
         short_side = self.recipe.resize_short_side
-        if not short_side:
+        if not short_side or self.hand_framing:
             return self.conditioner.load(source, name)
         width, height = read_image_size(source, name)
         detail = math.ceil(short_side * max(width, height) / max(1, min(width, height)))
@@ -227,15 +253,46 @@ class ChunkProcessor:
         framed = resize_and_crop(full.pixels, replace(framing, source_size=decoded), Image.Resampling.LANCZOS)
         detected = framed.resize(scaled_size(framed.size, self.conditioner.detect_long_side))
         return StoredPhoto(
-            np.asarray(detected), framed.size, name, stored=encode_jpeg(framed), framing=framing
+            np.asarray(detected),
+            framed.size,
+            name,
+            detail=np.asarray(framed) if framed.size != detected.size else None,  # for a hand search
+            framing=framing,
+            stored=encode_jpeg(framed),
+        )
+
+    def frame_around_hands(self, result: Conditioned) -> Conditioned:
+        """`frame = "hands"`: cut the picture to store around the hands found in the whole photo and
+        frame the detection the same way, so that the conditioning image is drawn at the stored size
+        from the stored landmarks. Runs in the runner's helper thread, after detection and before
+        drawing; only for results that are kept."""
+        photo = result.photo
+        framing, record = self.hand_framing.framing(result.detection)
+        try:
+            pixels = _whole_photo(photo, framing, result.source)
+        except ImageLoadError as exc:  # decoded once already; only a changed file gets here
+            result.detection = self.conditioner.unreadable(exc)
+            return result
+        decoded = (pixels.shape[1], pixels.shape[0])
+        framed = resize_and_crop(pixels, replace(framing, source_size=decoded), Image.Resampling.LANCZOS)
+        detected = framed.resize(scaled_size(framed.size, self.conditioner.detect_long_side))
+        detection = result.detection.framed(framing)
+        values = {f.name: getattr(result, f.name) for f in fields(Conditioned)}
+        return FramedResult(
+            **{
+                **values,
+                "detection": replace(detection, extra={**detection.extra, "framing": record}),
+                "photo": replace(photo, detail=None),  # the full-size pixels are done with
+            },
+            stored=StoredPhoto(
+                np.asarray(detected), framed.size, photo.name, framing=framing, stored=encode_jpeg(framed)
+            ),
         )
 
     def _write(self, writer: ShardWriter, rows: list[_Row]) -> None:
         if not rows:
             return
-        captions = self.captioner(
-            [CaptionInput(r.item, r.result.photo.pixels, r.result.detection) for r in rows]
-        )
+        captions = self.captioner([CaptionInput(r.item, r.photo.pixels, r.result.detection) for r in rows])
         for row, caption in zip(rows, captions, strict=True):
             result = row.result
             writer.write(
@@ -263,6 +320,16 @@ def _hint_counts(result: Conditioned, item: SourceItem) -> dict[str, int]:
         return {}
     usable = [hint for hint in photo.hints_here(item.hints) if hint.problem(photo.size) is None]
     return {"hints": len(usable), "hint_not_found": int(extra["hint_not_found"])}
+
+
+def _whole_photo(photo: LoadedImage, framing: Framing, source: ImageSource) -> np.ndarray:
+    """The whole photo with at least the detail of `framing`'s resized frame: the loaded pixels that
+    have it (a hand conditioner's full-size `detail`), else the photo decoded again at that size."""
+    needed = min(framing.resized_size[0], photo.size[0])
+    for pixels in (photo.detail, photo.pixels):
+        if pixels is not None and pixels.shape[1] >= needed:
+            return pixels
+    return load_image(source, long_side=max(framing.resized_size), name=photo.name).pixels
 
 
 def _skip_reason(result: Conditioned) -> str | None:

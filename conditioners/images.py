@@ -215,22 +215,61 @@ def center_crop_framing(source_size: tuple[int, int], target: int | tuple[int, i
     return Framing(tuple(source_size), resized, offset, (width, height))
 
 
+def box_framing(
+    source_size: tuple[int, int], box: tuple[float, float, float, float], short_side: int
+) -> Framing:
+    """The framing that cuts `box` (left, top, right, bottom in the pixels of a picture of
+    `source_size`) and scales it so that its short side is `short_side`: the whole picture resized
+    by short_side / the box's short side, then cropped at the box (rounded to whole pixels of the
+    resized picture, and kept inside it)."""
+    left, top, right, bottom = box
+    width, height = right - left, bottom - top
+    if min(width, height) <= 0:
+        raise ValueError(f"empty box {box}")
+    scale = short_side / min(width, height)
+    resized = (max(1, round(source_size[0] * scale)), max(1, round(source_size[1] * scale)))
+    size = tuple(
+        min(limit, short_side if side == min(width, height) else round(side * scale))
+        for side, limit in ((width, resized[0]), (height, resized[1]))
+    )
+    offset = (
+        min(max(0, round(left * scale)), resized[0] - size[0]),
+        min(max(0, round(top * scale)), resized[1] - size[1]),
+    )
+    return Framing(tuple(source_size), resized, offset, size)
+
+
 def resize_and_crop(
     image: Image.Image | np.ndarray,
     target: int | tuple[int, int] | Framing,
     resample: Image.Resampling = Image.Resampling.BILINEAR,
 ) -> Image.Image:
-    """The project's one resize + centre-crop (builds, training, validation, refine-hands).
+    """The project's one resize + crop (builds, training, validation, refine-hands).
 
-    `target` is a `Framing` or what `center_crop_framing` takes."""
+    `target` is a `Framing` or what `center_crop_framing` takes. A centred crop resizes the whole
+    picture and cuts it, as it always has; any other crop (a build's crop around the hands, often a
+    small part of a big photo) resizes only the source pixels under its box (PIL's `box`, whose
+    filter still reads the pixels around the box), so a 512 px crop of a Full HD frame never builds
+    the enlarged frame. The two differ only by the resampling's rounding."""
     if isinstance(image, np.ndarray):
         image = array_to_image(image)
     framing = target if isinstance(target, Framing) else center_crop_framing(image.size, target)
     if framing.source_size != image.size:
         raise ValueError(f"framing is for a {framing.source_size} image, got {image.size}")
+    if framing.resized_size == framing.size:
+        return image if framing.size == image.size else image.resize(framing.size, resample)
+    if not _centred(framing):
+        (sx, sy), (left, top, right, bottom) = framing.scale, framing.box
+        return image.resize(framing.size, resample, box=(left / sx, top / sy, right / sx, bottom / sy))
     if framing.resized_size != image.size:
         image = image.resize(framing.resized_size, resample)
-    return image if framing.resized_size == framing.size else image.crop(framing.box)
+    return image.crop(framing.box)
+
+
+def _centred(framing: Framing) -> bool:
+    """Whether `framing` cuts the middle of the resized picture (as `center_crop_framing` does)."""
+    (rw, rh), (w, h) = framing.resized_size, framing.size
+    return framing.offset == ((rw - w) // 2, (rh - h) // 2)
 
 
 def uncrop(

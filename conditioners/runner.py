@@ -17,6 +17,8 @@ from .images import ImageLoadError, ImageSource, LoadedImage, describe_source
 
 # How a source becomes the pixels a detector sees; a build passes one that also frames the photo.
 Loader = Callable[[ImageSource, str], LoadedImage]
+# What happens to a detected result just before it is drawn (a build frames the photo around it).
+Finisher = Callable[[Conditioned], Conditioned]
 
 
 def condition_many(
@@ -31,12 +33,15 @@ def condition_many(
     prefetch: int = 4,
     io_threads: int = 1,
     hints: Sequence[Sequence[HintBox]] | None = None,
+    before_draw: Finisher | None = None,
 ) -> Iterator[Conditioned]:
     """Yield a `Conditioned` per source, in order. Memory is bounded by `prefetch` images.
 
     `render_skipped=False` draws nothing for skipped images (a build stores none of them);
     `render=False` draws nothing at all (`evaluate` needs only the detections). `hints[i]` are the
-    hint boxes of source i (input pixels), for conditioners that search regions."""
+    hint boxes of source i (input pixels), for conditioners that search regions. `before_draw` runs
+    in the helper thread on each result about to be drawn and returns the result to draw: it may
+    replace the detection (drawn at its own size) and the photo, or mark the result skipped."""
     load = load or conditioner.load
 
     def read(source: ImageSource) -> LoadedImage | ImageLoadError:
@@ -46,6 +51,10 @@ def condition_many(
             return exc
 
     def draw(result: Conditioned) -> Conditioned:
+        if before_draw is not None:
+            result = before_draw(result)
+            if not result.ok or (result.skipped and not render_skipped):
+                return result
         drawn = conditioner.conditioned(result.detection, size)
         result.canvas, result.extras = drawn.canvas, drawn.extras
         return result.encode() if encode_png else result

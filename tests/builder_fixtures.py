@@ -344,13 +344,15 @@ def small_hand_frame(data: Path, frame: SmallHandFrame, gesture: str) -> tuple[I
     return picture, boxes, labels, hands
 
 
-def hagrid_small_hands(data: Path, root: Path) -> SmallHands:
-    """A HaGRID v2 folder of `SMALL_HAND_FRAMES`, one JPEG per gesture, written under `root`."""
+def hagrid_small_hands(
+    data: Path, root: Path, frames: dict[str, SmallHandFrame] = SMALL_HAND_FRAMES
+) -> SmallHands:
+    """A HaGRID v2 folder of `frames` (by gesture), one JPEG per gesture, written under `root`."""
     folder = root / "hagrid_small_hands"
     annotations = folder / "hagrid_annotations" / "train"
     annotations.mkdir(parents=True)
     hands = {}
-    for index, (gesture, frame) in enumerate(SMALL_HAND_FRAMES.items()):
+    for index, (gesture, frame) in enumerate(frames.items()):
         image_id = f"{index:08x}-0000-4000-8000-0000000054a1"
         picture, boxes, labels, pasted = small_hand_frame(data, frame, gesture)
         images = folder / "hagrid_dataset" / gesture
@@ -367,5 +369,5 @@ def hagrid_small_hands(data: Path, root: Path) -> SmallHands:
         }
         (annotations / f"{gesture}.json").write_text(json.dumps({image_id: record}))
         hands[f"{gesture}/{image_id}"] = pasted
-    empty = sum(len(frame.empty_boxes) for frame in SMALL_HAND_FRAMES.values())
+    empty = sum(len(frame.empty_boxes) for frame in frames.values())
     return SmallHands(folder, hands, empty)
