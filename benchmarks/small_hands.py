@@ -83,6 +83,7 @@ import os
 import platform
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -731,6 +732,26 @@ def targets(acc: dict[str, Any], times: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def code_state() -> dict[str, Any]:
+    """Which code ran: where `conditioners` came from, the checkout's commit and its uncommitted
+    changes under conditioners/ and builders/ (the search may be measured before it is committed)."""
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+
+    package = Path(conditioners.__file__).resolve().parent
+    status = git("status", "--porcelain", "--", "conditioners", "builders").splitlines()
+    return {
+        "conditioners_from": str(package),
+        "checkout_commit": git("rev-parse", "--short", "HEAD").strip() or None,
+        "checkout_uncommitted": [line[3:] for line in status],
+        "ran_checkout_code": package == REPO / "conditioners",
+    }
+
+
 def photo_list(data: Path, quick: bool) -> list[tuple[Path, str]]:
     def images(folder: str) -> list[Path]:
         return sorted(p for p in (data / "images" / folder).iterdir() if p.suffix.lower() in {".jpg", ".png"})
@@ -778,6 +799,7 @@ def main() -> None:
         if search_available()
         else "hand_regions does not exist yet: all three modes ran today's single whole-frame pass",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "code": code_state(),
         "settings": {
             "sizes": list(sizes),
             "frames": [f"{w}x{h}" for w, h in FRAMES],
