@@ -9,8 +9,8 @@ A subclass supplies three things:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
@@ -144,7 +144,16 @@ class Conditioner(ABC):
 
     # -- detection -----------------------------------------------------------------------
     def load(self, source: ImageSource, name: str | None = None) -> LoadedImage:
-        return load_image(source, long_side=self.detect_long_side, name=name)
+        """The detector's copy (long side `detect_long_side`), and the full picture as `detail`
+        for conditioners that look closer at regions of it."""
+        if not self.wants_detail:
+            return load_image(source, long_side=self.detect_long_side, name=name)
+        return load_image(source, name=name).with_detail(self.detect_long_side)
+
+    @property
+    def wants_detail(self) -> bool:
+        """Whether detection looks at regions of the full-resolution picture (`LoadedImage.detail`)."""
+        return False
 
     def detect(
         self,

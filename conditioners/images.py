@@ -16,7 +16,7 @@ import io
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image, ImageCms, UnidentifiedImageError
@@ -74,13 +74,23 @@ class LoadedImage:
         """`detail` where it was decoded, else `pixels`."""
         return self.pixels if self.detail is None else self.detail
 
+    def with_detail(self, long_side: int | None) -> LoadedImage:
+        """This picture as `detail`, and a copy shrunk to `long_side` as the detector's `pixels`."""
+        height, width = self.pixels.shape[:2]
+        target = scaled_size((width, height), long_side)
+        if target == (width, height):
+            return replace(self, detail=self.pixels)
+        shrunk = Image.fromarray(self.pixels).resize(target, Image.Resampling.BILINEAR, reducing_gap=2.0)
+        return replace(self, pixels=np.asarray(shrunk), detail=self.pixels)
+
     def hints_here(self, hints: Sequence[HintBox]) -> list[HintBox]:
         """`hints` given in the source photo's pixels, mapped into this picture's (through `framing`)."""
         if self.framing is None:
             return list(hints)
         (sx, sy), (left, top) = self.framing.scale, self.framing.offset
         return [
-            HintBox(h.x0 * sx - left, h.y0 * sy - top, h.x1 * sx - left, h.y1 * sy - top, h.label) for h in hints
+            HintBox(h.x0 * sx - left, h.y0 * sy - top, h.x1 * sx - left, h.y1 * sy - top, h.label)
+            for h in hints
         ]
 
 

@@ -6,6 +6,8 @@ handedness so that a model can learn which hand is which.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from . import topology
@@ -16,8 +18,12 @@ from ._mediapipe import (
     task_landmarks_to_array,
     task_model,
 )
-from .detection import Detection, Instance
+from .detection import Detection, HintBox, Instance
 from .drawing import Canvas, DrawingSpec, Edge, draw_instance
+from .errors import OptionError
+from .hand_regions import HandSearch, SearchSettings
+from .images import LoadedImage
+from .mediapipe_people import PeopleFinder
 
 HAND_CONNECTIONS = topology.HAND
 HAND_LANDMARKER = task_model(
@@ -100,6 +106,13 @@ def anatomical_kind(label: str, mirrored_labels: bool) -> str:
     return f"{label}_hand"
 
 
+def checked_int(name: str, value: Any, minimum: int) -> int:
+    """`value` as an int of at least `minimum`, or a one-line `OptionError` naming the option."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise OptionError(f"{name}={value!r}: expected a whole number >= {minimum}")
+    return value
+
+
 class StandardHandConditioner(MediaPipeConditioner):
     """Up to `max_num_hands` hands in MediaPipe's default hand style."""
 
@@ -117,13 +130,47 @@ class StandardHandConditioner(MediaPipeConditioner):
         min_detection_confidence: float = 0.5,
         model_complexity: int = 1,
         selfie: bool = False,
+        hand_regions: str = "auto",
+        crop_context: float = 3.0,
+        tile_size: int = 384,
+        tile_scales: int = 2,
+        tile_overlap: float = 0.3,
+        max_people: int = 4,
+        pose_model_path: str | None = None,
         **options: Any,
     ):
         super().__init__(**options)
-        self.max_num_hands = max_num_hands
+        self.max_num_hands = checked_int("max_num_hands", max_num_hands, 1)
         self.min_detection_confidence = min_detection_confidence
         self.model_complexity = model_complexity  # solutions only: the Tasks bundle is the full model
         self.selfie = selfie  # True for mirrored (front-camera) frames
+        self.search = SearchSettings(
+            hand_regions, crop_context, tile_size, tile_scales, tile_overlap, max_people
+        )
+        self.people = PeopleFinder(self.backend, max_people, pose_model_path)
+
+    @property
+    def wants_detail(self) -> bool:
+        return self.search.hand_regions != "none"
+
+    def _find(self, loaded: LoadedImage, detection: Detection, hints: Sequence[HintBox]) -> Detection:
+        if self.search.hand_regions == "none":
+            return replace(detection, instances=self.detect_pixels(loaded.pixels, loaded.size))
+        search = HandSearch(
+            self.search,
+            self._detect,
+            self.people,
+            loaded.pixels,
+            loaded.sharpest,
+            loaded.size,
+            self.max_num_hands,
+        )
+        report = search.run(lambda: self.detect_pixels(loaded.pixels, loaded.size), hints)
+        return replace(detection, instances=search.hands(), extra={**detection.extra, **report})
+
+    def close(self) -> None:
+        super().close()
+        self.people.close()
 
     def _create_solutions_detector(self) -> Any:
         return solutions().hands.Hands(
