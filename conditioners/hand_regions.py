@@ -38,6 +38,7 @@ POSE_HANDS = {"left_hand": (15, 17, 19), "right_hand": (16, 18, 20)}
 MIN_WRIST_VISIBILITY = 0.3
 # A hand spans about this many times the pose's wrist-to-knuckles distance.
 HAND_SPAN_PER_WRIST_REACH = 2.2
+HAND_SPAN_PER_SHOULDERS = 0.5
 # A crop hand found closer than this to a crop edge (fraction of the crop) is cut by it.
 EDGE_MARGIN = 0.02
 # Two hands are one when their boxes overlap this much (IoU), or their points are this close
@@ -195,8 +196,11 @@ class HandSearch:
     def _accounted(self, expected: Box) -> bool:
         return any(covers(f.instance.bbox(), expected) for f in self.found)
 
-    def detect_crop(self, crop: Box, found_by: str) -> list[Found]:
-        """The hands in `crop` (input pixels), cut from `detail`, mapped back to input pixels."""
+    def detect_crop(self, crop: Box, found_by: str, retry: bool = True) -> list[Found]:
+        """The hands in `crop` (input pixels), cut from `detail`, mapped back to input pixels.
+
+        A hand the crop's edge cuts is looked for again, once, in a crop around it: the region
+        was guessed too small (a foreshortened wrist, a loose hint)."""
         scale = self.pixel_size
         x0, y0, x1, y1 = (round(v / scale) for v in crop)
         height, width = self.detail.shape[:2]
@@ -210,8 +214,14 @@ class HandSearch:
             points[:, 0] = (points[:, 0] * (x1 - x0) + x0) * scale
             points[:, 1] = (points[:, 1] * (y1 - y0) + y0) * scale
             moved = tag(replace(hand, points=points), found_by)
-            if not cut_by_crop(moved.bbox(), (x0 * scale, y0 * scale, x1 * scale, y1 * scale), self.size):
+            box = moved.bbox()
+            if not cut_by_crop(box, (x0 * scale, y0 * scale, x1 * scale, y1 * scale), self.size):
                 found.append(Found(moved, scale))
+            elif retry:
+                wider = square(
+                    (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, span(box) * self.settings.crop_context
+                )
+                found += self.detect_crop(wider, found_by, retry=False)
         return found
 
     def add(self, hands: list[Found]) -> None:
@@ -338,6 +348,7 @@ def wrist_regions(person: np.ndarray, settings: SearchSettings, size: tuple[int,
     """A region per visible wrist of one person's pose (normalised (33, 4) landmarks)."""
     regions = []
     scale = np.asarray(size, dtype=np.float64)
+    shoulders = float(np.nan_to_num(np.linalg.norm((person[11, :2] - person[12, :2]) * scale)))
     for wrist, pinky, index in POSE_HANDS.values():
         if not person[wrist, 3] >= MIN_WRIST_VISIBILITY:
             continue
@@ -346,7 +357,8 @@ def wrist_regions(person: np.ndarray, settings: SearchSettings, size: tuple[int,
         reach = float(np.linalg.norm(knuckles - wrist_xy))
         if not math.isfinite(reach):
             continue
-        hand_span = max(HAND_SPAN_PER_WRIST_REACH * reach, 16.0)
+        # Seen end-on, a hand's reach foreshortens: a hand also spans half the shoulders or more.
+        hand_span = max(HAND_SPAN_PER_WRIST_REACH * reach, HAND_SPAN_PER_SHOULDERS * shoulders, 16.0)
         cx, cy = wrist_xy + (knuckles - wrist_xy) * 0.9
         regions.append(
             Region(square(cx, cy, hand_span * settings.crop_context), square(cx, cy, hand_span), "pose")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,22 @@ def conditioner_cache(request):
     yield get
     for conditioner in made.values():
         conditioner.close()
+
+
+HAND_BUNDLE = {  # name in the bundle: the solutions runtime's model
+    "hand_detector.tflite": "palm_detection/palm_detection_full.tflite",
+    "hand_landmarks_detector.tflite": "hand_landmark/hand_landmark_full.tflite",
+}
+
+
+@pytest.fixture(scope="session")
+def hand_bundle(tmp_path_factory) -> Path:
+    """A Tasks `hand_landmarker.task` assembled from the models the solutions runtime ships."""
+    import mediapipe
+
+    modules = Path(mediapipe.__file__).parent / "modules"
+    bundle = tmp_path_factory.mktemp("tasks") / "hand_landmarker.task"
+    with zipfile.ZipFile(bundle, "w", zipfile.ZIP_STORED) as archive:
+        for name, source in HAND_BUNDLE.items():
+            archive.write(modules / source, name)
+    return bundle

@@ -11,7 +11,6 @@ import functools
 import http.server
 import threading
 import urllib.error
-import zipfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,23 +22,6 @@ from conditioners import _mediapipe
 from conditioners.mediapipe_face import FACE_LANDMARKER, FacePupilsConditioner
 from conditioners.mediapipe_holistic import HOLISTIC_LANDMARKER, HolisticConditioner
 from conditioners.weights import ChecksumError, WeightsNotFoundError, file_sha256
-
-HAND_BUNDLE = {  # name in the bundle: the solutions runtime's model
-    "hand_detector.tflite": "palm_detection/palm_detection_full.tflite",
-    "hand_landmarks_detector.tflite": "hand_landmark/hand_landmark_full.tflite",
-}
-
-
-@pytest.fixture(scope="session")
-def hand_bundle(tmp_path_factory) -> Path:
-    import mediapipe
-
-    modules = Path(mediapipe.__file__).parent / "modules"
-    bundle = tmp_path_factory.mktemp("tasks") / "hand_landmarker.task"
-    with zipfile.ZipFile(bundle, "w", zipfile.ZIP_STORED) as archive:
-        for name, source in HAND_BUNDLE.items():
-            archive.write(modules / source, name)
-    return bundle
 
 
 @pytest.fixture(scope="module")
