@@ -172,9 +172,11 @@ class MediaPipeConditioner(Conditioner):
             return f"{cls.tasks_model.filename} not downloaded yet (set {cls.tasks_model.env_var})"
         return None
 
-    def _create_detector(self) -> Any:
+    def _create_detector(self, **overrides: Any) -> Any:
+        """The backend's detector; `overrides` go to the subclass's settings (a hand conditioner's
+        region passes use a stricter detection confidence)."""
         if self.backend == "solutions":
-            return self._create_solutions_detector()
+            return self._create_solutions_detector(**overrides)
         path = resolve_weights(self.tasks_model, self.model_path)
         vision = tasks_vision()
         from mediapipe.tasks.python.core.base_options import BaseOptions
@@ -183,7 +185,7 @@ class MediaPipeConditioner(Conditioner):
         options = getattr(vision, f"{self.tasks_name}Options")(
             base_options=BaseOptions(str(path)),
             running_mode=vision.RunningMode.IMAGE,
-            **self._tasks_settings(),
+            **self._tasks_settings(**overrides),
         )
         try:
             return landmarker.create_from_options(options)
@@ -191,19 +193,22 @@ class MediaPipeConditioner(Conditioner):
             raise BackendError(f"{path}: not a {self.tasks_name} model bundle ({exc})") from exc
 
     def _detect(self, pixels: np.ndarray) -> list[Instance]:
+        return self._detect_with(self.detector, pixels)
+
+    def _detect_with(self, detector: Any, pixels: np.ndarray) -> list[Instance]:
         if self.backend == "solutions":
-            return self._solutions_instances(self.detector.process(pixels))
+            return self._solutions_instances(detector.process(pixels))
         mp = mediapipe_module()
         image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(pixels))
-        return self._tasks_instances(self.detector.detect(image))
+        return self._tasks_instances(detector.detect(image))
 
-    def _create_solutions_detector(self) -> Any:
+    def _create_solutions_detector(self, **overrides: Any) -> Any:
         raise NotImplementedError
 
     def _solutions_instances(self, results: Any) -> list[Instance]:
         raise NotImplementedError
 
-    def _tasks_settings(self) -> dict[str, Any]:
+    def _tasks_settings(self, **overrides: Any) -> dict[str, Any]:
         raise NotImplementedError
 
     def _tasks_instances(self, result: Any) -> list[Instance]:

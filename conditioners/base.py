@@ -146,9 +146,12 @@ class Conditioner(ABC):
     def load(self, source: ImageSource, name: str | None = None) -> LoadedImage:
         """The detector's copy (long side `detect_long_side`), and the full picture as `detail`
         for conditioners that look closer at regions of it."""
-        if not self.wants_detail:
-            return load_image(source, long_side=self.detect_long_side, name=name)
-        return load_image(source, name=name).with_detail(self.detect_long_side)
+        loaded = load_image(source, long_side=self.detect_long_side, name=name)
+        if not self.wants_detail or loaded.pixels.shape[:2] == loaded.size[::-1]:
+            return replace(loaded, detail=loaded.pixels) if self.wants_detail else loaded
+        # Decoded again at full size: the detector's copy stays exactly what it was without the
+        # search (a JPEG decoded at reduced scale differs from a shrunk full decode).
+        return replace(loaded, detail=load_image(source, name=name).pixels)
 
     @property
     def wants_detail(self) -> bool:

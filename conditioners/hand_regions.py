@@ -45,6 +45,9 @@ EDGE_MARGIN = 0.02
 # (mean distance as a fraction of the larger span).
 SAME_HAND_IOU = 0.3
 SAME_HAND_DISTANCE = 0.25
+# Hands the region passes find smaller than this (input pixels) are dropped: too small to draw or
+# train on, and where false hands (paws, textures) gather.
+MIN_REGION_HAND = 24.0
 # A hand spanning this many detector pixels is seen well enough to keep its first detection.
 WELL_SEEN_SPAN = 96.0
 
@@ -124,7 +127,8 @@ class HandSearch:
     `size` the input's (width, height)."""
 
     settings: SearchSettings
-    detect: DetectFn
+    detect: DetectFn  # for crops no one vouches for (pose, tiles)
+    detect_hinted: DetectFn  # for crops around hints, which the caller vouches for
     find_people: PeopleFn
     pixels: np.ndarray
     detail: np.ndarray
@@ -209,12 +213,14 @@ class HandSearch:
             return []
         pixels = np.ascontiguousarray(self.detail[y0:y1, x0:x1])
         found = []
-        for hand in self.detect(pixels):
+        for hand in (self.detect_hinted if found_by == "hints" else self.detect)(pixels):
             points = hand.points.copy()
             points[:, 0] = (points[:, 0] * (x1 - x0) + x0) * scale
             points[:, 1] = (points[:, 1] * (y1 - y0) + y0) * scale
             moved = tag(replace(hand, points=points), found_by)
             box = moved.bbox()
+            if span(box) < MIN_REGION_HAND:
+                continue
             if not cut_by_crop(box, (x0 * scale, y0 * scale, x1 * scale, y1 * scale), self.size):
                 found.append(Found(moved, scale))
             elif retry:

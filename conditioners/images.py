@@ -16,7 +16,7 @@ import io
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageCms, UnidentifiedImageError
@@ -73,15 +73,6 @@ class LoadedImage:
     def sharpest(self) -> np.ndarray:
         """`detail` where it was decoded, else `pixels`."""
         return self.pixels if self.detail is None else self.detail
-
-    def with_detail(self, long_side: int | None) -> LoadedImage:
-        """This picture as `detail`, and a copy shrunk to `long_side` as the detector's `pixels`."""
-        height, width = self.pixels.shape[:2]
-        target = scaled_size((width, height), long_side)
-        if target == (width, height):
-            return replace(self, detail=self.pixels)
-        shrunk = Image.fromarray(self.pixels).resize(target, Image.Resampling.BILINEAR, reducing_gap=2.0)
-        return replace(self, pixels=np.asarray(shrunk), detail=self.pixels)
 
     def hints_here(self, hints: Sequence[HintBox]) -> list[HintBox]:
         """`hints` given in the source photo's pixels, mapped into this picture's (through `framing`)."""

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, ClassVar
 
+import numpy as np
+
 from . import topology
 from ._mediapipe import (
     MediaPipeConditioner,
@@ -136,6 +138,7 @@ class StandardHandConditioner(MediaPipeConditioner):
         tile_scales: int = 2,
         tile_overlap: float = 0.3,
         max_people: int = 4,
+        region_confidence: float = 0.8,
         pose_model_path: str | None = None,
         **options: Any,
     ):
@@ -148,6 +151,8 @@ class StandardHandConditioner(MediaPipeConditioner):
             hand_regions, crop_context, tile_size, tile_scales, tile_overlap, max_people
         )
         self.people = PeopleFinder(self.backend, max_people, pose_model_path)
+        self.region_confidence = region_confidence
+        self._region_detector: Any = None
 
     @property
     def wants_detail(self) -> bool:
@@ -158,6 +163,7 @@ class StandardHandConditioner(MediaPipeConditioner):
             return replace(detection, instances=self.detect_pixels(loaded.pixels, loaded.size))
         search = HandSearch(
             self.search,
+            self._detect_region,
             self._detect,
             self.people,
             loaded.pixels,
@@ -168,16 +174,26 @@ class StandardHandConditioner(MediaPipeConditioner):
         report = search.run(lambda: self.detect_pixels(loaded.pixels, loaded.size), hints)
         return replace(detection, instances=search.hands(), extra={**detection.extra, **report})
 
+    def _detect_region(self, pixels: np.ndarray) -> list[Instance]:
+        """The search's passes: crops upscale small, blurry content, where the palm detector
+        is easier to fool (an animal's paw), so they take the stricter `region_confidence`."""
+        if self._region_detector is None:
+            self._region_detector = self._create_detector(confidence=self.region_confidence)
+        return self._detect_with(self._region_detector, pixels)
+
     def close(self) -> None:
         super().close()
         self.people.close()
+        if self._region_detector is not None:
+            self._region_detector.close()
+            self._region_detector = None
 
-    def _create_solutions_detector(self) -> Any:
+    def _create_solutions_detector(self, confidence: float | None = None) -> Any:
         return solutions().hands.Hands(
             static_image_mode=True,
             max_num_hands=self.max_num_hands,
             model_complexity=self.model_complexity,
-            min_detection_confidence=self.min_detection_confidence,
+            min_detection_confidence=confidence or self.min_detection_confidence,
         )
 
     def _solutions_instances(self, results: Any) -> list[Instance]:
@@ -188,10 +204,10 @@ class StandardHandConditioner(MediaPipeConditioner):
             for best in handedness.classification[:1]
         ]
 
-    def _tasks_settings(self) -> dict[str, Any]:
+    def _tasks_settings(self, confidence: float | None = None) -> dict[str, Any]:
         return {
             "num_hands": self.max_num_hands,
-            "min_hand_detection_confidence": self.min_detection_confidence,
+            "min_hand_detection_confidence": confidence or self.min_detection_confidence,
         }
 
     def _tasks_instances(self, result: Any) -> list[Instance]:

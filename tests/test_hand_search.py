@@ -229,7 +229,7 @@ def test_a_sharper_view_replaces_only_a_poorly_seen_hand():
     moved = replace(hand, points=hand.points + 1.0)
     assert same_hand(hand, moved)
     search = HandSearch(
-        SearchSettings(), None, None, np.zeros((10, 10, 3)), np.zeros((10, 10, 3)), (10, 10), 2
+        SearchSettings(), None, None, None, np.zeros((10, 10, 3)), np.zeros((10, 10, 3)), (10, 10), 2
     )
     search.found = [Found(hand, pixel_size=4.0)]  # seen 10 detector px across
     search.add([Found(replace(moved, extra={"found_by": "tiles"}), pixel_size=1.0)])

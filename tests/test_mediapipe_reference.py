@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import mediapipe_reference as reference
+import numpy as np
 
 
 def test_landmarks_match_the_mediapipe_0_10_21_reference(data_dir):
@@ -28,3 +29,24 @@ def test_a_moved_point_or_a_lost_hand_is_named():
     assert photo in message and "moved" in message
     [message] = reference.differences(stored, lost)
     assert photo in message and "hand_standard" in message
+
+
+def test_the_hand_search_keeps_the_single_pass_hands(data_dir):
+    """With the search on (the default), every hand of the reference is still there, on the same
+    side, with the same landmarks: where the single pass found a hand, the search only adds hands
+    (other people's, smaller ones) or replaces one it saw too small to draw well."""
+    stored = reference.read()["detections"]["hand_standard"]
+    searched = reference.detect_all(data_dir, {}, ("hand_standard",))["hand_standard"]
+    total, moved = 0, []
+    for photo, want in stored.items():
+        found = searched[photo]["instances"]
+        for hand in want["instances"]:
+            total += 1
+            xy = np.array(hand["xy"], float)
+            same_side = [np.array(h["xy"], float) for h in found if h["kind"] == hand["kind"]]
+            error = min((np.abs(other - xy).max() for other in same_side), default=np.inf)
+            if not error <= 1e-4 * max(want["size"]):
+                moved.append((photo, hand["kind"], float(error)))
+    assert total > 50 and moved == []
+    added = sum(len(searched[p]["instances"]) - len(w["instances"]) for p, w in stored.items())
+    assert added > 0  # the search did run: people's and tiles' hands the single pass missed
