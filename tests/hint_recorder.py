@@ -5,26 +5,30 @@ It "finds" one fixed hand in every picture and writes into `detection.extra` the
 `landmarks` JSON shows what reached the conditioner, in whichever process ran it. Like the hand
 search, it reports `hint_not_found`: here the usable hints labelled `background`.
 
-Build processes other than the test's own (the spawned pool, Ray's actors) learn of it through
-`install_plugin`: an entry point in the conditioners' group, on their PYTHONPATH.
+The test registers it for its own process (`registered`, undone afterwards, so that other tests'
+lists of conditioners never see it). Build processes other than the test's own (the spawned pool,
+Ray's actors) learn of it through `install_plugin`: an entry point in the conditioners' group, on
+their PYTHONPATH.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 import conditioners
+from conditioners import registry
 from conditioners.registry import ENTRY_POINT_GROUP
 
 NAME = "hint_recorder"
 NOT_THERE = "background"  # the label of hints where no hand is
 
 
-@conditioners.register(NAME)
 class HintRecorder(conditioners.Conditioner):
     """Records its hints (test conditioner)."""
 
@@ -66,3 +70,13 @@ def install_plugin(folder: Path, monkeypatch) -> None:
         "PYTHONPATH", os.pathsep.join([*paths, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     )
     monkeypatch.syspath_prepend(str(folder))
+
+
+@contextlib.contextmanager
+def registered() -> Iterator[None]:
+    """`hint_recorder` registered in this process for the duration."""
+    conditioners.register(NAME)(HintRecorder)
+    try:
+        yield
+    finally:
+        registry._registered.pop(NAME, None)
