@@ -311,8 +311,8 @@ def test_bad_hints_never_crash_a_build(tmp_path, data_dir, side):
         str(fx.folder_recipe(tmp_path, extra=extra)), str(photos), BuildSettings(), progress=False
     )
     assert report.rows == 2 and report.skipped == {}
-    if HAND_SEARCH:  # searched: the good box and the huge one (it covers the photo), both around a hand
-        assert report.hints == 4 and report.hint_not_found <= 1, report
+    # Searched: the good box and the huge one (it covers the photo), both around a hand.
+    assert report.hints == 4 and report.hint_not_found <= 1, report
 
 
 def drop_columns(shard: Path, names: list[str]) -> None:
