@@ -6,7 +6,7 @@ import hashlib
 import json
 import math
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 import conditioners
-from conditioners import Conditioned, SkipReason, condition_many
+from conditioners import Conditioned, HintBox, SkipReason, condition_many
 from conditioners.images import (
     Framing,
     ImageLoadError,
@@ -232,7 +232,7 @@ class ChunkProcessor:
             data.write_text(empty_marker_name(splits.main, chunk.index), json.dumps(summary))
         return summary
 
-    def load(self, source: ImageSource, name: str) -> LoadedImage:
+    def load(self, source: ImageSource, name: str, hints: Sequence[HintBox] = ()) -> LoadedImage:
         """Decode once: the detector's pixels and, when the recipe frames photos, the stored JPEG.
 
         Runs in the runner's helper thread, overlapped with detection. `frame = "hands"` loads the
@@ -240,7 +240,7 @@ class ChunkProcessor:
         store is cut after detection, in `frame_around_hands`."""
         short_side = self.recipe.resize_short_side
         if not short_side or self.hand_framing:
-            return self.conditioner.load(source, name)
+            return self.conditioner.load(source, name, hints)
         width, height = read_image_size(source, name)
         detail = math.ceil(short_side * max(width, height) / max(1, min(width, height)))
         full = load_image(source, long_side=detail, name=name)  # JPEGs decode at reduced scale
@@ -282,7 +282,9 @@ class ChunkProcessor:
             **{
                 **values,
                 "detection": replace(detection, extra={**detection.extra, "framing": record}),
-                "photo": replace(photo, detail=None),  # the full-size pixels are done with
+                "photo": replace(
+                    photo, detail=None, decode_detail=None
+                ),  # the full-size pixels are done with
             },
             stored=StoredPhoto(
                 np.asarray(detected), framed.size, photo.name, framing=framing, stored=encode_jpeg(framed)
@@ -326,7 +328,7 @@ def _whole_photo(photo: LoadedImage, framing: Framing, source: ImageSource) -> n
     """The whole photo with at least the detail of `framing`'s resized frame: the loaded pixels that
     have it (a hand conditioner's full-size `detail`), else the photo decoded again at that size."""
     needed = min(framing.resized_size[0], photo.size[0])
-    for pixels in (photo.detail, photo.pixels):
+    for pixels in (photo.sharpest(), photo.pixels):
         if pixels is not None and pixels.shape[1] >= needed:
             return pixels
     return load_image(source, long_side=max(framing.resized_size), name=photo.name).pixels

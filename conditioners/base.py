@@ -143,20 +143,16 @@ class Conditioner(ABC):
             self.close()
 
     # -- detection -----------------------------------------------------------------------
-    def load(self, source: ImageSource, name: str | None = None) -> LoadedImage:
-        """The detector's copy (long side `detect_long_side`), and the full picture as `detail`
-        for conditioners that look closer at regions of it."""
-        loaded = load_image(source, long_side=self.detect_long_side, name=name)
-        if not self.wants_detail or loaded.pixels.shape[:2] == loaded.size[::-1]:
-            return replace(loaded, detail=loaded.pixels) if self.wants_detail else loaded
-        # Decoded again at full size: the detector's copy stays exactly what it was without the
-        # search (a JPEG decoded at reduced scale differs from a shrunk full decode).
-        return replace(loaded, detail=load_image(source, name=name).pixels)
+    def load(
+        self, source: ImageSource, name: str | None = None, hints: Sequence[HintBox] = ()
+    ) -> LoadedImage:
+        """The detector's copy of `source` (long side `detect_long_side`). `hints` (the ones that
+        `detect` will get) let a conditioner that searches them decode what the search needs."""
+        return self.decode(source, name, self.detect_long_side)
 
-    @property
-    def wants_detail(self) -> bool:
-        """Whether detection looks at regions of the full-resolution picture (`LoadedImage.detail`)."""
-        return False
+    def decode(self, source: ImageSource, name: str | None, long_side: int | None) -> LoadedImage:
+        """Every decode of a conditioner goes through here."""
+        return load_image(source, long_side=long_side, name=name)
 
     def detect(
         self,

@@ -131,11 +131,15 @@ class HandSearch:
     detect_hinted: DetectFn  # for crops around hints, which the caller vouches for
     find_people: PeopleFn
     pixels: np.ndarray
-    detail: np.ndarray
+    detail_of: Callable[[], np.ndarray]  # `detail`, decoded on first use
     size: tuple[int, int]
     max_hands: int
     found: list[Found] = field(default_factory=list)
     people: int = 0
+
+    @property
+    def detail(self) -> np.ndarray:
+        return self.detail_of()
 
     @property
     def pixel_size(self) -> float:

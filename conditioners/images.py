@@ -15,8 +15,8 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageCms, UnidentifiedImageError
@@ -68,10 +68,13 @@ class LoadedImage:
     detail: np.ndarray | None = None
     # How the picture was cut from its source photo, when it was (a build's `resize_short_side`).
     framing: Framing | None = None
+    # Decodes `detail` when it is first asked for (`sharpest()`): most pictures never need it.
+    decode_detail: Callable[[], np.ndarray] | None = field(default=None, repr=False, compare=False)
 
-    @property
     def sharpest(self) -> np.ndarray:
-        """`detail` where it was decoded, else `pixels`."""
+        """`detail`, decoded now if it is not yet, else `pixels`."""
+        if self.detail is None and self.decode_detail is not None:
+            self.detail, self.decode_detail = self.decode_detail(), None
         return self.pixels if self.detail is None else self.detail
 
     def hints_here(self, hints: Sequence[HintBox]) -> list[HintBox]:
@@ -181,6 +184,16 @@ def scaled_size(size: tuple[int, int], long_side: int | None) -> tuple[int, int]
         return size
     scale = long_side / max(width, height)
     return (max(1, round(width * scale)), max(1, round(height * scale)))
+
+
+def shrunk(pixels: np.ndarray, long_side: int | None) -> np.ndarray:
+    """`pixels` resized (never enlarged) so that the long side is at most `long_side`."""
+    height, width = pixels.shape[:2]
+    target = scaled_size((width, height), long_side)
+    if target == (width, height):
+        return pixels
+    image = Image.fromarray(pixels).resize(target, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return np.asarray(image)
 
 
 @dataclass(frozen=True)

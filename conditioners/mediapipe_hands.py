@@ -24,7 +24,7 @@ from .detection import Detection, HintBox, Instance
 from .drawing import Canvas, DrawingSpec, Edge, draw_instance
 from .errors import OptionError
 from .hand_regions import HandSearch, SearchSettings
-from .images import LoadedImage
+from .images import ImageSource, LoadedImage, shrunk
 from .mediapipe_people import PeopleFinder
 
 HAND_CONNECTIONS = topology.HAND
@@ -154,9 +154,21 @@ class StandardHandConditioner(MediaPipeConditioner):
         self.region_confidence = region_confidence
         self._region_detector: Any = None
 
-    @property
-    def wants_detail(self) -> bool:
-        return self.search.hand_regions != "none"
+    def load(
+        self, source: ImageSource, name: str | None = None, hints: Sequence[HintBox] = ()
+    ) -> LoadedImage:
+        """The detector's copy and, for the search, the full picture: decoded first when hints
+        will be searched (the whole-frame pass then does not run), else only once a region pass
+        needs it (the detector's copy stays exactly the single pass's)."""
+        if self.search.hand_regions == "none":
+            return super().load(source, name)
+        if hints and self.search.runs("hints"):
+            full = self.decode(source, name, None)
+            return replace(full, pixels=shrunk(full.pixels, self.detect_long_side), detail=full.pixels)
+        loaded = super().load(source, name)
+        if loaded.pixels.shape[:2] == loaded.size[::-1]:
+            return replace(loaded, detail=loaded.pixels)
+        return replace(loaded, decode_detail=lambda: self.decode(source, name, None).pixels)
 
     def _find(self, loaded: LoadedImage, detection: Detection, hints: Sequence[HintBox]) -> Detection:
         if self.search.hand_regions == "none":

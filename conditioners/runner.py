@@ -16,7 +16,8 @@ from .detection import HintBox
 from .images import ImageLoadError, ImageSource, LoadedImage, describe_source
 
 # How a source becomes the pixels a detector sees; a build passes one that also frames the photo.
-Loader = Callable[[ImageSource, str], LoadedImage]
+# (source, name, hints) -> the pixels; the hints let a hand search decode what it needs.
+Loader = Callable[[ImageSource, str, Sequence[HintBox]], LoadedImage]
 # What happens to a detected result just before it is drawn (a build frames the photo around it).
 Finisher = Callable[[Conditioned], Conditioned]
 
@@ -44,9 +45,9 @@ def condition_many(
     replace the detection (drawn at its own size) and the photo, or mark the result skipped."""
     load = load or conditioner.load
 
-    def read(source: ImageSource) -> LoadedImage | ImageLoadError:
+    def read(source: ImageSource, hinted: Sequence[HintBox]) -> LoadedImage | ImageLoadError:
         try:
-            return load(source, describe_source(source))
+            return load(source, describe_source(source), hinted)
         except ImageLoadError as exc:
             return exc
 
@@ -69,7 +70,8 @@ def condition_many(
                 item = next(source_iter, None)
                 if item is None:
                     return
-                loads.append((item[0], item[1], pool.submit(read, item[1])))
+                hinted = hints[item[0]] if hints else ()
+                loads.append((item[0], item[1], pool.submit(read, item[1], hinted)))
 
         top_up()
         while loads:
