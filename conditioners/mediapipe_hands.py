@@ -150,7 +150,7 @@ class StandardHandConditioner(MediaPipeConditioner):
         self.search = SearchSettings(
             hand_regions, crop_context, tile_size, tile_scales, tile_overlap, max_people
         )
-        self.people = PeopleFinder(self.backend, max_people, pose_model_path)
+        self.people = PeopleFinder(self.backend, max_people, pose_model_path, optional=hand_regions == "auto")
         self.region_confidence = region_confidence
         self._region_detector: Any = None
 

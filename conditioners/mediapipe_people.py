@@ -7,6 +7,7 @@ another, hiding each one found before looking again. The Tasks backend's PoseLan
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,9 @@ from ._mediapipe import (
     task_model,
     tasks_vision,
 )
-from .weights import resolve_weights
+from .weights import WeightsNotFoundError, resolve_weights
+
+log = logging.getLogger(__name__)
 
 POSE_LANDMARKER = task_model(
     "pose_landmarker",
@@ -36,11 +39,15 @@ MIN_VISIBILITY = 0.3
 class PeopleFinder:
     """Callable: an RGB array -> one (33, 4) array of normalised pose landmarks per person."""
 
-    def __init__(self, backend: str, max_people: int, model_path: str | None = None):
+    def __init__(self, backend: str, max_people: int, model_path: str | None = None, optional: bool = False):
         self.backend = backend
         self.max_people = max_people
         self.model_path = model_path
+        # Optional (the "auto" search): a Tasks pose model that cannot be had turns the pass off,
+        # with one warning, instead of failing every picture.
+        self.optional = optional
         self._detector: Any = None
+        self.off = False
 
     @property
     def detector(self) -> Any:
@@ -63,6 +70,16 @@ class PeopleFinder:
         return vision.PoseLandmarker.create_from_options(options)
 
     def __call__(self, pixels: np.ndarray) -> list[np.ndarray]:
+        if self.off:
+            return []
+        try:
+            self.detector  # noqa: B018 -- built here, where a missing model can be handled
+        except WeightsNotFoundError as exc:
+            if not self.optional:
+                raise
+            log.warning("the hand search's pose pass is off (tiles stand in for it): %s", exc)
+            self.off = True
+            return []
         if self.backend == "tasks":
             mp = mediapipe_module()
             image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(pixels))

@@ -237,3 +237,17 @@ def test_a_sharper_view_replaces_only_a_poorly_seen_hand():
     search.found = [Found(hand, pixel_size=0.25)]  # seen 160 px across: kept as it was
     search.add([Found(moved, pixel_size=0.1)])
     assert search.found[0].instance is hand
+
+
+def test_a_tasks_pose_model_that_cannot_be_had_turns_the_pose_pass_off(
+    left_and_right, hand_bundle, tmp_path, monkeypatch, caplog
+):
+    monkeypatch.setenv("MEDIAPIPE_POSE_LANDMARKER", str(tmp_path / "missing.task"))
+    options = {"backend": "tasks", "model_path": str(hand_bundle)}
+    with caplog.at_level(logging.WARNING), conditioners.get("hand_encoded", **options) as auto:
+        detection = auto.detect(left_and_right.pixels)  # "auto": tiles stand in for the pose pass
+    assert detection.extra["people"] == 0 and detection.extra["tiles"] > 0
+    assert any("pose pass is off" in r.getMessage() for r in caplog.records)
+    pose = conditioners.get("hand_encoded", hand_regions="pose", **options)
+    with pose, pytest.raises(conditioners.UserError, match="missing.task"):
+        pose.detect(left_and_right.pixels)  # asked for by name: a clear error
