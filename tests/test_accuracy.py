@@ -78,13 +78,21 @@ def test_freihand_right_hand_is_encoded_as_right(data_dir, conditioner_cache):
 
 def test_panoptic_handedness_at_full_resolution(data_dir, annotation):
     """At 1280x720 the hands are ~50 px; at full detection resolution the cellist's fingering hand is
-    found and called left (at long side 512 MediaPipe's classifier flips it: see README)."""
+    found and called left (at long side 512 MediaPipe's classifier flips it: see README). The single
+    pass misses the bowing hand; the hand search finds it from the cellist's pose, called right."""
     import conditioners
 
     path = data_dir / "images/hands/mmpose_panoptic_005880453_01.jpg"
-    with conditioners.get("hand_standard", detect_long_side=None) as hands:
-        matches = matched_hands(hands.detect(path), ground_truth_hands(path, annotation(path)))
+    truth = ground_truth_hands(path, annotation(path))
+    with conditioners.get("hand_standard", detect_long_side=None, hand_regions="none") as single:
+        matches = matched_hands(single.detect(path), truth)
     assert [(truth.kind, inst.kind) for truth, inst in matches] == [("left_hand", "left_hand")]
+    with conditioners.get("hand_standard", detect_long_side=None) as search:
+        matches = matched_hands(search.detect(path), truth)
+    assert sorted((truth.kind, inst.kind) for truth, inst in matches) == [
+        ("left_hand", "left_hand"),
+        ("right_hand", "right_hand"),
+    ]
 
 
 def test_holistic_body_against_coco(data_dir, annotation):
