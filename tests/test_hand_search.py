@@ -132,14 +132,18 @@ def test_a_hand_found_twice_is_one_instance(left_and_right, hand_encoded):
 
 def test_tiles_find_a_hand_with_no_body_in_view(data_dir):
     frame = paste(data_dir, [(HAND_ONLY, 96, (1500, 700), False)])
-    with conditioners.get("hand_encoded") as auto:
-        detection = auto.detect(frame.pixels)
-    assert detection.extra["people"] == 0 and detection.extra["tiles"] > 10
     (reference,) = frame.hands
+    with conditioners.get("hand_encoded", hand_regions="tiles") as tiles:
+        detection = tiles.detect(frame.pixels)
+    assert detection.extra["tiles"] > 10
     hand = match(reference, detection.instances)
     assert hand is not None and hand.kind == reference.kind and pck(reference, hand) >= 0.9
     assert hand.extra["found_by"] == "tiles"
     assert len(detection.instances) == 1  # overlapping tiles that saw it too merged into it
+    with conditioners.get("hand_encoded") as auto:  # no person in view: "auto" tiles too
+        searched = auto.detect(frame.pixels)
+    assert searched.extra["people"] == 0 and searched.extra["tiles"] == detection.extra["tiles"]
+    assert len(searched.instances) == 1 and match(reference, searched.instances) is not None
 
 
 def test_pose_finds_the_hands_of_two_people(data_dir):
