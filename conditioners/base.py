@@ -8,7 +8,9 @@ A subclass supplies three things:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -73,6 +75,18 @@ class Conditioned:
         return self
 
 
+# Conditioners not yet closed. Their native detectors are closed at exit, before the interpreter
+# tears down: a MediaPipe graph closed by the garbage collector during shutdown can hang forever.
+_LIVE: weakref.WeakSet[Conditioner] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_conditioners() -> None:
+    for conditioner in list(_LIVE):
+        with contextlib.suppress(Exception):
+            conditioner.close()
+
+
 class Conditioner(ABC):
     """Base class; use as a context manager so the detector is released."""
 
@@ -108,6 +122,7 @@ class Conditioner(ABC):
         }
         self.filters = replace(self.default_filters, **{k: v for k, v in overrides.items() if v is not None})
         self._detector: Any = None
+        _LIVE.add(self)
 
     @classmethod
     def unavailable_reason(cls) -> str | None:

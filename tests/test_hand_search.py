@@ -8,6 +8,8 @@ its span (mean point distance), and its landmarks are scored by PCK@0.2 of the s
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -255,3 +257,18 @@ def test_a_tasks_pose_model_that_cannot_be_had_turns_the_pose_pass_off(
     pose = conditioners.get("hand_encoded", hand_regions="pose", **options)
     with pose, pytest.raises(conditioners.UserError, match="missing.task"):
         pose.detect(left_and_right.pixels)  # asked for by name: a clear error
+
+
+def test_a_process_that_never_closes_its_conditioner_still_exits(data_dir):
+    """The pose pass's MediaPipe graph, left to the garbage collector at interpreter shutdown, can
+    hang there: live conditioners are closed at exit instead."""
+    script = (
+        "import conditioners\n"
+        "def run():\n"
+        "    hands = conditioners.get('hand_depth_mask')\n"
+        f"    return hands.detect({str(data_dir / 'images' / 'negatives' / 'fan_grass.jpg')!r}), hands\n"
+        "detection, _ = run()\n"
+        "assert 'people' in detection.extra, detection.extra\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
