@@ -162,7 +162,11 @@ def main() -> None:
     report = {
         "benchmark": "hand_repair",
         "machine": {"cpus": os.cpu_count(), "devices": [str(d) for d in jax.devices()]},
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        # Paths relative to the checkout: a recorded result names no machine.
+        "settings": {
+            k: (os.path.relpath(v.resolve(), REPO) if isinstance(v, Path) else v)
+            for k, v in vars(args).items()
+        },
         "train": train,
         "refine": refine,
     }

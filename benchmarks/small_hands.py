@@ -745,11 +745,16 @@ def code_state() -> dict[str, Any]:
     package = Path(conditioners.__file__).resolve().parent
     status = git("status", "--porcelain", "--", "conditioners", "builders").splitlines()
     return {
-        "conditioners_from": str(package),
+        "conditioners_from": relative_to_repo(package),
         "checkout_commit": git("rev-parse", "--short", "HEAD").strip() or None,
         "checkout_uncommitted": [line[3:] for line in status],
         "ran_checkout_code": package == REPO / "conditioners",
     }
+
+
+def relative_to_repo(path: Path) -> str:
+    """`path` relative to the checkout where it lies inside or beside it: results name no machine."""
+    return os.path.relpath(path, REPO) if path.is_relative_to(REPO.parent) else str(path)
 
 
 def photo_list(data: Path, quick: bool) -> list[tuple[Path, str]]:
