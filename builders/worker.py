@@ -198,7 +198,7 @@ class ChunkProcessor:
         )
         try:
             for result in results:
-                hints.update(_hint_counts(result, chunk.items[result.index]))
+                hints.update(_hint_counts(result))
                 reason = _skip_reason(result)
                 if progress:
                     progress(reason or "kept")
@@ -312,16 +312,15 @@ class ChunkProcessor:
         rows.clear()
 
 
-def _hint_counts(result: Conditioned, item: SourceItem) -> dict[str, int]:
-    """`hints`: the item's hint boxes the conditioner searched (those it could use in the picture it
-    saw); `hint_not_found`: how many of them no pass found a hand in. Counted whether the item was
-    kept or skipped (a photo whose hands were all missed is skipped as `no_detection`); zero where
-    the conditioner searched no hints (it does not search regions, or it did not run)."""
-    extra, photo = result.detection.extra, result.photo
-    if "hint_not_found" not in extra or photo is None:
+def _hint_counts(result: Conditioned) -> dict[str, int]:
+    """What the conditioner's search reports: `hints`, the hint boxes it searched (those it could use
+    in the picture it saw), and `hint_not_found`, how many of them no pass found a hand in. Counted
+    whether the item was kept or skipped (a photo whose hands were all missed is skipped as
+    `no_detection`); nothing where the conditioner searched no hints."""
+    extra = result.detection.extra
+    if "hint_not_found" not in extra:
         return {}
-    usable = [hint for hint in photo.hints_here(item.hints) if hint.problem(photo.size) is None]
-    return {"hints": len(usable), "hint_not_found": int(extra["hint_not_found"])}
+    return {"hints": int(extra.get("hints", 0)), "hint_not_found": int(extra["hint_not_found"])}
 
 
 def _whole_photo(photo: LoadedImage, framing: Framing, source: ImageSource) -> np.ndarray:

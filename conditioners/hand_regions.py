@@ -52,6 +52,16 @@ MIN_REGION_HAND = 24.0
 WELL_SEEN_SPAN = 96.0
 
 
+# The search's numeric options: [low, high).
+OPTION_RANGES = {
+    "crop_context": (1.0, math.inf),
+    "tile_size": (64, math.inf),
+    "tile_scales": (1, 8),
+    "tile_overlap": (0.0, 0.9),
+    "max_people": (1, 64),
+}
+
+
 @dataclass(frozen=True)
 class SearchSettings:
     """What the hand search does; the hand conditioners' options of the same names.
@@ -76,17 +86,13 @@ class SearchSettings:
             raise OptionError(
                 f"hand_regions={self.hand_regions!r}: choose one of {', '.join(HAND_REGION_MODES)}"
             )
-        checks = {
-            "crop_context": self.crop_context >= 1.0,
-            "tile_size": self.tile_size >= 64,
-            "tile_scales": self.tile_scales >= 1,
-            "tile_overlap": 0.0 <= self.tile_overlap < 0.9,
-            "max_people": self.max_people >= 1,
-        }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            name = bad[0]
-            raise OptionError(f"{name}={getattr(self, name)!r} is out of range ({SearchSettings.__doc__})")
+        for name, (low, high) in OPTION_RANGES.items():
+            value = getattr(self, name)
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not (number and low <= value < high):
+                raise OptionError(
+                    f"{name}={value!r}: expected a number from {low} up to (not including) {high}"
+                )
 
     def runs(self, name: str) -> bool:
         return self.hand_regions in ("auto", name)

@@ -3,7 +3,8 @@
 It "finds" one fixed hand in every picture and writes into `detection.extra` the hints it received
 (`hints_seen`, as `HintBox.to_dict`, in the pixels of the picture it saw), so a built row's
 `landmarks` JSON shows what reached the conditioner, in whichever process ran it. Like the hand
-search, it reports `hint_not_found`: here the usable hints labelled `background`.
+search, it reports `hints` (the usable ones) and `hint_not_found`: here the usable hints labelled
+`background`.
 
 The test registers it for its own process (`registered`, undone afterwards, so that other tests'
 lists of conditioners never see it). Build processes other than the test's own (the spawned pool,
@@ -46,6 +47,7 @@ class HintRecorder(conditioners.Conditioner):
         usable = [hint for hint in hints if hint.problem(loaded.size) is None]
         extra = {
             "hints_seen": [hint.to_dict() for hint in hints],
+            "hints": len(usable),
             "hint_not_found": sum(hint.label == NOT_THERE for hint in usable),
         }
         return replace(found, extra={**found.extra, **extra})
