@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -48,6 +48,8 @@ SAME_HAND_DISTANCE = 0.25
 # Hands the region passes find smaller than this (input pixels) are dropped: too small to draw or
 # train on, and where false hands (paws, textures) gather.
 MIN_REGION_HAND = 24.0
+# Crop sides (x the hint's side) a hint not found is looked for again in, in order.
+HINT_RETRY_CONTEXTS = (1.8, 5.0)
 # A hand spanning this many detector pixels is seen well enough to keep its first detection.
 WELL_SEEN_SPAN = 96.0
 
@@ -122,8 +124,8 @@ class Found:
 
 # The detector's one pass: normalised instances for an RGB array.
 DetectFn = Callable[[np.ndarray], list[Instance]]
-# People in an RGB array: (33, 4) normalised pose landmarks each.
-PeopleFn = Callable[[np.ndarray], list[np.ndarray]]
+# People in an RGB array, one at a time: (33, 4) normalised pose landmarks each.
+PeopleFn = Callable[[np.ndarray], Iterator[np.ndarray]]
 
 
 @dataclass
@@ -167,10 +169,7 @@ class HandSearch:
         self.found = [Found(tag(hand, "frame"), self.frame_pixel_size) for hand in frame_pass()]
         report: dict = {}
         if self.settings.runs("pose") and self._may_add_hands():
-            people = self.find_people(self.pixels)
-            self.people = len(people)
-            report["people"] = self.people
-            self.search([r for person in people for r in wrist_regions(person, self.settings, self.size)])
+            report["people"] = self.search_people()
         if self.settings.runs("tiles") and self._tiles_needed():
             report["tiles"] = self.search_tiles()
         return report
@@ -179,6 +178,16 @@ class HandSearch:
     def frame_pixel_size(self) -> float:
         """Input pixels per pixel of the whole-frame pass's picture."""
         return self.size[0] / self.pixels.shape[1]
+
+    def search_people(self) -> int:
+        """Search each person's wrists, one person at a time; "auto" stops looking for people once
+        it has `max_hands` hands, as every further person costs another pose pass."""
+        for person in self.find_people(self.pixels):
+            self.people += 1
+            self.search(wrist_regions(person, self.settings, self.size))
+            if self.settings.hand_regions == "auto" and len(self.found) >= self.max_hands:
+                break
+        return self.people
 
     def _may_add_hands(self) -> bool:
         return self.settings.hand_regions != "auto" or len(self.found) < self.max_hands
@@ -199,7 +208,19 @@ class HandSearch:
         open_regions = [r for r in regions if not self._accounted(r.expected)]
         for group in group_regions(open_regions, self.settings.crop_context, self.max_hands):
             self.add(self.detect_crop(group.crop, group.found_by))
+        for region in open_regions:
+            if region.found_by == "hints":
+                self.retry_hint(region)
         return sum(not self._accounted(r.expected) for r in open_regions)
+
+    def retry_hint(self, region: Region) -> None:
+        """A hinted hand not found: the caller vouches for it, so look again, alone, closer and
+        then wider (a second hand or a face in the crop can draw the palm detector away)."""
+        cx, cy = (region.expected[0] + region.expected[2]) / 2, (region.expected[1] + region.expected[3]) / 2
+        for context in HINT_RETRY_CONTEXTS:
+            if self._accounted(region.expected):
+                return
+            self.add(self.detect_crop(square(cx, cy, span(region.expected) * context), "hints"))
 
     def search_tiles(self) -> int:
         tiles = tile_boxes(self.size, self.settings)

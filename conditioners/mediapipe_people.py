@@ -8,6 +8,7 @@ another, hiding each one found before looking again. The Tasks backend's PoseLan
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -69,9 +70,10 @@ class PeopleFinder:
         )
         return vision.PoseLandmarker.create_from_options(options)
 
-    def __call__(self, pixels: np.ndarray) -> list[np.ndarray]:
+    def __call__(self, pixels: np.ndarray) -> Iterator[np.ndarray]:
+        """Up to `max_people` people, each found only when the caller asks for the next one."""
         if self.off:
-            return []
+            return
         try:
             self.detector  # noqa: B018 -- built here, where a missing model can be handled
         except WeightsNotFoundError as exc:
@@ -79,20 +81,20 @@ class PeopleFinder:
                 raise
             log.warning("the hand search's pose pass is off (tiles stand in for it): %s", exc)
             self.off = True
-            return []
+            return
         if self.backend == "tasks":
             mp = mediapipe_module()
             image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(pixels))
-            return [task_landmarks_to_array(p) for p in self.detector.detect(image).pose_landmarks]
-        people: list[np.ndarray] = []
+            yield from (task_landmarks_to_array(p) for p in self.detector.detect(image).pose_landmarks)
+            return
         hidden = pixels
-        while len(people) < self.max_people:
+        for found_so_far in range(self.max_people):
             found = self.detector.process(hidden).pose_landmarks
             if not found:
-                break
-            people.append(landmarks_to_array(found))
-            hidden = hide(hidden if len(people) > 1 else pixels.copy(), people[-1])
-        return people
+                return
+            person = landmarks_to_array(found)
+            yield person
+            hidden = hide(hidden if found_so_far else pixels.copy(), person)
 
     def close(self) -> None:
         if self._detector is not None:

@@ -272,3 +272,67 @@ def test_a_process_that_never_closes_its_conditioner_still_exits(data_dir):
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def bright_square_hands(least_share: float):
+    """A stand-in detector: the bright square in a crop is a hand, when it spans at least
+    `least_share` of the crop (as the palm detector needs a hand large enough in its view)."""
+
+    def detect(pixels: np.ndarray) -> list[Instance]:
+        ys, xs = np.nonzero(pixels[..., 0] > 128)
+        if len(xs) == 0:
+            return []
+        height, width = pixels.shape[:2]
+        if (xs.max() - xs.min() + 1) < least_share * width:
+            return []
+        grid = np.linspace(0.0, 1.0, 21)
+        points = np.column_stack(
+            [
+                (xs.min() + grid * (xs.max() - xs.min())) / width,
+                (ys.min() + grid * (ys.max() - ys.min())) / height,
+            ]
+        )
+        return [Instance("left_hand", points)]
+
+    return detect
+
+
+def square_picture(box: tuple[int, int, int, int], size: tuple[int, int] = (400, 300)) -> np.ndarray:
+    pixels = np.zeros((size[1], size[0], 3), np.uint8)
+    pixels[box[1] : box[3], box[0] : box[2]] = 255
+    return pixels
+
+
+def test_a_hint_missed_in_its_crop_is_looked_for_again_closer():
+    pixels = square_picture((200, 100, 240, 140))
+    search = HandSearch(
+        SearchSettings(), None, bright_square_hands(0.4), None, pixels, lambda: pixels, (400, 300), 2
+    )
+    report = search.run(lambda: [], [HintBox(195, 95, 245, 145)])  # first crop: 150 px, hand 40 px
+    assert report == {"hints": 1, "hint_not_found": 0}
+    assert len(search.hands()) == 1 and search.hands()[0].extra["found_by"] == "hints"
+    unfound = HandSearch(
+        SearchSettings(), None, bright_square_hands(0.9), None, pixels, lambda: pixels, (400, 300), 2
+    )
+    assert unfound.run(lambda: [], [HintBox(195, 95, 245, 145)])["hint_not_found"] == 1
+
+
+@pytest.mark.parametrize(("mode", "people_asked"), [("auto", 1), ("pose", 3)])
+def test_auto_stops_looking_for_people_once_it_has_its_hands(mode, people_asked):
+    pixels = square_picture((100, 100, 130, 130)) | square_picture((250, 100, 280, 130))
+    asked = []
+
+    def people(_: np.ndarray):
+        for index in range(3):
+            asked.append(index)
+            person = np.full((33, 4), 0.5)  # both wrists of a person at the two squares
+            person[[15, 17, 19], :2] = (115 / 400, 110 / 300), (115 / 400, 120 / 300), (115 / 400, 120 / 300)
+            person[[16, 18, 20], :2] = (265 / 400, 110 / 300), (265 / 400, 120 / 300), (265 / 400, 120 / 300)
+            person[11:13, :2] = (0.2, 0.5), (0.8, 0.5)
+            yield person
+
+    detect = bright_square_hands(0.0)
+    settings = SearchSettings(hand_regions=mode, crop_context=2.0)
+    search = HandSearch(settings, detect, detect, people, pixels, lambda: pixels, (400, 300), 2)
+    report = search.run(lambda: [], [])
+    assert len(search.hands()) == 2 and report["people"] == people_asked and len(asked) == people_asked
