@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
 sys.path.insert(0, str(REPO))
 
-from landmark_controlnet.condition import run_condition  # noqa: E402
+from landmark_controlnet.condition import ConditionRequest, run_condition  # noqa: E402
 from landmark_controlnet.evaluation.scoring import evaluate_folder  # noqa: E402
 
 
@@ -58,22 +58,22 @@ def seconds(fn) -> float:
 
 
 def bench(name: str, paths: list[Path], options: dict, rounds: int, samples: int, work: Path) -> dict:
-    reference = work / name / "reference"
     with contextlib.redirect_stdout(sys.stderr):
-        run_condition(name, options, [str(p) for p in paths], reference)
+        run_condition(ConditionRequest((name,), tuple(map(str, paths)), work / name / "reference", options))
+    reference = work / name / "reference" / name
     generated = work / name / "generated"
     generated.mkdir()
     for path in paths:
         for sample in range(samples):
             (generated / f"{path.stem}_{sample}{path.suffix}").symlink_to(path)
-    inputs = [str(p) for p in paths for _ in range(samples)]
+    inputs = tuple(str(p) for p in sorted(generated.iterdir()))  # each photo `samples` times
     times: dict[str, list[float]] = {"full_path": [], "scoring": []}
     summary: dict = {}
     for round_index in range(rounds):
         out = work / name / f"round{round_index}"
 
         def full_path(out: Path = out) -> None:
-            run_condition(name, options, inputs, out / "condition")
+            run_condition(ConditionRequest((name,), inputs, out / "condition", options))
 
         def scoring(out: Path = out) -> None:
             summary.update(evaluate_folder(generated, reference, out / "scores", name, options))

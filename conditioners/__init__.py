@@ -21,10 +21,11 @@ from .errors import OptionError, UnknownNameError, UserError  # noqa: E402
 from .filters import Filters  # noqa: E402
 from .images import IMAGE_SUFFIXES, ImageLoadError, LoadedImage, load_image, resize_and_crop  # noqa: E402
 from .preview import contact_sheet  # noqa: E402
-from .registry import available, conditioner_class, draw, get, register  # noqa: E402
+from .registry import accepted_options, available, conditioner_class, draw, get, register  # noqa: E402
 from .runner import condition_many  # noqa: E402
 
 __all__ = [
+    "accepted_options",
     "IMAGE_SUFFIXES",
     "Canvas",
     "Conditioned",

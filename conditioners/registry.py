@@ -81,21 +81,54 @@ def get(name: str, **options: Any) -> Conditioner:
         raise OptionError(
             f"conditioner {name!r} takes no option {', '.join(unknown)}; its options: {', '.join(accepted)}"
         )
+    check_option_types(cls, options)
     return cls(**options)
 
 
 def accepted_options(cls: type[Conditioner]) -> list[str]:
     """The keyword options of `cls`, gathered along its constructors' `**options` chain."""
-    names: list[str] = []
+    return sorted(_option_parameters(cls))
+
+
+def _option_parameters(cls: type[Conditioner]) -> dict[str, inspect.Parameter]:
+    found: dict[str, inspect.Parameter] = {}
     for klass in cls.__mro__:
         init = klass.__dict__.get("__init__")
         if init is None:
             continue
         parameters = list(inspect.signature(init).parameters.values())[1:]
-        names += [p.name for p in parameters if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+        for p in parameters:
+            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                found.setdefault(p.name, p)
         if not any(p.kind == p.VAR_KEYWORD for p in parameters):
             break
-    return sorted(set(names))
+    return found
+
+
+# Annotation words -> the values they accept (an int is a fine float; a bool is no number).
+_OPTION_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (int, float),
+    "bool": (bool,),
+    "str": (str,),
+    "None": (type(None),),
+}
+
+
+def check_option_types(cls: type[Conditioner], options: dict[str, Any]) -> None:
+    """Each option's value against its annotation (`int`, `float | None`, ...), before anything
+    is built: a mistyped value is a one-line `OptionError`, not a failure deep in a detector."""
+    parameters = _option_parameters(cls)
+    for key, value in options.items():
+        annotation = parameters[key].annotation
+        words = [w.strip() for w in str(annotation).split("|")] if isinstance(annotation, str) else []
+        if not words or any(w not in _OPTION_TYPES for w in words):
+            continue  # an annotation this check does not read: the constructor checks it
+        allowed = tuple(t for w in words for t in _OPTION_TYPES[w])
+        bool_for_number = isinstance(value, bool) and bool not in allowed  # True is an int to Python
+        if isinstance(value, allowed) and not bool_for_number:
+            continue
+        raise OptionError(f"option {key}={value!r}: {cls.name} expects {' or '.join(words)}")
 
 
 def draw(detection: Detection, size: tuple[int, int] | None = None, style: str | None = None) -> Any:

@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     condition = commands.add_parser("condition", help="detect landmarks and write conditioning images")
     condition.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of images")
-    _add_conditioner_args(condition, required=True)
+    _add_conditioner_args(condition, required=True, several=True)
     condition.add_argument("--out-dir", type=Path, default=Path("conditioned"))
     condition.add_argument(
         "--size", type=parse_size, help="conditioning image size WxH (default: input size)"
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate", help="score whether generated images follow their reference landmarks"
     )
     evaluate.add_argument("--generated", type=Path, help="<stem>.png or <stem>_<k>.png files")
-    evaluate.add_argument("--reference", type=Path, help="<stem>.json detections of `condition`")
+    evaluate.add_argument("--reference", type=Path, help="the NAME.json detections of `condition` (its out-dir/CONDITIONER folder)")
     _add_conditioner_args(evaluate, required=False)
     evaluate.add_argument("--out", type=Path, required=True, help="summary.json, rows.jsonl and report.png")
     generate = evaluate.add_argument_group("generate, then score (instead of --generated/--reference)")
@@ -147,10 +147,21 @@ def _add_refine_hands(commands: Any) -> None:
     refine.add_argument("--tight-mask", action="store_true", help="dilated hand silhouette instead of a box")
 
 
-def _add_conditioner_args(parser: argparse.ArgumentParser, required: bool) -> None:
-    parser.add_argument(
-        "--conditioner", required=required, help="a registered name (see `landmark-controlnet conditioners`)"
-    )
+def _add_conditioner_args(parser: argparse.ArgumentParser, required: bool, several: bool = False) -> None:
+    if several:
+        parser.add_argument(
+            "--conditioner",
+            required=required,
+            action="append",
+            help="a registered name (see `landmark-controlnet conditioners`); repeat it or give a "
+            "comma list for several, each written to its own subfolder of --out-dir",
+        )
+    else:
+        parser.add_argument(
+            "--conditioner",
+            required=required,
+            help="a registered name (see `landmark-controlnet conditioners`)",
+        )
     parser.add_argument(
         "--option",
         action="append",
@@ -184,16 +195,17 @@ def _run(argv: list[str]) -> int:
         print("\n".join(conditioners.available()))
         return 0
     if args.command == "condition":
-        from .condition import run_condition
+        from .condition import ConditionRequest, conditioner_names, run_condition
 
-        return run_condition(
-            args.conditioner,
-            options_dict(args.option),
-            args.inputs,
-            args.out_dir,
-            args.size,
-            args.contact_sheet,
+        request = ConditionRequest(
+            conditioners=conditioner_names(args.conditioner),
+            inputs=tuple(args.inputs),
+            out_dir=args.out_dir,
+            options=options_dict(args.option),
+            size=args.size,
+            contact_sheet=args.contact_sheet,
         )
+        return run_condition(request)
     if args.command == "draw":
         from .condition import run_draw
 

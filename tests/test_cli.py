@@ -64,6 +64,7 @@ def test_condition_writes_png_and_json_and_survives_bad_inputs(tmp_path, data_di
     )
     assert result.returncode == 0, result.stderr
     assert "broken.jpg" in result.stderr and "unreadable" in result.stderr
+    out = out / "hand_encoded"  # each conditioner writes into its own folder
     assert sorted(p.name for p in out.iterdir()) == [
         "broken.json",  # every input is accounted for, unreadable ones too
         "fan_grass.json",
@@ -80,9 +81,12 @@ def test_condition_writes_png_and_json_and_survives_bad_inputs(tmp_path, data_di
     conditioning = Image.open(out / "mmpose_freihand_00000355.png")
     assert conditioning.size == (224, 224)
     assert Image.open(sheet).size[0] > 2 * 256
+    assert record["extra"]["input"] == str(inputs[0])
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {
         "conditioner": "hand_encoded",
         "out_dir": str(out),
+        "inputs": 3,
+        "contact_sheets": [str(sheet)],
         "kept": 1,
         "unreadable": 1,
         "skipped": 1,
@@ -103,6 +107,18 @@ def test_condition_fails_only_when_nothing_is_readable(tmp_path):
         (
             ["condition", "--conditioner", "hand_standard", "--option", "colour=red", "x.jpg"],
             "no option colour",
+        ),
+        (
+            ["condition", "--conditioner", "hand_standard", "--option", "min_instance_size=abc", "x.jpg"],
+            "min_instance_size='abc'",
+        ),
+        (
+            ["condition", "--conditioner", "hand_encoded", "--option", "max_num_hands=two", "x.jpg"],
+            "max_num_hands",
+        ),
+        (
+            ["condition", "--conditioner", "hand_encoded,face_pupils", "--option", "colour=red", "x.jpg"],
+            "none of hand_encoded, face_pupils takes it",
         ),
         (["build", "no_such_builder", "--source", "."], "no builder 'no_such_builder'"),
         (["build", "hagrid_hand_enc", "--source", "/no/such/folder"], "/no/such/folder"),
@@ -129,6 +145,7 @@ def test_condition_and_draw_write_every_extra_image(tmp_path, data_dir):
         str(sheet),
     ]
     assert run(*args, str(photo)).returncode == 0
+    out = out / "hand_depth_mask"
     mask = np.asarray(Image.open(out / f"{photo.stem}_mask.png"))
     assert mask.shape == np.asarray(Image.open(out / f"{photo.stem}.png")).shape[:2] and mask.max() == 255
     assert Image.open(sheet).size[0] >= 3 * 256  # photo, depth and mask
@@ -157,7 +174,7 @@ def test_condition_accepts_folders_and_output_size(tmp_path, data_dir):
         str(folder),
     )
     assert result.returncode == 0, result.stderr
-    pngs = sorted((tmp_path / "o").glob("*.png"))
+    pngs = sorted((tmp_path / "o" / "hand_standard").glob("*.png"))
     assert len(pngs) == 2 and all(Image.open(p).size == (128, 64) for p in pngs)
 
 
@@ -167,6 +184,7 @@ def test_draw_redraws_a_stored_detection(tmp_path, data_dir):
     assert (
         run("condition", "--conditioner", "hand_encoded", "--out-dir", str(out), str(photo)).returncode == 0
     )
+    out = out / "hand_encoded"
     stored = out / f"{photo.stem}.json"
     redrawn = tmp_path / "redrawn.png"
     result = run("draw", str(stored), "--out", str(redrawn))
@@ -258,3 +276,52 @@ def test_train_is_also_a_subcommand():
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: landmark-controlnet train")
     assert "--pretrained_model_name_or_path" in result.stdout
+
+
+def test_same_named_inputs_keep_their_own_outputs(tmp_path, data_dir):
+    hands = sorted((data_dir / "images/hands").glob("mmpose_*.jpg"))[:4]
+    layout = {
+        "a/photo.jpg": hands[0],
+        "b/photo.jpg": hands[1],
+        "c/photo_1.jpg": hands[2],
+        "d/x.jpg": hands[3],
+    }
+    for name, photo in layout.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).symlink_to(photo)
+    Image.open(hands[0]).save(tmp_path / "d/x.png")  # differs from d/x.jpg only by its suffix
+    inputs = [*layout, "d/x.png", "a/photo.jpg"]  # and one given twice
+    result = run("condition", "--conditioner", "hand_encoded", "--out-dir", "out", *inputs, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "out/hand_encoded"
+    expected = {
+        "a/photo.json": "a/photo.jpg",
+        "b/photo.json": "b/photo.jpg",
+        "photo_1.json": "c/photo_1.jpg",
+        "x.jpg.json": "d/x.jpg",
+        "x.png.json": "d/x.png",
+    }
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.json"))
+    assert written == sorted(expected)
+    for name, photo in expected.items():
+        assert json.loads((out / name).read_text())["extra"]["input"] == str(tmp_path / photo)
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["inputs"] == 5 and report["kept"] + report["skipped"] + report["unreadable"] == len(written)
+    assert len(list(out.rglob("*.png"))) == report["kept"] + report["skipped"]
+    assert "given twice" in result.stderr
+
+
+def test_several_conditioners_in_one_call(tmp_path, data_dir):
+    photo = data_dir / "images/hands/hagrid_tile10_heart_two_hands.jpg"
+    out = tmp_path / "out"
+    args = ["condition", "--conditioner", "hand_encoded", "--conditioner", "hand_standard,hand_encoded"]
+    result = run(*args, "--option", "max_num_hands=1", "--out-dir", str(out), str(photo))
+    assert result.returncode == 0, result.stderr
+    reports = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    assert [r["conditioner"] for r in reports] == ["hand_encoded", "hand_standard"]
+    for name in ("hand_encoded", "hand_standard"):
+        detection = conditioners.Detection.from_json((out / name / f"{photo.stem}.json").read_text())
+        assert detection.conditioner == name and len(detection.instances) == 1  # the option reached both
+    encoded = np.asarray(Image.open(out / "hand_encoded" / f"{photo.stem}.png").convert("RGB"))
+    standard = np.asarray(Image.open(out / "hand_standard" / f"{photo.stem}.png").convert("RGB"))
+    assert encoded.shape == standard.shape and not np.array_equal(encoded, standard)

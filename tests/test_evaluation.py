@@ -17,7 +17,7 @@ from landmark_controlnet.cli import main
 
 def condition(photos: list[Path], conditioner: str, out: Path) -> Path:
     assert main(["condition", *map(str, photos), "--conditioner", conditioner, "--out-dir", str(out)]) == 0
-    return out
+    return out / conditioner
 
 
 def linked(photos: list[Path], stems: list[str], folder: Path) -> Path:

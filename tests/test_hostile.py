@@ -19,7 +19,7 @@ from builders.run import run_build
 from builders.sources.folder import FolderSource
 from conditioners import Detection, SkipReason
 from conditioners.images import scaled_size
-from landmark_controlnet.condition import run_condition
+from landmark_controlnet.condition import ConditionRequest, run_condition
 
 CORPUS_PHOTO = "hands/mmpose_onehand10k_33.jpg"  # a hand and a face: most detectors find something
 BUILT_INS = [
@@ -69,9 +69,9 @@ def test_the_corpus_is_what_it_says(hostile):
 @pytest.mark.parametrize("name", BUILT_INS)
 def test_condition_accounts_for_every_hostile_file(name, hostile, conditioner_options, tmp_path):
     folder, corpus = hostile
-    out = tmp_path / "out"
     options = conditioner_options(name)
-    assert run_condition(name, options, [str(folder)], out) == 0
+    assert run_condition(ConditionRequest((name,), (str(folder),), tmp_path / "out", options)) == 0
+    out = tmp_path / "out" / name
     found = {file: Detection.from_json((out / f"{Path(file).stem}.json").read_text()) for file in corpus}
     assert {d.skipped for d in found.values()} <= SKIP_REASONS | {None}
     for file in of_kind(corpus, UNREADABLE):

@@ -1,7 +1,8 @@
 """`landmark-controlnet evaluate --generated DIR --reference DIR`: score images from any tool.
 
-`--reference` holds the `condition` command's `<stem>.json` detections; `--generated` holds
-`<stem>.<ext>` or several samples `<stem>_<k>.<ext>`. Each generated image is re-detected with
+`--reference` holds the `condition` command's `NAME.json` detections (its `out-dir/CONDITIONER`
+folder, subfolders included); `--generated` holds `NAME.<ext>` or several samples
+`NAME_<k>.<ext>`, in the same subfolders. Each generated image is re-detected with
 the reference's conditioner, the reference is stretched to the generated image's size (as the
 conditioning drawing is), and the two are scored by `metrics.score_row`.
 """
@@ -38,28 +39,38 @@ class Sample:
 
 
 def load_references(reference_dir: Path) -> dict[str, Detection]:
-    """Every `<stem>.json` detection that has something to score against (readable input)."""
+    """Every `NAME.json` detection under `reference_dir` (subfolders too, as `condition` mirrors
+    its inputs' folders) that has something to score against; keyed by NAME, the path inside
+    `reference_dir` without the suffix."""
+    if not reference_dir.is_dir():
+        raise UserError(f"--reference {reference_dir}: no such folder")
     references = {}
-    for path in sorted(reference_dir.glob("*.json")):
+    for path in sorted(reference_dir.rglob("*.json")):
         try:
             detection = Detection.from_json(path.read_text())
         except (ValueError, KeyError) as exc:
             raise UserError(f"{path}: not a detection JSON of the condition command ({exc})") from exc
         if detection.skipped != conditioners.SkipReason.UNREADABLE:
-            references[path.stem] = detection
+            references[relative_stem(path, reference_dir)] = detection
     if not references:
         raise UserError(f"{reference_dir}: no detection JSONs (`landmark-controlnet condition` writes them)")
     return references
 
 
+def relative_stem(path: Path, folder: Path) -> str:
+    return path.relative_to(folder).with_suffix("").as_posix()
+
+
 def find_samples(generated_dir: Path, stems: set[str]) -> tuple[list[Sample], list[Path]]:
-    """Generated images per reference stem, and the files that belong to no reference."""
+    """Generated images per reference name (`NAME.png` or `NAME_<k>.png`, in the same subfolders),
+    and the files that belong to no reference."""
     samples, strays = [], []
-    files = sorted(p for p in generated_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in generated_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     for path in files:
-        match = SAMPLE_STEM.match(path.stem)
-        if path.stem in stems:
-            samples.append(Sample(path.stem, 0, path))
+        stem = relative_stem(path, generated_dir)
+        match = SAMPLE_STEM.match(stem)
+        if stem in stems:
+            samples.append(Sample(stem, 0, path))
         elif match and match["stem"] in stems:
             samples.append(Sample(match["stem"], int(match["sample"]), path))
         else:
