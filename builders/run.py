@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
 from typing import Any
 
-from conditioners.errors import UserError
+from conditioners.errors import UnknownNameError, UserError
+from conditioners.locations import local_or_hub
 
 from .card import write_card
 from .engine import BuildReport, BuildSettings, build, held_out_from, summarize, written_features
@@ -74,24 +76,97 @@ def discard_split(output: Folder, split: str) -> None:
         data.remove(name)
 
 
-def load_builder(name_or_dir: str, split: str = "train", **kwargs: Any):
-    """`datasets.load_dataset` on a builder folder, with a useful sentence when it is not built yet.
+class SplitNotFoundError(UserError, KeyError):
+    """A dataset without the split asked for; the message lists the splits it has."""
 
-    A folder without a recipe is read as a dataset folder (a Hub snapshot, a `to_parquet` export):
-    its splits are found as `built_data_files` finds them."""
+
+def open_dataset(
+    location: str, split: str = "train", config: str | None = None, streaming: bool = False, **kwargs: Any
+) -> Any:
+    """The one way to open a dataset at a split (the trainer, `evaluate`, `show`, the fidelity
+    rows): a builder name or folder, a folder of a dataset's files (a Hub snapshot, a `to_parquet`
+    export: splits found as `built_data_files` finds them), a `save_to_disk` folder of a
+    `DatasetDict` or of a single `Dataset`, or a Hub id.
+
+    A split the dataset lacks is a `SplitNotFoundError` naming the splits there are. A saved single
+    `Dataset` has no named split: it is read as `train`, and asking it for another is refused. A
+    path that does not exist fails at once, never as a Hub lookup."""
     import datasets
 
-    path = Path(name_or_dir)
+    where = _dataset_location(location)
+    if isinstance(where, str):
+        return _open_hub(where, split, config, streaming, **kwargs)
+    if (where / "dataset_dict.json").is_file() or (where / "state.json").is_file():
+        return _open_saved(where, split, streaming)
+    data_files = built_data_files(where)
+    _check_split(where, split, list(data_files))
+    return datasets.load_dataset(
+        str(where), split=split, data_files=data_files, streaming=streaming, **kwargs
+    )
+
+
+def dataset_splits(location: str, config: str | None = None) -> list[str]:
+    """The splits `open_dataset(location, ...)` can open, as it finds them."""
+    import datasets
+
+    where = _dataset_location(location)
+    if isinstance(where, str):
+        return list(datasets.get_dataset_split_names(where, config))
+    if (where / "dataset_dict.json").is_file():
+        return list(json.loads((where / "dataset_dict.json").read_text())["splits"])
+    if (where / "state.json").is_file():
+        return ["train"]
+    return list(built_data_files(where))
+
+
+def _dataset_location(location: str) -> Path | str:
+    """An existing folder, a packaged builder's output folder, or a Hub id."""
+    path = Path(location).expanduser()
     if path.is_dir() and not (path / RECIPE_FILE).exists():
-        folder = path
-    else:
-        folder = default_output(resolve_builder(name_or_dir))  # an unbuilt packaged name: where it would go
-        if not any((folder / "data").glob("*.parquet")):
-            raise DatasetNotBuiltError(
-                f"{folder} has no data yet. Build it first: "
-                f"landmark-controlnet build {name_or_dir} --source PATH_OR_DATASET"
-            )
-    return datasets.load_dataset(str(folder), split=split, data_files=built_data_files(folder), **kwargs)
+        return path
+    if path.is_file():
+        raise UserError(f"{location}: a file, not a dataset folder")
+    try:
+        folder = default_output(resolve_builder(location))
+    except UnknownNameError:
+        return local_or_hub(location, "dataset folder (nor a builder name)")
+    if not any((folder / "data").glob("*.parquet")):
+        raise DatasetNotBuiltError(
+            f"{folder} has no data yet. Build it first: "
+            f"landmark-controlnet build {location} --source PATH_OR_DATASET"
+        )
+    return folder
+
+
+def _open_saved(folder: Path, split: str, streaming: bool) -> Any:
+    import datasets
+
+    loaded = datasets.load_from_disk(str(folder))
+    if isinstance(loaded, datasets.DatasetDict):
+        _check_split(folder, split, list(loaded))
+        loaded = loaded[split]
+    elif split != "train":
+        raise SplitNotFoundError(
+            f"{folder}: a saved single Dataset has no {split!r} split (it is read as 'train'); "
+            "save a DatasetDict with that split, or ask for train"
+        )
+    return loaded.to_iterable_dataset() if streaming else loaded
+
+
+def _open_hub(repo_id: str, split: str, config: str | None, streaming: bool, **kwargs: Any) -> Any:
+    import datasets
+
+    try:
+        return datasets.load_dataset(repo_id, config, split=split, streaming=streaming, **kwargs)
+    except ValueError as exc:
+        if "split" not in str(exc).lower():
+            raise
+        raise SplitNotFoundError(f"{repo_id}: no {split!r} split ({exc})") from None
+
+
+def _check_split(where: Path, split: str, splits: list[str]) -> None:
+    if split not in splits:
+        raise SplitNotFoundError(f"{where}: no {split!r} split; its splits: {', '.join(sorted(splits))}")
 
 
 class UnknownLayoutError(UserError, FileNotFoundError):

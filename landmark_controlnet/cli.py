@@ -31,7 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate", help="score whether generated images follow their reference landmarks"
     )
     evaluate.add_argument("--generated", type=Path, help="<stem>.png or <stem>_<k>.png files")
-    evaluate.add_argument("--reference", type=Path, help="the NAME.json detections of `condition` (its out-dir/CONDITIONER folder)")
+    evaluate.add_argument(
+        "--reference",
+        type=Path,
+        help="the NAME.json detections of `condition` (its out-dir/CONDITIONER folder)",
+    )
     _add_conditioner_args(evaluate, required=False)
     evaluate.add_argument("--out", type=Path, required=True, help="summary.json, rows.jsonl and report.png")
     generate = evaluate.add_argument_group("generate, then score (instead of --generated/--reference)")
@@ -89,8 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     show = commands.add_parser(
         "show", help="load a built dataset with datasets.load_dataset and summarise it"
     )
-    show.add_argument("name", help="a builder name, a builder folder or a dataset folder (a Hub snapshot)")
-    show.add_argument("--split", default="train")
+    show.add_argument(
+        "name", help="a builder name or folder, a dataset folder (a Hub snapshot, save_to_disk) or a Hub id"
+    )
+    show.add_argument("--split", help="one split (default: every split)")
 
     publish = commands.add_parser("publish", help="upload a built dataset folder to the Hugging Face Hub")
     publish.add_argument("name", metavar="NAME_OR_DIR", help="a builder name or a built folder")
@@ -310,13 +316,14 @@ def _refine_hands(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from builders.run import load_builder
+    from builders.run import dataset_splits, open_dataset
 
-    dataset = load_builder(args.name, args.split)
-    print(dataset)
-    for index, row in enumerate(dataset.select(range(min(3, len(dataset))))):  # any dataset's columns
-        image = getattr(row.get("image"), "size", None)
-        print(f"- {row.get('source_id', f'row {index}')}: {image} {row.get('caption')!r}")
+    for split in [args.split] if args.split else dataset_splits(args.name):
+        dataset = open_dataset(args.name, split)
+        print(f"{split}: {len(dataset)} rows, columns {', '.join(dataset.column_names)}")
+        for index, row in enumerate(dataset.select(range(min(3, len(dataset))))):  # any dataset's columns
+            image = getattr(row.get("image"), "size", None)
+            print(f"- {row.get('source_id', f'row {index}')}: {image} {row.get('caption')!r}")
     return 0
 
 

@@ -132,7 +132,7 @@ def build_demo_dataset(out_dir: Path) -> dict[str, object]:
     """Build the `demo_hands` builder from the hand photos, captioned with their prompts, and load it
     back with `datasets.load_dataset`."""
     from builders import BuildSettings
-    from builders.run import load_builder, run_build
+    from builders.run import open_dataset, run_build
 
     photos = out_dir / "hand_photos"
     shutil.rmtree(photos, ignore_errors=True)  # exactly the shipped photos, whatever ran here before
@@ -143,7 +143,7 @@ def build_demo_dataset(out_dir: Path) -> dict[str, object]:
     (photos / "metadata.jsonl").write_text("\n".join(captions) + "\n")
     output = out_dir / DEMO_BUILDER
     report = run_build(DEMO_BUILDER, str(photos), BuildSettings(), output=output, overwrite=True)
-    dataset = load_builder(str(output))  # by its files, so a rebuild never reads an earlier build's rows
+    dataset = open_dataset(str(output))  # by its files, so a rebuild never reads an earlier build's rows
     return {
         "builder": DEMO_BUILDER,
         "folder": str(output),

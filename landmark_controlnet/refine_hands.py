@@ -92,6 +92,10 @@ class HandRefiner:
         guidance_scale: float = 7.5,
         conditioner_options: dict[str, Any] | None = None,
     ):
+        from .diffusion.loading import open_folder
+
+        for location in (controlnet, base_model):  # a mistyped path fails now, not after detection
+            open_folder(location)
         self.base_model, self.controlnet_path = base_model, controlnet
         self.steps, self.guidance_scale = steps, guidance_scale
         self.conditioner = conditioners.get("hand_depth_mask", **(conditioner_options or {}))

@@ -22,7 +22,7 @@ from PIL import Image, ImageOps
 
 import conditioners
 from builders import BuildSettings, make_source
-from builders.run import DatasetNotBuiltError, load_builder, run_build
+from builders.run import DatasetNotBuiltError, open_dataset, run_build
 from builders.worker import Splits
 
 CLI = Path(sys.executable).with_name("landmark-controlnet")
@@ -215,7 +215,7 @@ def test_size_columns_record_the_full_upright_photo_and_the_centre_crop(tmp_path
     assert Image.open(photos / "rotated.jpg").size == (720, 1280)
     builder = fx.folder_recipe(tmp_path, extra=f"[image]\nresize_short_side = {side}\n" if side else "")
     report = run_build(str(builder), str(photos), BuildSettings(), progress=False)
-    dataset = load_builder(str(builder))  # not a cached build
+    dataset = open_dataset(str(builder))  # not a cached build
     assert report.rows == len(dataset) == 3, report.skipped
     assert dataset.features["original_size"] == datasets.Sequence(datasets.Value("int32"), length=2)
     assert dataset.features["crop_top_left"] == datasets.Sequence(datasets.Value("int32"), length=2)
@@ -246,7 +246,7 @@ def test_size_columns_record_the_full_upright_photo_and_the_centre_crop(tmp_path
 
 def test_size_columns_of_a_build_that_stores_the_photos_themselves(folder_build):
     photos, builder, report = folder_build
-    dataset = load_builder(str(builder))  # not a cached build
+    dataset = open_dataset(str(builder))  # not a cached build
     assert len(dataset) == report.rows > 0
     for row in dataset:
         width, height = ImageOps.exif_transpose(Image.open(photos / row["source_id"])).size
@@ -304,12 +304,12 @@ def test_resuming_a_build_without_size_columns_keeps_its_schema(folder_build, ca
     for shard in shards:  # one schema: the rebuilt shard has the old one
         assert not {"original_size", "crop_top_left"} & set(pq.read_schema(shard).names)
     assert "original_size" not in (builder / "README.md").read_text()  # the card describes the shards
-    dataset = load_builder(str(builder))  # by its files: not a cached load of the build before
+    dataset = open_dataset(str(builder))  # by its files: not a cached load of the build before
     assert len(dataset) == report.rows and "original_size" not in dataset.features
     caplog.clear()
     again = run_build(str(builder), str(photos), BuildSettings(shard_size=3), overwrite=True, progress=False)
     assert again.rows == report.rows and "without those columns" not in caplog.text
-    rows = load_builder(str(builder))
+    rows = open_dataset(str(builder))
     assert (
         rows["crop_top_left"] == [[0, 0]] * report.rows
         and "original_size" in (builder / "README.md").read_text()
@@ -417,7 +417,7 @@ def test_face_synthetics_source(tmp_path, data_dir):
 def test_show_says_how_to_build(tmp_path):
     builder = fx.folder_recipe(tmp_path)
     with pytest.raises(DatasetNotBuiltError, match="landmark-controlnet build"):
-        load_builder(str(builder))
+        open_dataset(str(builder))
     result = subprocess.run([str(CLI), "show", str(builder)], capture_output=True, text=True)
     assert result.returncode == 2 and "landmark-controlnet build" in result.stderr
     assert "Traceback" not in result.stderr
@@ -495,5 +495,5 @@ def test_a_rebuilt_folder_loads_its_new_rows_not_a_cached_build(tmp_path, data_d
         for photo in batch:
             fx.link(photo, folder / photo.name)
         run_build(str(builder), str(folder), BuildSettings(), overwrite=True, progress=False)
-        loaded.append(sorted(load_builder(str(builder))["source_id"]))
+        loaded.append(sorted(open_dataset(str(builder))["source_id"]))
     assert loaded == [sorted(p.name for p in photos[:2]), sorted(p.name for p in photos[2:])]

@@ -13,7 +13,7 @@ from PIL import Image
 
 import conditioners
 import landmark_controlnet
-from builders.run import load_builder
+from builders.run import open_dataset
 from landmark_controlnet.demo import HAND_PHOTO_PROMPTS
 
 CLI = Path(sys.executable).with_name("landmark-controlnet")
@@ -248,7 +248,7 @@ def assert_hands_found(out: Path, stem: str, summary: dict) -> None:
 
 def assert_hand_encoded_dataset(folder: Path, hand_photos: list[Path]) -> None:
     """The demo dataset has one row per hand photo, each a hand_encoded drawing of its detection."""
-    rows = load_builder(str(folder))
+    rows = open_dataset(str(folder))
     assert sorted(rows["source_id"]) == [photo.name for photo in hand_photos]
     for row in rows:
         detection = conditioners.Detection.from_json(row["landmarks"])

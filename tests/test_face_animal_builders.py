@@ -8,12 +8,12 @@ import builder_fixtures as fx
 import pytest
 
 from builders import BuildSettings
-from builders.run import load_builder, run_build
+from builders.run import open_dataset, run_build
 
 
 def built(name: str, source: str, output, settings: BuildSettings | None = None):
     report = run_build(name, source, settings or BuildSettings(), output=output, progress=False)
-    return report, load_builder(str(output))
+    return report, open_dataset(str(output))
 
 
 def test_face_synthetics_spiga_rows_keep_both_landmark_sets(tmp_path, data_dir, spiga_weights, monkeypatch):

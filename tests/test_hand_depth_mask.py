@@ -11,7 +11,7 @@ from PIL import Image
 
 import conditioners
 from builders import BuildSettings
-from builders.run import load_builder, run_build
+from builders.run import open_dataset, run_build
 from conditioners import Detection, Instance
 from conditioners.hand_depth import FAR_LEVEL, NEAR_LEVEL, MaskSettings, mask_boxes
 
@@ -139,7 +139,7 @@ def test_depth_and_mask_redraw_at_any_size_and_mirror():
 def test_hand_repair_builder_writes_a_mask_column(tmp_path, data_dir):
     source = fx.generated_folder(data_dir, tmp_path)
     report = run_build("hand_repair", str(source), BuildSettings(), output=tmp_path / "out", progress=False)
-    rows = load_builder(str(tmp_path / "out"))
+    rows = open_dataset(str(tmp_path / "out"))
     assert report.rows == len(rows) == 5 and report.skipped == {"no_detection": 1, "unreadable": 1}
     assert {"image", "conditioning_image", "mask", "caption", "landmarks"} <= set(rows.features)
     cls = conditioners.conditioner_class("hand_depth_mask")

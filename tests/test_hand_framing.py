@@ -21,7 +21,7 @@ import conditioners
 from builders import BuildSettings
 from builders.framing import HandFraming
 from builders.recipe import Recipe, RecipeError, builder_names
-from builders.run import load_builder, run_build
+from builders.run import open_dataset, run_build
 from builders.sources import make_source
 from conditioners import Detection, Instance
 from conditioners.images import box_framing, center_crop_framing, resize_and_crop
@@ -68,7 +68,7 @@ def full_hd(tmp_path_factory, data_dir):
     )
     run_build(str(centre_recipe), str(source), BuildSettings(), output=root / "centre", progress=False)
     by_gesture = {
-        name: {row["gesture"]: row for row in load_builder(str(root / name))} for name in ("hands", "centre")
+        name: {row["gesture"]: row for row in open_dataset(str(root / name))} for name in ("hands", "centre")
     }
     items = {item.extra["gesture"]: item for item in make_source("hagrid", str(source), "train")}
     return {"report": hands, "items": items, "root": root, **by_gesture}

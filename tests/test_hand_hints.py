@@ -18,7 +18,7 @@ from PIL import Image
 
 import conditioners
 from builders import BuildSettings, make_source
-from builders.run import load_builder, run_build
+from builders.run import open_dataset, run_build
 from builders.sources import SourceItem
 from builders.worker import Chunk
 from conditioners import HintBox
@@ -196,7 +196,7 @@ def test_hints_reach_the_conditioner_in_the_pixels_it_sees(
             ray.shutdown()
     else:
         report = run_build(str(builder), str(photos), settings, progress=False)
-    rows = load_builder(str(builder))
+    rows = open_dataset(str(builder))
     assert report.rows == len(rows) == 3 and report.skipped == {}
     usable = not_found = 0
     for row in rows:
@@ -269,7 +269,7 @@ def test_every_small_hand_of_full_hd_frames_is_kept_and_empty_boxes_are_counted(
     hinted = sum(len(hands) for hands in small_hands.hands.values()) + small_hands.empty_boxes
     assert (report["hints"], report["hint_not_found"]) == (hinted, small_hands.empty_boxes), report
     assert f"hint_not_found: {small_hands.empty_boxes} of {hinted} hinted hands" in result.stderr
-    rows = load_builder(str(builder))
+    rows = open_dataset(str(builder))
     assert sorted(rows["source_id"]) == sorted(small_hands.hands), report["skipped"]
     for row in rows:
         detection = conditioners.Detection.from_json(row["landmarks"])
@@ -345,5 +345,5 @@ def test_resuming_a_hagrid_build_from_before_the_bboxes_column_keeps_its_schema(
     assert "bboxes" in caplog.text and "without those columns" in caplog.text
     assert resumed.rows == report.rows and shards[-1].exists()
     assert not any("bboxes" in pq.read_schema(shard).names for shard in shards)
-    rows = load_builder(str(builder))
+    rows = open_dataset(str(builder))
     assert len(rows) == report.rows and "bboxes" not in rows.features

@@ -21,7 +21,7 @@ import pytest
 import train_fixtures as tf
 from hub_standin import HubStandIn
 
-from builders.run import UnknownLayoutError, built_data_files, load_builder
+from builders.run import UnknownLayoutError, built_data_files, open_dataset
 from landmark_controlnet.evaluation.generate import open_split
 from landmark_controlnet.training import data as input_data
 from landmark_controlnet.training.tiny_sd import write_tiny_sd
@@ -57,7 +57,7 @@ class Layout:
 def rows(hand_build) -> dict[str, datasets.Dataset]:
     """A real build of hand photos (image, conditioning_image, caption, landmarks, source_id), cut in
     two: "train" and "held_out" (its last HELD_OUT rows)."""
-    table = load_builder(str(hand_build.root / "builder"))
+    table = open_dataset(str(hand_build.root / "builder"))
     assert len(table) > HELD_OUT + 1
     cut = len(table) - HELD_OUT
     return {"train": table.select(range(cut)), "held_out": table.select(range(cut, len(table)))}
@@ -198,12 +198,12 @@ def test_built_data_files_gives_each_split_its_files(layout):
 def test_the_trainer_reads_every_split_row_for_row(layout, rows):
     for split in layout.files:
         expected = fx.comparable_rows(rows[layout.source(split)])
-        assert fx.comparable_rows(input_data.open_dataset(str(layout.folder), split=split)) == expected
-    streamed = input_data.open_dataset(str(layout.folder), split="train", streaming=True)
+        assert fx.comparable_rows(open_dataset(str(layout.folder), split=split)) == expected
+    streamed = open_dataset(str(layout.folder), split="train", streaming=True)
     assert fx.comparable_rows(streamed) == fx.comparable_rows(rows["train"])
     # and the rows become training examples: photo and conditioning image framed, caption kept
     columns = input_data.Columns()
-    train = input_data.open_dataset(str(layout.folder), split="train")
+    train = open_dataset(str(layout.folder), split="train")
     columns.check(train)
     first = columns.raw(train)[0]
     example = input_data.prepare_example(
@@ -226,7 +226,7 @@ def test_show_summarises_a_hub_snapshot(hub_snapshot, rows):
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"num_rows: {HELD_OUT}" in result.stdout
+    assert f"validation: {HELD_OUT} rows" in result.stdout
     listed = [line for line in result.stdout.splitlines() if line.startswith("- ")]
     assert [line.split(":")[0][2:] for line in listed] == list(rows["held_out"]["source_id"])
 

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from builders.run import open_dataset
 from landmark_controlnet.training import data as input_data
 from landmark_controlnet.training.flags import parse_args
 from landmark_controlnet.training.latent_cache import Encoders, build_latent_cache
@@ -35,7 +36,7 @@ def _setup(root, hand_build, sdxl: bool) -> dict:
     perturb(controlnet, seed=1, scale=0.02)
     graphs, frozen, params = split_models(sd, controlnet)
     frozen["noise_schedule"] = sd.noise_schedule
-    raw = COLUMNS.raw(input_data.open_dataset(str(builder)))
+    raw = COLUMNS.raw(open_dataset(str(builder)))
     text_weights = {name: frozen[name] for name in sd.text_models()}
     encoders = Encoders(graphs, frozen["vae"], text_weights, jnp.float32, per_device=1)
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 
 from conditioners.errors import UserError
+from conditioners.locations import local_or_hub
 
 from .options import DEFAULT_OPTIONS, ModelOptions
 from .pretrained import PretrainedModule
@@ -47,7 +47,6 @@ PICKLE_OPT_IN = (
     "or convert it to safetensors"
 )
 # A Hub repo id: `name` or `owner/name`, no leading path punctuation (anything else is a local path).
-_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 
 class LoadingError(UserError):
@@ -289,8 +288,12 @@ def open_folder(
     revision: str | None = None,
     token: str | bool | None = None,
 ) -> ModelFolder:
-    """A local folder if `location` exists on disk, otherwise a Hub repo id."""
-    path = Path(location).expanduser()
+    """A local folder if `location` exists on disk, otherwise a Hub repo id; a path that does not
+    exist fails at once (`conditioners.locations`), with no network attempt."""
+    where = local_or_hub(location, "model folder")
+    if isinstance(where, str):
+        return HubFolder(where, subfolder, revision, token)
+    path = where
     if path.is_file():
         raise LoadingError(
             f"{path} is a file, not a model folder: convert a single-file checkpoint with "
@@ -302,10 +305,7 @@ def open_folder(
         if subfolder and not (path / subfolder).is_dir():
             found = sorted(p.name for p in path.iterdir() if p.is_dir())
             raise MissingFileError(f"folder {path} has no subfolder {subfolder!r} (subfolders: {found})")
-        return LocalFolder(path, subfolder)
-    if isinstance(location, str) and _REPO_ID.fullmatch(location):
-        return HubFolder(location, subfolder, revision, token)
-    raise MissingFileError(f"{location}: no such folder (and not a Hub repo id such as 'owner/name')")
+    return LocalFolder(path, subfolder)
 
 
 def _missing(folder: ModelFolder, what: str, hint: str = "") -> MissingFileError:

@@ -106,15 +106,15 @@ def load_rows(table: Any, count: int, resolution: int, dataset: str = "dataset")
 
 def open_split(dataset: str, split: str) -> Any:
     """The split's conditioning images (undecoded), captions and landmarks; a clear error without them."""
-    from landmark_controlnet.training.data import open_dataset
+    from builders.run import SplitNotFoundError, open_dataset
 
     try:
         table = open_dataset(dataset, split=split)
-    except ValueError as exc:  # datasets: "Unknown split ..."
-        raise UserError(
-            f"{dataset} has no {split!r} split ({exc}). Build one with `landmark-controlnet build ... "
-            "--validation-fraction 0.01`, or name another split (the ControlNet may have trained on its rows)"
-        ) from exc
+    except SplitNotFoundError as exc:
+        raise SplitNotFoundError(
+            f"{exc}. Build one with `landmark-controlnet build ... --validation-fraction 0.01`, or name "
+            "another split (the ControlNet may have trained on its rows)"
+        ) from None
     if "landmarks" not in (table.features or {}):
         raise UserError(
             f"{dataset} has no `landmarks` column: evaluate needs the builders' stored detections"
@@ -227,6 +227,7 @@ def generate_and_score(settings: GenerationSettings) -> dict[str, Any]:
         "base_model": settings.base_model,
         "dataset": settings.dataset,
         "split": settings.split,
+        "split_rows": len(table),  # the rows the split holds; "rows" below are those scored
         "rows": len(rows),
         "samples_per_row": settings.samples_per_row,
         "resolution": generator.resolution,

@@ -17,7 +17,6 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -34,33 +33,7 @@ ROW_INDEX = "__row_index__"  # a map-style row's index in the dataset, which --c
 Prepare = Callable[[dict[str, Any], np.random.Generator], dict[str, Any]]
 
 
-# -- opening the dataset ----------------------------------------------------------------------
-def open_dataset(
-    name: str, config_name: str | None = None, split: str = "train", streaming: bool = False
-) -> datasets.Dataset | datasets.IterableDataset:
-    """A Hub id, a builder folder (`./builders/hagrid_hand_enc`), a folder of a dataset's files (a Hub
-    snapshot: `data/train-00000-of-00001.parquet`, `train/*.parquet`, a card's `configs`) or a
-    `save_to_disk` folder."""
-    path = Path(name)
-    if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
-        loaded = datasets.load_from_disk(str(path))
-        if isinstance(loaded, datasets.DatasetDict):
-            loaded = loaded[split]
-        return loaded.to_iterable_dataset() if streaming else loaded
-    if path.is_dir() and not any(path.glob("**/*.parquet")) and not (path / "README.md").exists():
-        raise FileNotFoundError(
-            f"{path} holds no data. Build it first: landmark-controlnet build {path.name} --source ..."
-        )
-    if path.is_dir() and config_name is None:
-        # A builder folder, a Hub snapshot or any folder of split files: by its files (the cache is keyed
-        # on them, not on the card), its splits found as datasets finds them; an unknown layout is a
-        # UserError that says what was looked for.
-        from builders.run import built_data_files
-
-        return datasets.load_dataset(
-            name, split=split, streaming=streaming, data_files=built_data_files(path)
-        )
-    return datasets.load_dataset(name, config_name, split=split, streaming=streaming)
+# -- opening the dataset: builders.run.open_dataset, the one function the CLI and evaluate share
 
 
 @dataclass

@@ -17,6 +17,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
+from builders.run import open_dataset
 from landmark_controlnet.diffusion.pipeline import StableDiffusion
 
 from . import data as input_data
@@ -222,7 +223,9 @@ def check_unet_channels(args: argparse.Namespace, sd: StableDiffusion) -> None:
 
 
 def open_rows(args: argparse.Namespace):
-    dataset = input_data.open_dataset(args.dataset_name, args.dataset_config_name, "train", args.streaming)
+    dataset = open_dataset(
+        args.dataset_name, split="train", config=args.dataset_config_name, streaming=args.streaming
+    )
     columns = _columns(args)
     columns.check(dataset)
     if args.max_train_samples:
