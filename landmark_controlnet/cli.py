@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .options import options_dict, parse_option, parse_size
+from .options import OneLineParser, options_dict, parse_option, parse_size
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="landmark-controlnet", description=__doc__)
+    parser = OneLineParser(prog="landmark-controlnet", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     commands.add_parser("conditioners", help="list the registered conditioner names")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import Any, NoReturn
 
 
 def parse_option(text: str) -> tuple[str, Any]:
@@ -32,3 +32,11 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def options_dict(pairs: list[tuple[str, Any]] | None) -> dict[str, Any]:
     return dict(pairs or [])
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose mistakes are one line on stderr, exit 2: the usage block that
+    argparse prints first would bury the message (`--help` still shows it)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message} (--help lists the flags)\n")

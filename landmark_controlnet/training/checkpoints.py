@@ -13,6 +13,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from conditioners.locations import NoSuchPathError
+
 from .step import TrainState
 
 
@@ -28,7 +30,7 @@ def resolve_resume(value: str | None, checkpoint_dir: Path) -> tuple[Path, int] 
         return path.resolve(), steps[-1]
     if value == "latest":
         return None  # nothing saved yet: start from scratch, as the diffusers scripts do
-    raise FileNotFoundError(f"--resume_from_checkpoint {value}: no checkpoint there")
+    raise NoSuchPathError(f"--resume_from_checkpoint {value}: no checkpoint there")
 
 
 class Checkpoints:

@@ -26,6 +26,7 @@ from PIL import Image
 
 import conditioners
 from conditioners import Detection
+from conditioners.errors import OptionError
 from conditioners.images import center_crop_framing, load_image, resize_and_crop
 
 SHUFFLE_BUFFER = 1000
@@ -55,7 +56,7 @@ class Columns:
             *([("--mask_column", self.mask)] if self.mask else []),
         ]:
             if available and column not in available:
-                raise ValueError(f"{flag} {column!r} is not a column of the dataset; it has {available}")
+                raise OptionError(f"{flag} {column!r} is not a column of the dataset; it has {available}")
 
     def raw(self, dataset: datasets.Dataset | datasets.IterableDataset) -> Any:
         """Images as bytes: decoding happens in our threads, not in `datasets`."""
@@ -227,7 +228,7 @@ class IndexedRows:
 
     def __init__(self, dataset: datasets.Dataset, layout: Layout, seed: int):
         if len(dataset) < layout.global_batch:
-            raise ValueError(
+            raise OptionError(
                 f"the dataset has {len(dataset)} rows, fewer than one global batch of {layout.global_batch} "
                 "(train_batch_size x devices); lower --train_batch_size or add rows"
             )
@@ -280,7 +281,7 @@ class StreamedRows:
                     yield rows, {"epoch": epoch, "rows_in_epoch": rows_in_epoch}
                     rows = []
             if rows_in_epoch == 0:
-                raise ValueError(f"the stream gives host {self.layout.host_index} less than one batch")
+                raise OptionError(f"the stream gives host {self.layout.host_index} less than one batch")
             epoch, rows_in_epoch = epoch + 1, 0
 
 

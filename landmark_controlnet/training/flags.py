@@ -11,13 +11,15 @@ import logging
 import sys
 import time
 
+from landmark_controlnet.options import OneLineParser
+
 SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
 DEFAULT_COMPILATION_CACHE = "~/.cache/landmark-controlnet/jax-compilation"
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     description = "Train a ControlNet with JAX/Flax on CPU, GPU or TPU."
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = OneLineParser(prog=prog, description=description)
     model = parser.add_argument_group("models")
     model.add_argument(
         "--pretrained_model_name_or_path",
@@ -237,14 +239,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
     log.info("imports: %.1f s", time.perf_counter() - started)
 
-    if args.dry_run:
-        from landmark_controlnet.training.dry_run import plan_memory
-        from landmark_controlnet.training.loop import DTYPES, setup_runtime
-
-        setup_runtime(args)
-        plan_memory(args, DTYPES[args.mixed_precision])
-        return 0
     try:
+        if args.dry_run:
+            from landmark_controlnet.training.dry_run import plan_memory
+            from landmark_controlnet.training.loop import DTYPES, setup_runtime
+
+            setup_runtime(args)
+            plan_memory(args, DTYPES[args.mixed_precision])
+            return 0
         output = train(args)
     except NonFiniteLoss as exc:
         print(f"error: {exc}", file=sys.stderr)

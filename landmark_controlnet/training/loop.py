@@ -18,6 +18,7 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from builders.run import open_dataset
+from conditioners.errors import OptionError
 from landmark_controlnet.diffusion.pipeline import StableDiffusion
 
 from . import data as input_data
@@ -216,7 +217,7 @@ def check_unet_channels(args: argparse.Namespace, sd: StableDiffusion) -> None:
     if args.inpainting:
         check_inpainting_unet(sd, args.pretrained_model_name_or_path)
     elif sd.is_inpainting:
-        raise ValueError(
+        raise OptionError(
             f"{args.pretrained_model_name_or_path} is an inpainting model (a 9-channel UNet): "
             "add --inpainting and train on rows with a mask column (the hand_repair builder makes them)"
         )
@@ -261,10 +262,10 @@ def total_steps(args: argparse.Namespace, rows: Any) -> int:
     if args.max_train_steps:
         return args.max_train_steps
     if args.streaming:
-        raise ValueError("--streaming needs --max_train_steps (a stream has no known length)")
+        raise OptionError("--streaming needs --max_train_steps (a stream has no known length)")
     steps_per_epoch = rows.batches_per_epoch // args.gradient_accumulation_steps
     if steps_per_epoch == 0:
-        raise ValueError("one epoch is shorter than one step: lower --gradient_accumulation_steps")
+        raise OptionError("one epoch is shorter than one step: lower --gradient_accumulation_steps")
     return args.num_train_epochs * steps_per_epoch
 
 

@@ -20,6 +20,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from conditioners.errors import OptionError
 from landmark_controlnet.diffusion import NoiseSchedule, TextTimeConditioning
 from landmark_controlnet.diffusion.pipeline import controlnet_prediction, inpainting_channels
 from landmark_controlnet.diffusion.vae import DiagonalGaussian
@@ -109,7 +110,7 @@ def learning_rate_schedule(name: str, peak: float, warmup_steps: int, total_step
         return optax.join_schedules([warmup, optax.linear_schedule(peak, 0.0, decay_steps)], [warmup_steps])
     if name == "cosine":
         return optax.join_schedules([warmup, optax.cosine_decay_schedule(peak, decay_steps)], [warmup_steps])
-    raise ValueError(f"unknown --lr_scheduler {name!r}: one of {', '.join(SCHEDULES)}")
+    raise OptionError(f"unknown --lr_scheduler {name!r}: one of {', '.join(SCHEDULES)}")
 
 
 def make_optimizer(

@@ -15,6 +15,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from PIL import Image
 
+from conditioners.errors import OptionError
 from conditioners.preview import contact_sheet
 from landmark_controlnet.diffusion.pipeline import ControlNetGenerator, StableDiffusion
 
@@ -37,13 +38,13 @@ class ValidationSet:
         if not prompts and not images:
             return None
         if not prompts or not images:
-            raise ValueError("--validation_prompt and --validation_image go together")
+            raise OptionError("--validation_prompt and --validation_image go together")
         if len(images) == 1:
             images = images * len(prompts)
         elif len(prompts) == 1:
             prompts = prompts * len(images)
         elif len(prompts) != len(images):
-            raise ValueError("give one --validation_image, one --validation_prompt, or as many of each")
+            raise OptionError("give one --validation_image, one --validation_prompt, or as many of each")
         return cls(list(prompts), [decode(path, path) for path in images])  # decoded as training decodes
 
     def framed(self, resolution: int) -> ValidationSet:
