@@ -26,7 +26,7 @@ from conditioners.errors import UserError
 
 from .parquet import read_counts
 from .recipe import Recipe
-from .sources import Source
+from .sources import Source, SourceItem
 from .storage import Folder
 from .worker import (
     EMPTY_DIR,
@@ -76,6 +76,8 @@ class BuildReport:
     # of those no pass found a hand in (their photos keep the hands found, or are skipped otherwise).
     hints: int = 0
     hint_not_found: int = 0
+    # Items earlier runs built that the source no longer has (their rows stay); this run's count.
+    missing_from_source: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -98,18 +100,20 @@ def build(
     else:
         _run_in_pool(recipe, features, chunks, data, settings, tick)
     bar.close()
-    return summarize(output, settings.split)
+    report = summarize(output, settings.split)
+    report.missing_from_source = chunks.missing
+    return report
 
 
 def prepare(
     recipe: Recipe, source: Source, output: Folder, settings: BuildSettings
-) -> tuple[Folder, datasets.Features, Iterator[Chunk]]:
+) -> tuple[Folder, datasets.Features, ChunkPlan]:
     """What every engine does first: the data folder, the row features and the chunks still to build."""
     data = output.sub("data")
     data.makedirs()
     data.remove_temporaries()
     check_state(data, recipe, source, settings)
-    chunks = pending_chunks(source, settings, set(chunk_records(data, settings.split)))
+    chunks = ChunkPlan(source, settings, data, chunk_records(data, settings.split))
     features = written_features(data, source, recipe)
     if missing := [name for name in later_columns(source) if name not in features]:
         log.warning(
@@ -206,14 +210,69 @@ def chunk_records(data: Folder, split: str) -> dict[int, str]:
     return records
 
 
-def pending_chunks(source: Source, settings: BuildSettings, done: set[int]) -> Iterator[Chunk]:
-    items = itertools.islice(iter(source), settings.max_samples)
-    for index in itertools.count():
-        batch = list(itertools.islice(items, settings.shard_size))
-        if not batch:
-            return
-        if index not in done:
-            yield Chunk(index, batch)
+@dataclass
+class ChunkPlan:
+    """The chunks a build still has to run, found by source id, so that a source that gained items
+    (new photos) has exactly those built, whatever their place in its order.
+
+    Chunk i covers the items at positions [i * shard_size, (i + 1) * shard_size) of the source's
+    fixed order. Every finished chunk records the source ids it held (`source_ids` in its shard's
+    metadata or empty marker). A chunk not yet done runs its items that no finished chunk holds; the
+    items at the positions of finished chunks that no finished chunk holds (photos added since)
+    become new chunks, numbered after every other. So a build killed at any point, or re-run on a
+    grown source, adds each item once. Iterating the plan also counts `missing`: ids the finished
+    chunks hold that the source no longer has (their rows stay)."""
+
+    source: Source
+    settings: BuildSettings
+    data: Folder
+    done: dict[int, str]
+    missing: int = 0
+    added: int = 0
+
+    def __iter__(self) -> Iterator[Chunk]:
+        held = held_source_ids(self.data, self.done)
+        size = self.settings.shard_size
+        items = itertools.islice(iter(self.source), self.settings.max_samples)
+        additions: list[SourceItem] = []
+        seen: set[str] = set()
+        positions = 0
+        for index in itertools.count():
+            batch = list(itertools.islice(items, size))
+            if not batch:
+                break
+            positions = index + 1
+            seen.update(item.source_id for item in batch)
+            new = [item for item in batch if held is None or item.source_id not in held]
+            if index in self.done:
+                additions += new if held is not None else []
+            elif new:
+                yield Chunk(index, new)
+        self.added = len(additions)
+        first = max([positions, *(i + 1 for i in self.done)])
+        for offset in range(0, len(additions), size):
+            yield Chunk(first + offset // size, additions[offset : offset + size])
+        self.missing = len(held - seen) if held is not None else 0
+        if self.missing:
+            log.warning(
+                "%d items built into %s are no longer in the source; their rows stay (--overwrite starts "
+                "again without them)",
+                self.missing,
+                self.data,
+            )
+
+
+def held_source_ids(data: Folder, done: dict[int, str]) -> set[str] | None:
+    """The source ids the finished chunks hold; None when a chunk predates the record (built before
+    builds recorded it): such a folder is resumed by position alone, and new items are not found."""
+    held: set[str] = set()
+    for name in done.values():
+        counts = read_counts(data, name) if name.endswith(".parquet") else json.loads(data.read_text(name))
+        if "source_ids" not in counts:
+            log.warning("%s predates the record of its source ids: new photos are not looked for", name)
+            return None
+        held.update(counts["source_ids"])
+    return held
 
 
 def _run_here(recipe, features, chunks, data, settings, tick) -> None:

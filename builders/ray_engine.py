@@ -63,4 +63,6 @@ def build_with_ray(recipe: Recipe, source: Source, output: Folder, settings: Bui
             num_cpus=1,
         ).take_all()
         assert sorted(int(r["index"]) for r in results) == sorted(c.index for c in chunks)
-    return summarize(output, settings.split)
+    report = summarize(output, settings.split)
+    report.missing_from_source = pending.missing
+    return report

@@ -224,6 +224,7 @@ class ChunkProcessor:
             "skipped": dict(sorted(skipped.items())),
             "hints": hints["hints"],
             "hint_not_found": hints["hint_not_found"],
+            "source_ids": [item.source_id for item in chunk.items],  # what the chunk held: see ChunkPlan
         }
         if HELD_OUT_SPLIT in writers:  # its counts hold rows only: the items are the main split's
             writers.pop(HELD_OUT_SPLIT).close({"items": 0, "kept": kept[HELD_OUT_SPLIT], "skipped": {}})
