@@ -14,11 +14,12 @@ import yaml
 from PIL import Image
 
 import conditioners
+from conditioners.errors import UnknownNameError
 from conditioners.preview import contact_sheet
 
 from .captioners import make_captioner
 from .engine import BuildReport
-from .recipe import Recipe
+from .recipe import Recipe, resolve_builder
 from .storage import Folder
 
 PREVIEW_FILE = "preview.png"
@@ -34,8 +35,13 @@ COLUMN_MEANINGS = {
 }
 
 
-def card_yaml(recipe: Recipe, features: datasets.Features, reports: list[BuildReport]) -> dict[str, Any]:
-    splits = datasets.SplitDict({r.split: datasets.SplitInfo(r.split, num_examples=r.rows) for r in reports})
+def card_yaml(
+    recipe: Recipe, features: datasets.Features, reports: list[BuildReport], sizes: dict[str, int]
+) -> dict[str, Any]:
+    """The card's YAML; `sizes` are each split's bytes in Parquet (`num_bytes`)."""
+    splits = datasets.SplitDict(
+        {r.split: datasets.SplitInfo(r.split, num_bytes=sizes[r.split], num_examples=r.rows) for r in reports}
+    )
     info = datasets.DatasetInfo(features=features, splits=splits)._to_yaml_dict()
     return {
         "license": recipe.card.get("license", "other"),
@@ -131,6 +137,22 @@ def hint_table(report: BuildReport) -> str:
     )
 
 
+def split_bytes(output: Folder, split: str) -> int:
+    data = output.sub("data")
+    return sum(data.size(name) for name in data.names(f"{split}-*.parquet"))
+
+
+def build_target(recipe: Recipe) -> str:
+    """What `landmark-controlnet build` takes to rebuild this dataset: the packaged builder's name,
+    else the recipe's folder (a folder of your own is not found by name)."""
+    try:
+        if recipe.folder is None or resolve_builder(recipe.name).resolve() == recipe.folder.resolve():
+            return recipe.name
+    except UnknownNameError:
+        pass
+    return str(recipe.folder)
+
+
 def write_card(
     output: Folder,
     recipe: Recipe,
@@ -147,6 +169,7 @@ def write_card(
     values = {
         "pretty_name": recipe.card.get("pretty_name", recipe.name),
         "name": recipe.name,
+        "build_target": build_target(recipe),
         "description": recipe.card.get("description", "").strip(),
         "source": source_description,
         "source_url": recipe.card.get("source_url", ""),
@@ -169,5 +192,6 @@ def write_card(
         ),
     }
     body = string.Template(recipe.card_template()).safe_substitute(values)
-    header = yaml.safe_dump(card_yaml(recipe, features, reports), sort_keys=False, allow_unicode=True)
+    sizes = {r.split: split_bytes(output, r.split) for r in reports}
+    header = yaml.safe_dump(card_yaml(recipe, features, reports, sizes), sort_keys=False, allow_unicode=True)
     output.write_text("README.md", f"---\n{header}---\n\n{body.strip()}\n")

@@ -42,6 +42,10 @@ STATE_FILE = ".build_state.json"
 log = logging.getLogger(__name__)
 
 
+class BuildSettingsError(UserError, ValueError):
+    """A build resumed with settings other than those its shards were made with."""
+
+
 @dataclass
 class BuildSettings:
     split: str = "train"
@@ -76,6 +80,8 @@ class BuildReport:
     # of those no pass found a hand in (their photos keep the hands found, or are skipped otherwise).
     hints: int = 0
     hint_not_found: int = 0
+    # Rows this split's chunks held out into `validation` (--validation-fraction), not in `rows`.
+    held_out_rows: int = 0
     # Items earlier runs built that the source no longer has (their rows stay); this run's count.
     missing_from_source: int = 0
 
@@ -138,6 +144,7 @@ def summarize(output: Folder, split: str) -> BuildReport:
         skipped.update(counts.get("skipped", {}))
         report.hints += counts.get("hints", 0)
         report.hint_not_found += counts.get("hint_not_found", 0)
+        report.held_out_rows += counts.get("held_out", 0)
         report.shards += is_shard
     report.skipped = dict(sorted(skipped.items()))
     return report
@@ -162,7 +169,7 @@ def check_state(data: Folder, recipe: Recipe, source: Source, settings: BuildSet
         previous = states.get(split)
         if previous and previous != expected and chunk_records(data, split):
             changed = sorted(k for k in {*expected, *previous} if expected.get(k) != previous.get(k))
-            raise ValueError(
+            raise BuildSettingsError(
                 f"{data} holds a {split!r} build made with other settings "
                 f"({', '.join(changed)}); delete its shards or pass --overwrite to start again"
             )

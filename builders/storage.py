@@ -55,6 +55,10 @@ class Folder:
         base = self.root.rstrip("/") + "/"
         return sorted(p[len(base) :] if p.startswith(base) else p for p in self.fs.glob(self.path(pattern)))
 
+    def size(self, name: str) -> int:
+        """The file's size in bytes."""
+        return int(self.fs.size(self.path(name)))
+
     def exists(self, name: str) -> bool:
         self.fs.invalidate_cache()
         return self.fs.exists(self.path(name))

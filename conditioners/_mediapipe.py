@@ -13,7 +13,9 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -30,6 +32,29 @@ MODEL_STORAGE = "https://storage.googleapis.com/mediapipe-models"
 
 class BackendError(UserError, ValueError):
     """A MediaPipe backend that does not exist, or is not in the installed runtime."""
+
+
+# Set (the CLI's --verbose sets it) to keep MediaPipe's native log lines on stderr.
+VERBOSE_ENV = "LANDMARK_CONTROLNET_VERBOSE"
+
+
+@contextmanager
+def quiet_native_logs() -> Iterator[None]:
+    """Hide what native code writes to stderr (file descriptor 2) inside the block: MediaPipe's
+    graphs print TFLite's delegate notice and absl warnings when they start, lines a user cannot act
+    on. Python's own writes go on as usual once the block ends; `VERBOSE_ENV` keeps everything."""
+    if os.environ.get(VERBOSE_ENV):
+        yield
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 @functools.cache
@@ -173,8 +198,12 @@ class MediaPipeConditioner(Conditioner):
         return None
 
     def _create_detector(self, **overrides: Any) -> Any:
-        """The backend's detector; `overrides` go to the subclass's settings (a hand conditioner's
-        region passes use a stricter detection confidence)."""
+        """The backend's detector, its native log lines hidden (`quiet_native_logs`); `overrides` go
+        to the subclass's settings (a hand conditioner's region passes use a stricter confidence)."""
+        with quiet_native_logs():
+            return self._new_detector(**overrides)
+
+    def _new_detector(self, **overrides: Any) -> Any:
         if self.backend == "solutions":
             return self._create_solutions_detector(**overrides)
         path = resolve_weights(self.tasks_model, self.model_path)
@@ -197,10 +226,13 @@ class MediaPipeConditioner(Conditioner):
 
     def _detect_with(self, detector: Any, pixels: np.ndarray) -> list[Instance]:
         if self.backend == "solutions":
-            return self._solutions_instances(detector.process(pixels))
+            with quiet_native_logs():  # graphs log once they first find something
+                results = detector.process(pixels)
+            return self._solutions_instances(results)
         mp = mediapipe_module()
         image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(pixels))
-        return self._tasks_instances(detector.detect(image))
+        with quiet_native_logs():
+            return self._tasks_instances(detector.detect(image))
 
     def _create_solutions_detector(self, **overrides: Any) -> Any:
         raise NotImplementedError

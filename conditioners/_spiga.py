@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ._mediapipe import quiet_native_logs
 from .torchvision_guard import import_torchvision
 from .weights import WeightsFile, resolve_weights
 
@@ -88,7 +89,9 @@ class SpigaDetector:
         height, width = rgb.shape[:2]
         found = []
         for detector in self.face_detectors:
-            for detection in detector.process(rgb).detections or []:
+            with quiet_native_logs():
+                detections = detector.process(rgb).detections or []
+            for detection in detections:
                 box = detection.location_data.relative_bounding_box
                 corners = (box.xmin, box.ymin, box.xmin + box.width, box.ymin + box.height)
                 found.append((corners, float(detection.score[0])))

@@ -16,6 +16,7 @@ import numpy as np
 from ._mediapipe import (
     landmarks_to_array,
     mediapipe_module,
+    quiet_native_logs,
     solutions,
     task_landmarks_to_array,
     task_model,
@@ -57,6 +58,10 @@ class PeopleFinder:
         return self._detector
 
     def _create(self) -> Any:
+        with quiet_native_logs():
+            return self._new_detector()
+
+    def _new_detector(self) -> Any:
         if self.backend == "solutions":
             # model_complexity 1: the only pose model bundled with mediapipe 0.10.21.
             return solutions().pose.Pose(static_image_mode=True, model_complexity=1)
@@ -85,11 +90,14 @@ class PeopleFinder:
         if self.backend == "tasks":
             mp = mediapipe_module()
             image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(pixels))
-            yield from (task_landmarks_to_array(p) for p in self.detector.detect(image).pose_landmarks)
+            with quiet_native_logs():
+                found_people = self.detector.detect(image).pose_landmarks
+            yield from (task_landmarks_to_array(p) for p in found_people)
             return
         hidden = pixels
         for found_so_far in range(self.max_people):
-            found = self.detector.process(hidden).pose_landmarks
+            with quiet_native_logs():  # graphs log once they first find something
+                found = self.detector.process(hidden).pose_landmarks
             if not found:
                 return
             person = landmarks_to_array(found)

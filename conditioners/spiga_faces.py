@@ -99,12 +99,13 @@ class Spiga68Conditioner(Conditioner):
     def _create_detector(self) -> Any:
         from ._spiga import SpigaDetector
 
-        face_detectors = [  # short range (within ~2 m) and full range
-            _mediapipe.solutions().face_detection.FaceDetection(
-                model_selection=model, min_detection_confidence=self.min_face_score
-            )
-            for model in (0, 1)
-        ]
+        with _mediapipe.quiet_native_logs():
+            face_detectors = [  # short range (within ~2 m) and full range
+                _mediapipe.solutions().face_detection.FaceDetection(
+                    model_selection=model, min_detection_confidence=self.min_face_score
+                )
+                for model in (0, 1)
+            ]
         return SpigaDetector(face_detectors, self.weights, self.box_padding, self.max_faces)
 
     def _detect(self, pixels: np.ndarray) -> list[Instance]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,9 @@ from .options import OneLineParser, options_dict, parse_option, parse_size
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="landmark-controlnet", description=__doc__)
+    parser.add_argument(
+        "--verbose", action="store_true", help="keep MediaPipe's native log lines (hidden by default)"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     commands.add_parser("conditioners", help="list the registered conditioner names")
@@ -195,6 +199,10 @@ def _run(argv: list[str]) -> int:
 
         return train_main(argv[1:], prog="landmark-controlnet train")
     args = build_parser().parse_args(argv)
+    if args.verbose:
+        from conditioners._mediapipe import VERBOSE_ENV
+
+        os.environ[VERBOSE_ENV] = "1"  # build workers inherit it
     if args.command == "conditioners":
         import conditioners
 

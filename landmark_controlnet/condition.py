@@ -251,9 +251,17 @@ def run_draw(
         raise conditioners.OptionError(
             f"{detection_path}: its input was unreadable, so there is nothing to draw"
         )
+    if out.suffix.lower() != ".png":
+        raise conditioners.OptionError(f"--out {out}: draw writes PNG (exact colours); name the file .png")
     conditioner = conditioners.get(conditioner_name or detection.conditioner, **options)
     if image == CONDITIONING_IMAGE:
         picture = conditioner.render(detection, size).to_image()
+        if detection.instances and picture.convert("L").getbbox() is None:
+            kinds = ", ".join(sorted({i.kind for i in detection.instances}))
+            raise conditioners.OptionError(
+                f"{conditioner.name} draws none of {detection_path}'s instances ({kinds}): use a conditioner "
+                f"that draws them, such as its own, {detection.conditioner}"
+            )
     elif image in conditioner.extra_images:
         picture = Image.fromarray(conditioner.render_extra(image, detection, size), "L")
     else:

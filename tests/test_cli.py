@@ -325,3 +325,14 @@ def test_several_conditioners_in_one_call(tmp_path, data_dir):
     encoded = np.asarray(Image.open(out / "hand_encoded" / f"{photo.stem}.png").convert("RGB"))
     standard = np.asarray(Image.open(out / "hand_standard" / f"{photo.stem}.png").convert("RGB"))
     assert encoded.shape == standard.shape and not np.array_equal(encoded, standard)
+
+
+def test_mediapipe_native_logs_are_hidden_unless_verbose(tmp_path, data_dir):
+    photo = data_dir / "images/hands/hagrid_tile10_heart_two_hands.jpg"
+    native = ("W0000", "Created TensorFlow Lite", "absl::InitializeLog")
+    args = ["condition", "--conditioner", "hand_encoded,holistic", "--out-dir", str(tmp_path / "o"), str(photo)]
+    quiet = run(*args)
+    assert quiet.returncode == 0 and not any(line in quiet.stderr for line in native), quiet.stderr
+    assert "hand_encoded" in quiet.stderr  # the progress bar still shows
+    verbose = run("--verbose", *args)
+    assert verbose.returncode == 0 and any(line in verbose.stderr for line in native), verbose.stderr

@@ -70,3 +70,32 @@ def test_cli_mistakes_are_one_line(tmp_path, args, names):
     (tmp_path / "notes.txt").write_text("my notes, not a detection\n")
     (tmp_path / "runs").mkdir()
     one_line_error(subprocess.run([str(CLI), *args], capture_output=True, text=True, cwd=tmp_path), names)
+
+
+def test_draw_mistakes_are_one_line(tmp_path):
+    import numpy as np
+
+    from conditioners import Detection, Instance
+
+    points = np.column_stack([np.linspace(10, 50, 21), np.linspace(10, 50, 21)])
+    (tmp_path / "hand.json").write_text(
+        Detection("hand_encoded", 64, 64, [Instance("left_hand", points)]).to_json()
+    )
+    for args, names in [
+        (["--out", "hand.jpg"], "hand.jpg: draw writes PNG"),
+        (["--conditioner", "face_pupils", "--out", "hand.png"], "face_pupils draws none of"),
+    ]:
+        result = subprocess.run(
+            [str(CLI), "draw", "hand.json", *args], capture_output=True, text=True, cwd=tmp_path
+        )
+        one_line_error(result, names)
+    assert not (tmp_path / "hand.png").exists() and not (tmp_path / "hand.jpg").exists()
+
+
+def test_a_rebuild_with_other_settings_is_one_line(hand_build, tmp_path):
+    photos, builder = hand_build.copy_to(tmp_path)
+    result = subprocess.run(
+        [str(CLI), "build", str(builder), "--source", str(photos), "--shard-size", "7"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    one_line_error(result, "shard_size")
