@@ -66,14 +66,6 @@ def ground_truth_bodies(annotation: dict) -> list[tuple[np.ndarray, np.ndarray, 
     return people
 
 
-def ground_truth_face_box(annotation: dict) -> tuple[float, float, float, float]:
-    """x0, y0, x1, y1 around the annotated face keypoints."""
-    ann = annotation["sources"][0]["annotations"][0]
-    points, valid = _triples(ann["keypoints"])
-    (x0, y0), (x1, y1) = points[valid].min(axis=0), points[valid].max(axis=0)
-    return float(x0), float(y0), float(x1), float(y1)
-
-
 def pck(predicted: np.ndarray, truth: np.ndarray, valid: np.ndarray, threshold: float) -> float:
     """Share of valid keypoints within `threshold` pixels."""
     distances = np.linalg.norm(predicted[valid] - truth[valid], axis=1)

@@ -97,9 +97,11 @@ def differences(reference: dict[str, Any], current: dict[str, Any]) -> list[str]
                 continue
             tolerance = 1e-4 * max(want["size"])
             for was, now in zip(want["instances"], got["instances"], strict=True):
-                error = float(
-                    np.nanmax(np.abs(np.array(was["xy"], float) - np.array(now["xy"], float)), initial=0)
-                )
+                xy = np.array(now["xy"], float)
+                if not np.isfinite(xy).all():  # a NaN landmark is a defect, not a point to skip
+                    problems.append(f"{where}: {now['kind']} has landmarks that are not finite")
+                    continue
+                error = float(np.max(np.abs(np.array(was["xy"], float) - xy), initial=0))
                 if not error <= tolerance:
                     problems.append(
                         f"{where}: {was['kind']} moved {error:.4f} px (tolerance {tolerance:.4f})"

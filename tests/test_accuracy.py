@@ -11,7 +11,6 @@ import pytest
 from groundtruth import (
     POSE_TO_COCO,
     ground_truth_bodies,
-    ground_truth_face_box,
     ground_truth_hands,
     matched_hands,
     pck,
@@ -117,7 +116,17 @@ def test_holistic_body_against_coco(data_dir, annotation):
     assert min(scores) >= 0.85 and np.mean(scores) >= 0.9, scores
 
 
-def test_face_pupils_inside_ground_truth_face(images, annotation):
+# The annotated eye centres of each face scheme: 68 points (300W): the mean of each eye's six
+# contour points; 106 (LaPa): its two pupil points; 19 (AFLW): the eye centres; 29 (COFW): the pupils.
+EYE_CENTRES = {
+    68: lambda kp: np.array([kp[36:42].mean(0), kp[42:48].mean(0)]),
+    106: lambda kp: kp[[104, 105]],
+    19: lambda kp: kp[[7, 10]],
+    29: lambda kp: kp[[16, 17]],
+}
+
+
+def test_face_pupils_lie_on_the_annotated_eye_centres(images, annotation):
     import conditioners
 
     # The dataset filter (shorter side >= 384 px) would skip the small COFW and LaPa crops.
@@ -127,12 +136,17 @@ def test_face_pupils_inside_ground_truth_face(images, annotation):
     for path in annotated:
         detection = faces.detect(path)
         assert not detection.skipped, (path.name, detection.skipped)
-        x0, y0, x1, y1 = ground_truth_face_box(annotation(path))
         face = max(detection.instances, key=lambda inst: inst.size())
         assert face.points.shape == (478, 4)
-        for pupil in (468, 473):
-            x, y = face.points[pupil, :2]
-            assert x0 <= x <= x1 and y0 <= y <= y1, (path.name, pupil, (x, y), (x0, y0, x1, y1))
+        keypoints = np.array(annotation(path)["sources"][0]["annotations"][0]["keypoints"], float)
+        keypoints = keypoints.reshape(-1, 3)[:, :2]
+        eyes = EYE_CENTRES[len(keypoints)](keypoints)
+        interocular = float(np.linalg.norm(eyes[0] - eyes[1]))
+        pupils = face.points[[468, 473], :2]
+        distances = np.linalg.norm(pupils[:, None] - eyes[None], axis=-1) / interocular  # pupil x eye
+        nearest = distances.argmin(axis=1)
+        # Measured: at most 0.09 of the interocular distance (300W indoor 029, a turned face).
+        assert sorted(nearest) == [0, 1] and distances.min(axis=1).max() < 0.15, (path.name, distances)
 
 
 @pytest.mark.parametrize("name", ["hand_standard", "hand_encoded", "holistic", "face_pupils"])

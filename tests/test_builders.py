@@ -166,11 +166,16 @@ def test_bad_validation_fractions_are_refused(tmp_path, flags, capsys):
 
 
 def test_resize_and_crop_moves_the_landmarks(tmp_path, data_dir):
+    """The stored landmarks are the full-size build's, scaled and moved by the centre crop (worked out
+    here from the photo's size, not by the builder's code)."""
     photos = fx.photo_folder(data_dir, tmp_path)
+    full = fx.folder_recipe(tmp_path / "full")
     builder = fx.folder_recipe(tmp_path, extra="[image]\nresize_short_side = 256\n")
-    run_build(str(builder), str(photos), BuildSettings(max_samples=3), progress=False)
-    dataset = datasets.load_dataset(str(builder), split="train")
-    assert len(dataset) == 3
+    for folder in (full, builder):
+        run_build(str(folder), str(photos), BuildSettings(max_samples=3), progress=False)
+    unresized = {row["source_id"]: row for row in open_dataset(str(full))}
+    dataset = open_dataset(str(builder))
+    assert len(dataset) == 3 and set(dataset["source_id"]) == set(unresized)
     for row in dataset:
         assert row["image"].size == (256, 256) == row["conditioning_image"].size
         detection = conditioners.Detection.from_json(row["landmarks"])
@@ -178,6 +183,16 @@ def test_resize_and_crop_moves_the_landmarks(tmp_path, data_dir):
         np.testing.assert_array_equal(
             conditioners.draw(detection), np.asarray(row["conditioning_image"].convert("RGB"))
         )
+        reference = conditioners.Detection.from_json(unresized[row["source_id"]]["landmarks"])
+        width, height = reference.size
+        top, left = centre_crop_top_left(width, height, 256)
+        scale = np.array([256 / min(width, height)] * 2)
+        assert len(detection.instances) == len(reference.instances) > 0
+        for stored, whole in zip(detection.instances, reference.instances, strict=True):
+            expected = whole.xy * scale - np.array([left, top])
+            # Each build detects on its own copy of the photo: within 2 px of 256, where a wrong
+            # crop offset or scale would be tens of pixels off.
+            np.testing.assert_allclose(stored.xy, expected, atol=2.0)
 
 
 def centre_crop_top_left(width: int, height: int, side: int) -> list[int]:

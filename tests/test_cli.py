@@ -330,7 +330,14 @@ def test_several_conditioners_in_one_call(tmp_path, data_dir):
 def test_mediapipe_native_logs_are_hidden_unless_verbose(tmp_path, data_dir):
     photo = data_dir / "images/hands/hagrid_tile10_heart_two_hands.jpg"
     native = ("W0000", "Created TensorFlow Lite", "absl::InitializeLog")
-    args = ["condition", "--conditioner", "hand_encoded,holistic", "--out-dir", str(tmp_path / "o"), str(photo)]
+    args = [
+        "condition",
+        "--conditioner",
+        "hand_encoded,holistic",
+        "--out-dir",
+        str(tmp_path / "o"),
+        str(photo),
+    ]
     quiet = run(*args)
     assert quiet.returncode == 0 and not any(line in quiet.stderr for line in native), quiet.stderr
     assert "hand_encoded" in quiet.stderr  # the progress bar still shows

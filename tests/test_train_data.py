@@ -58,6 +58,15 @@ def test_prepare_example_flips_photo_and_conditioning_together(hand_rows):
     assert pixels.shape == (64, 64, 3) and conditioning.shape == (64, 64, 3) and caption == "a hand"
     assert pixels.min() >= -1 and pixels.max() <= 1 and conditioning.min() >= 0 and conditioning.max() <= 1
     np.testing.assert_allclose(f_pixels, pixels[:, ::-1], atol=0.1)  # the photo is mirrored
+    # and so is the conditioning image: the stored landmarks mirrored (left and right swapped),
+    # re-drawn at the stored size, framed as every picture is
+    f_conditioning = input_data.prepare_example(row, columns, flip, always())["conditioning_pixel_values"]
+    stored = hand_rows[0]["conditioning_image"]
+    mirrored = conditioners.draw(Detection.from_json(row["landmarks"]).mirrored(), stored.size)
+    expected = np.asarray(input_data.frame(Image.fromarray(mirrored), 64).convert("RGB"), np.float32) / 255
+    np.testing.assert_allclose(f_conditioning, expected, atol=1e-6)
+    lit, f_lit = conditioning.max(-1) > 0.1, f_conditioning.max(-1) > 0.1
+    assert lit.sum() > 20 and (lit[:, ::-1] & f_lit).sum() >= 0.7 * lit.sum()  # where the hand was, mirrored
 
 
 def test_inpainting_examples_carry_a_flipped_randomly_dilated_binary_mask(hand_rows):
