@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -53,6 +55,14 @@ def publish(
             f"{folder} has no README.md dataset card: build it with landmark-controlnet build"
         )
     api = HfApi(token=token)
+    with hub_credentials_checked(repo_id, token):
+        repo_id = upload(api, folder, repo_id, private, revision)
+    url = f"{api.endpoint}/datasets/{repo_id}"
+    return url if revision == "main" else f"{url}/tree/{revision}"
+
+
+def upload(api: HfApi, folder: Path, repo_id: str, private: bool, revision: str) -> str:
+    """Create the repo (and branch) if need be, upload, verify; returns the repo's full id."""
     repo_id = api.create_repo(repo_id, repo_type=REPO_TYPE, private=private, exist_ok=True).repo_id
     if revision != "main":
         api.create_branch(repo_id, branch=revision, repo_type=REPO_TYPE, exist_ok=True)
@@ -68,8 +78,31 @@ def publish(
         commit_message=f"Upload {folder.name} (landmark-controlnet publish)",
     )
     verify_published(api, folder, repo_id, revision)
-    url = f"{api.endpoint}/datasets/{repo_id}"
-    return url if revision == "main" else f"{url}/tree/{revision}"
+    return repo_id
+
+
+class HubAuthError(UserError, PermissionError):
+    """The Hub refused the credentials (none, or a token without write access)."""
+
+
+@contextmanager
+def hub_credentials_checked(repo_id: str, token: str | None) -> Iterator[None]:
+    """A 401/403 from the Hub as one line that says what to do; the token itself is never shown."""
+    from huggingface_hub import get_token
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        yield
+    except HfHubHTTPError as exc:
+        status = getattr(exc.response, "status_code", None)
+        if status not in (401, 403):
+            raise
+        fix = (
+            "no token was given: set HF_TOKEN, run `hf auth login`, or pass --token"
+            if not (token or get_token())
+            else "the token was refused: give one with write access to it"
+        )
+        raise HubAuthError(f"publish to {repo_id}: the Hub answered {status}; {fix}") from None
 
 
 def remote_mismatches(api: HfApi, folder: Path, repo_id: str, revision: str = "main") -> list[str]:

@@ -79,8 +79,18 @@ class UploadGate:
         self.released.set()
 
 
+# The token the stand-in accepts unless a test names its own: writes and private reads need it.
+STANDIN_TOKEN = "hf_standInWriteToken1234567890"
+
+
 class HubState:
-    def __init__(self, gate: UploadGate | None = None, drop_paths: frozenset[str] = frozenset()):
+    def __init__(
+        self,
+        gate: UploadGate | None = None,
+        drop_paths: frozenset[str] = frozenset(),
+        token: str = STANDIN_TOKEN,
+    ):
+        self.token = token
         self.repos: dict[str, Repo] = {}
         self.lfs: dict[str, bytes] = {}
         self.lfs_puts: list[str] = []  # the oid of every LFS upload, in order
@@ -174,8 +184,21 @@ class Handler(BaseHTTPRequestHandler):
             match = re.fullmatch(pattern, path)
             if match:
                 with self.state.lock:
+                    if not self._authorised(method, handler, match.groupdict().get("repo")):
+                        return self._json(401, {"error": "Invalid credentials in Authorization header"})
                     return handler(self, query=query, **match.groupdict())
         self._not_found("RouteNotFound")
+
+    def _authorised(self, method: str, handler, repo: str | None) -> bool:
+        """As the Hub: writes need the token, and so does anything about a private repo. LFS uploads
+        go to the URLs the (authorised) batch call handed out, without it."""
+        if self.headers.get("Authorization") == f"Bearer {self.state.token}":
+            return True
+        writes = (
+            method in ("POST", "PUT") and handler not in READS_BY_POST and handler is not Handler.lfs_upload
+        )
+        private = repo is not None and repo in self.state.repos and self.state.repos[repo].private
+        return not (writes or private)
 
     def do_GET(self) -> None:
         self._route("GET")
@@ -449,13 +472,24 @@ ROUTES = {
 }
 
 
+# POST endpoints that only read.
+READS_BY_POST = (Handler.paths_info, Handler.validate_yaml)
+
+
 class HubStandIn:
     """`with HubStandIn() as hub:` serves on http://127.0.0.1:<free port> until the block ends.
 
+    Writes, and reads of a private repo, need `Authorization: Bearer <token>` (401 otherwise).
     `gate` holds LFS uploads (see UploadGate); commits silently leave out the files in `drop_paths`."""
 
-    def __init__(self, gate: UploadGate | None = None, drop_paths: frozenset[str] = frozenset()):
-        self.state = HubState(gate, drop_paths)
+    def __init__(
+        self,
+        gate: UploadGate | None = None,
+        drop_paths: frozenset[str] = frozenset(),
+        token: str = STANDIN_TOKEN,
+    ):
+        self.token = token
+        self.state = HubState(gate, drop_paths, token)
         handler = type("BoundHandler", (Handler,), {"state": self.state})
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"

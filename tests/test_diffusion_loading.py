@@ -516,7 +516,7 @@ def test_a_hub_repo_loads_by_revision_and_subfolder_downloading_only_what_it_nee
     main, branch = random_checkpoint(TinyConfig(), seed=5), random_checkpoint(TinyConfig(), seed=6)
     write_shards(write_config(tmp_path / "main"), main, shards=2)
     write_folder(tmp_path / "branch", branch)
-    with HubStandIn() as hub:
+    with HubStandIn(token=TOKEN) as hub:
         publish(hub, "owner/pipe", tmp_path / "main", "unet")
         hub.add_model_file("owner/pipe", "unet/diffusion_pytorch_model.bin", b"decoy: never downloaded")
         hub.add_model_file("owner/pipe", "vae/diffusion_pytorch_model.safetensors", b"decoy: other model")

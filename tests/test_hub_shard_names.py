@@ -71,7 +71,7 @@ def hub_snapshot(rows, tmp_path_factory) -> Layout:
     datasets.DatasetDict({"train": rows["train"], "validation": rows["held_out"]}).save_to_disk(
         root / "saved"
     )
-    with HubStandIn() as hub:
+    with HubStandIn(token=TOKEN) as hub:
         env = {
             **os.environ,
             "HF_ENDPOINT": hub.endpoint,

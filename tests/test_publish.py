@@ -84,7 +84,7 @@ def local_rows(built: Path) -> list:
 
 
 def test_publish_then_load_dataset_and_streaming(built, tmp_path):
-    with HubStandIn() as hub:
+    with HubStandIn(token=TOKEN) as hub:
         env = hub_env(hub, tmp_path)
         result = publish_cli(built, "tester/hands", env)
         assert result.returncode == 0, result.stderr[-3000:]
@@ -113,7 +113,7 @@ PUBLISH_TO_BRANCH = (
 def test_the_same_build_published_to_another_repo_and_branch_uploads_everything(built, tmp_path):
     """The upload state is per (repo, revision): a second destination is not "already committed"."""
     destinations = [("tester/first", "main"), ("tester/second", "main"), ("tester/first", "v2")]
-    with HubStandIn() as hub:
+    with HubStandIn(token=TOKEN) as hub:
         env = hub_env(hub, tmp_path)
         remotes = []
         for repo, revision in destinations:
@@ -135,7 +135,7 @@ def test_the_same_build_published_to_another_repo_and_branch_uploads_everything(
 def test_a_publish_killed_mid_upload_resumes_and_uploads_the_rest(built, tmp_path):
     gate = UploadGate(allow=1)  # the first LFS upload is stored, later ones wait
     repo = "tester/resumed"
-    with HubStandIn(gate=gate) as hub:
+    with HubStandIn(gate=gate, token=TOKEN) as hub:
         env = hub_env(hub, tmp_path)
         first = subprocess.Popen(
             publish_command(built, repo), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -164,7 +164,7 @@ def test_a_publish_killed_mid_upload_resumes_and_uploads_the_rest(built, tmp_pat
 
 def test_publish_fails_loudly_when_the_hub_loses_a_file(built, tmp_path):
     lost = "data/train-00001.parquet"
-    with HubStandIn(drop_paths=frozenset({lost})) as hub:
+    with HubStandIn(drop_paths=frozenset({lost}), token=TOKEN) as hub:
         result = publish_cli(built, "tester/lossy", hub_env(hub, tmp_path))
     assert result.returncode == 2 and "Traceback" not in result.stderr  # a message, not a crash
     assert "tester/lossy" in result.stderr
@@ -174,7 +174,7 @@ def test_publish_fails_loudly_when_the_hub_loses_a_file(built, tmp_path):
 
 def test_verification_names_missing_resized_and_extra_files(built):
     repo_id = "tester/checked"
-    with HubStandIn() as hub:
+    with HubStandIn(token=TOKEN) as hub:
         api = HfApi(endpoint=hub.endpoint, token=TOKEN)
         repo = hub.state.repos[repo_id] = Repo(repo_id, private=False)
         hub.state.commit(repo, [file_line(p, (built / p).read_bytes()) for p in published_files(built)])
@@ -220,7 +220,7 @@ def test_build_into_an_fsspec_url_resumes_and_matches_the_local_build(built, tmp
     url = "hf://datasets/tester/direct"
     command = [str(CLI), "build", str(built), "--source", str(photos), "--output", url]
     command += ["--shard-size", "3", "--num-proc", "2", "--engine", engine]
-    with HubStandIn() as hub:
+    with HubStandIn(token=TOKEN) as hub:
         env = hub_env(hub, tmp_path)
         first = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
         assert first.returncode == 0, first.stderr[-3000:]
@@ -256,3 +256,30 @@ def resaved(shard: bytes) -> str:
     pq.write_table(file.read().replace_schema_metadata(metadata), buffer, compression="snappy")
     assert buffer.getvalue() != shard
     return base64.b64encode(buffer.getvalue()).decode()
+
+
+@pytest.mark.parametrize("given", [None, "hf_wrongTokenForThisHub000000"])
+def test_publishing_without_the_token_is_a_one_line_authentication_error(built, tmp_path, given):
+    with HubStandIn(token=TOKEN) as hub:
+        env = {k: v for k, v in hub_env(hub, tmp_path).items() if k != "HF_TOKEN"}
+        command = [str(CLI), "publish", str(built), "--repo-id", "tester/hands"]
+        result = subprocess.run(
+            command + (["--token", given] if given else []),
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and "tester/hands" in errors[0] and "401" in errors[0], result.stderr
+        assert ("no token was given" in errors[0]) == (given is None)
+        assert given is None or given not in result.stderr + result.stdout  # never shown
+        assert "tester/hands" not in hub.state.repos  # nothing was written
+        # and a private repo is not readable without it either
+        hub.state.repos["tester/secret"] = Repo("tester/secret", private=True)
+        read = subprocess.run(
+            [sys.executable, "-c", "import huggingface_hub as h; h.HfApi().dataset_info('tester/secret')"],
+            capture_output=True, text=True, env=env, timeout=300,
+        )  # fmt: skip
+        assert read.returncode != 0 and "401" in read.stderr

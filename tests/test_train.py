@@ -53,7 +53,7 @@ def main_run(workspace):
     """fp32, gradient accumulation, validation, checkpoints, PyTorch export and --push_to_hub, with the
     base model read from a Hub repo (the stand-in) as PyTorch safetensors."""
     output = workspace["root"] / "main-run"
-    with HubStandIn() as hub:
+    with HubStandIn(token=TOKEN) as hub:
         for path in sorted(p for p in workspace["model"].rglob("*") if p.is_file()):
             hub.add_model_file(BASE_REPO, path.relative_to(workspace["model"]).as_posix(), path.read_bytes())
         env = {
@@ -222,8 +222,14 @@ def test_a_killed_run_resumes_to_the_same_parameters(workspace):
     assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
     assert not (killed / "diffusion_pytorch_model.safetensors").exists()
 
+    saved = max(int(p.name) for p in (killed / "checkpoints").iterdir() if p.name.isdigit())
+    logged_before = len(tf.logged_steps(killed))
     resumed = _train(workspace, killed, *flags, "--resume_from_checkpoint", "latest")
     assert resumed.returncode == 0, resumed.stderr[-4000:]
+    # It resumed from the last checkpoint the killed run saved, and ran only the steps after it:
+    # randomness and data order depend on the step alone, so a restart from 0 would export the same.
+    assert f"resumed from {killed / 'checkpoints'}/{saved}" in resumed.stderr, resumed.stderr[-4000:]
+    assert tf.logged_steps(killed)[logged_before:] == list(range(saved + 1, 9))
     expected, actual = tf.exported_params(straight), tf.exported_params(killed)
     assert expected.keys() == actual.keys()
     for key in expected:

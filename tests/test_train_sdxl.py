@@ -122,14 +122,21 @@ def test_a_killed_sharded_run_resumes_on_its_own_mesh_and_onto_another(workspace
     shutil.copytree(killed, workspace["root"] / "killed-onto-4x1")
 
     straight, _ = meshes[TWO_BY_TWO]
-    _train(workspace, "killed", "--mesh", TWO_BY_TWO, "--resume_from_checkpoint", "latest")
+    saved = max(int(p.name) for p in (killed / "checkpoints").iterdir() if p.name.isdigit())
+    logged_before = len(tf.logged_steps(killed))
+    _, result = _train(workspace, "killed", "--mesh", TWO_BY_TWO, "--resume_from_checkpoint", "latest")
     _assert_same_params(killed, straight, atol=1e-6)
+    # From the last checkpoint, running only the steps after it (a restart from 0 would export the
+    # same parameters: randomness and data order depend on the step alone).
+    assert f"resumed from {killed / 'checkpoints'}/{saved}" in result.stderr, result.stderr[-4000:]
+    assert tf.logged_steps(killed)[logged_before:] == list(range(saved + 1, 7))
     # Onto a 4x1 mesh: the sharded checkpoint is read into replicated arrays; the steps after it sum
     # their gradients in the 4x1 order, so it agrees as the two meshes do.
     resume = ("--resume_from_checkpoint", "latest")
-    moved, _ = _train(workspace, "killed-onto-4x1", "--mesh", FOUR_BY_ONE, *resume)
+    moved, result = _train(workspace, "killed-onto-4x1", "--mesh", FOUR_BY_ONE, *resume)
     _assert_same_params(moved, straight, atol=1e-5)
-    assert [m["step"] for m in read_metrics(moved / "logs")][-1] == 6
+    assert f"resumed from {moved / 'checkpoints'}/{saved}" in result.stderr, result.stderr[-4000:]
+    assert tf.logged_steps(moved)[logged_before:] == list(range(saved + 1, 7))
 
 
 def _dry_run(model, *flags: str, devices: int) -> dict:

@@ -63,5 +63,15 @@ def exported_params(output: Path) -> dict:
     return load_file(output / "diffusion_pytorch_model.safetensors")
 
 
+def logged_steps(output: Path) -> list[int]:
+    """Every step a run's metrics.jsonl recorded, line by line: runs into one output_dir append, and
+    a step run twice appears twice (`read_metrics` would merge them)."""
+    import json
+
+    metrics = output / "logs" / "metrics.jsonl"
+    lines = metrics.read_text().splitlines() if metrics.exists() else []
+    return [json.loads(line)["step"] for line in lines if line]
+
+
 def checksums(stdout: str) -> list[str]:
     return [line.split("sum ")[-1] for line in stdout.splitlines() if "ControlNet |params| sum" in line]
