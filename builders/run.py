@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +113,8 @@ def dataset_splits(location: str, config: str | None = None) -> list[str]:
 
     where = _dataset_location(location)
     if isinstance(where, str):
-        return list(datasets.get_dataset_split_names(where, config))
+        with hub_dataset_errors(where):
+            return list(datasets.get_dataset_split_names(where, config))
     if (where / "dataset_dict.json").is_file():
         return list(json.loads((where / "dataset_dict.json").read_text())["splits"])
     if (where / "state.json").is_file():
@@ -156,12 +159,35 @@ def _open_saved(folder: Path, split: str, streaming: bool) -> Any:
 def _open_hub(repo_id: str, split: str, config: str | None, streaming: bool, **kwargs: Any) -> Any:
     import datasets
 
+    with hub_dataset_errors(repo_id):
+        try:
+            return datasets.load_dataset(repo_id, config, split=split, streaming=streaming, **kwargs)
+        except ValueError as exc:
+            if "split" not in str(exc).lower():
+                raise
+            raise SplitNotFoundError(f"{repo_id}: no {split!r} split ({exc})") from None
+
+
+class HubDatasetError(UserError, ConnectionError):
+    """A Hub dataset id that cannot be opened: not reachable (offline), or no such dataset."""
+
+
+@contextmanager
+def hub_dataset_errors(repo_id: str) -> Iterator[None]:
+    """The Hub's answers about a dataset id as one line each."""
+    from datasets.exceptions import DatasetNotFoundError
+
     try:
-        return datasets.load_dataset(repo_id, config, split=split, streaming=streaming, **kwargs)
-    except ValueError as exc:
-        if "split" not in str(exc).lower():
-            raise
-        raise SplitNotFoundError(f"{repo_id}: no {split!r} split ({exc})") from None
+        yield
+    except DatasetNotFoundError:
+        raise HubDatasetError(
+            f"{repo_id}: no such local folder, and no such dataset on the Hub (a private one needs HF_TOKEN)"
+        ) from None
+    except ConnectionError as exc:
+        raise HubDatasetError(
+            f"{repo_id}: no such local folder, and the Hub could not be reached ({exc}); offline "
+            "(HF_HUB_OFFLINE=1) only datasets already in the cache open"
+        ) from None
 
 
 def _check_split(where: Path, split: str, splits: list[str]) -> None:

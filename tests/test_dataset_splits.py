@@ -3,6 +3,7 @@ open a dataset at a split: every form of dataset folder, every split, the right 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -110,3 +111,14 @@ def test_refine_hands_fails_at_once_on_a_mistyped_local_controlnet(tmp_path, dat
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert "runs/nonexist: no such model folder" in result.stderr
     assert time.perf_counter() - started < 30  # no Hub retries (they took 52 s); the imports take a few
+
+
+def test_a_hub_id_offline_fails_fast_in_one_line(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home")}
+    started = time.perf_counter()
+    result = subprocess.run(
+        [str(CLI), "show", "owner/nothing"], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "HF_HUB_OFFLINE" in result.stderr
+    assert time.perf_counter() - started < 30
