@@ -23,6 +23,7 @@ from flax import nnx
 from hub_standin import HubStandIn
 from safetensors.numpy import save_file
 
+from conditioners.locations import NoSuchPathError
 from landmark_controlnet.diffusion import loading, weights
 from landmark_controlnet.diffusion.config import ModelConfig
 from landmark_controlnet.diffusion.layers import ResnetBlock2D
@@ -348,7 +349,7 @@ def test_a_missing_config_or_weights_file_is_named_with_what_was_found(tmp_path)
     write_folder(tmp_path / "default", random_checkpoint(TinyConfig(), seed=3))
     with pytest.raises(MissingFileError, match=r"diffusion_pytorch_model\.fp16\.safetensors.*variant=None"):
         from_pretrained(TinyModel, tmp_path / "default", variant="fp16")
-    with pytest.raises(MissingFileError, match="nowhere"):
+    with pytest.raises(NoSuchPathError, match="nowhere: no such model folder"):
         from_pretrained(TinyModel, tmp_path / "nowhere")
     with pytest.raises(MissingFileError, match=r"no subfolder 'vae' \(subfolders: \['default', 'unet'\]\)"):
         from_pretrained(TinyModel, tmp_path, subfolder="vae")
