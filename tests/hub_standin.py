@@ -22,6 +22,7 @@ import re
 import threading
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
 REPO = r"(?P<repo>[^/]+/[^/]+)"
@@ -482,14 +483,9 @@ class HubStandIn:
     Writes, and reads of a private repo, need `Authorization: Bearer <token>` (401 otherwise).
     `gate` holds LFS uploads (see UploadGate); commits silently leave out the files in `drop_paths`."""
 
-    def __init__(
-        self,
-        gate: UploadGate | None = None,
-        drop_paths: frozenset[str] = frozenset(),
-        token: str = STANDIN_TOKEN,
-    ):
-        self.token = token
-        self.state = HubState(gate, drop_paths, token)
+    def __init__(self, **state: Any):
+        """`state`: HubState's `gate`, `drop_paths` and `token`."""
+        self.state = HubState(**state)
         handler = type("BoundHandler", (Handler,), {"state": self.state})
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
