@@ -52,9 +52,10 @@ class Input:
     name: str
 
 
-def expand_inputs(inputs: Iterable[str], extras: Sequence[str] = ()) -> list[Input]:
-    """Files as given; folders replaced by the images inside them (recursively, sorted). A file
-    given twice is conditioned once. See `output_names` for the names."""
+def expand_inputs(inputs: Iterable[str]) -> tuple[list[Path], list[str]]:
+    """The input images, each once (absolute paths), and the output name each would like: files as
+    given, by their stem; folders replaced by the images inside them (recursively, sorted), by their
+    paths inside the folder. `output_names` makes the names unique."""
     found: list[tuple[Path, str]] = []
     for item in inputs:
         path = Path(item)
@@ -63,12 +64,11 @@ def expand_inputs(inputs: Iterable[str], extras: Sequence[str] = ()) -> list[Inp
             found += [(p, p.relative_to(path).with_suffix("").as_posix()) for p in images]
         else:
             found.append((path, path.stem))
-    unique = {Path(os.path.abspath(p)): name for p, name in reversed(found)}
-    if len(unique) < len(found):
-        print(f"{len(found) - len(unique)} input(s) given twice: each is conditioned once", file=sys.stderr)
-    ordered = list(dict.fromkeys(Path(os.path.abspath(p)) for p, _ in found))
-    names = output_names(ordered, [unique[p] for p in ordered], extras)
-    return [Input(path, name) for path, name in zip(ordered, names, strict=True)]
+    wanted = {Path(os.path.abspath(p)): name for p, name in reversed(found)}  # the first mention's
+    if len(wanted) < len(found):
+        print(f"{len(found) - len(wanted)} input(s) given twice: each is conditioned once", file=sys.stderr)
+    paths = list(dict.fromkeys(Path(os.path.abspath(p)) for p, _ in found))
+    return paths, [wanted[p] for p in paths]
 
 
 def output_names(paths: Sequence[Path], wanted: Sequence[str], extras: Sequence[str] = ()) -> list[str]:
@@ -111,12 +111,14 @@ def output_files(name: str, extras: Sequence[str] = ()) -> list[str]:
 def run_condition(request: ConditionRequest) -> int:
     """Every conditioner over every input, each into `out_dir/<conditioner>/`; one JSON report
     line per conditioner. Exit 1 when no input could be read, else 0."""
-    if not expand_inputs(request.inputs):
+    paths, wanted = expand_inputs(request.inputs)
+    if not paths:
         raise conditioners.UserError("condition: no input images given (files or folders of images)")
     chosen = [conditioners.get(name, **options) for name, options in per_conditioner_options(request)]
     unreadable_everywhere = True
     for conditioner in chosen:
-        inputs = expand_inputs(request.inputs, conditioner.extra_images)
+        names = output_names(paths, wanted, conditioner.extra_images)
+        inputs = [Input(path, name) for path, name in zip(paths, names, strict=True)]
         with conditioner:
             counts = condition_into(conditioner, inputs, request)
         print(json.dumps(counts))
