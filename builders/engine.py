@@ -235,7 +235,6 @@ class ChunkPlan:
     data: Folder
     done: dict[int, str]
     missing: int = 0
-    added: int = 0
 
     def __iter__(self) -> Iterator[Chunk]:
         held = held_source_ids(self.data, self.done)
@@ -255,7 +254,6 @@ class ChunkPlan:
                 additions += new if held is not None else []
             elif new:
                 yield Chunk(index, new)
-        self.added = len(additions)
         first = max([positions, *(i + 1 for i in self.done)])
         for offset in range(0, len(additions), size):
             yield Chunk(first + offset // size, additions[offset : offset + size])
