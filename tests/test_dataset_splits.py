@@ -122,3 +122,37 @@ def test_a_hub_id_offline_fails_fast_in_one_line(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "HF_HUB_OFFLINE" in result.stderr
     assert time.perf_counter() - started < 30
+
+
+HUB_ID_SPLITS = """
+import datasets, json
+from builders.run import SplitNotFoundError, dataset_splits, open_dataset
+tables = {split: datasets.Dataset.from_dict({"source_id": ids}) for split, ids in json.loads(SPLITS).items()}
+datasets.DatasetDict(tables).push_to_hub("tester/splits")
+found = {"splits": sorted(dataset_splits("tester/splits"))}
+found |= {split: list(open_dataset("tester/splits", split)["source_id"]) for split in found["splits"]}
+try:
+    open_dataset("tester/splits", "test")
+except SplitNotFoundError as exc:
+    found["refused"] = str(exc)
+print(json.dumps(found))
+"""
+
+
+def test_a_hub_id_gives_each_split_its_rows_or_one_line(tmp_path):
+    import json
+
+    from hub_standin import HubStandIn
+
+    token = "hf_splitsTestToken1234567890"
+    with HubStandIn(token=token) as hub:
+        env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_TOKEN": token, "HF_HOME": str(tmp_path / "hf"),
+               "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}  # fmt: skip
+        code = f"SPLITS = {json.dumps(json.dumps(SPLITS))}\n{HUB_ID_SPLITS}"
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+        )
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert found.pop("splits") == sorted(SPLITS) and "no 'test' split" in found.pop("refused")
+    assert found == SPLITS
