@@ -132,6 +132,8 @@ def _dataset_location(location: str) -> Path | str:
     try:
         folder = default_output(resolve_builder(location))
     except UnknownNameError:
+        if "/" not in location:  # a mistyped builder name, not a Hub id: the error lists the names
+            raise
         return local_or_hub(location, "dataset folder (nor a builder name)")
     if not any((folder / "data").glob("*.parquet")):
         raise DatasetNotBuiltError(
