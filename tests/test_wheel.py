@@ -149,7 +149,7 @@ def test_installed_wheel_builds_into_the_working_directory(fresh_venv, data_dir,
 
     shown = fresh_venv.run_cli("show", BUILDER, cwd=work)  # a name finds ./builders/<name>
     assert shown.returncode == 0, shown.stderr
-    assert f"num_rows: {report['rows']}" in shown.stdout
+    assert f"train: {report['rows']} rows" in shown.stdout
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     unbuilt = fresh_venv.run_cli("show", BUILDER, cwd=elsewhere)
