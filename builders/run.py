@@ -96,8 +96,8 @@ def open_dataset(
     import datasets
 
     where = _dataset_location(location)
-    if isinstance(where, str):
-        return _open_hub(where, split, config, streaming, **kwargs)
+    if isinstance(where, str) or config is not None:  # a Hub id, or a folder's card config by name
+        return _load_by_name(str(where), split, config, streaming, **kwargs)
     if (where / "dataset_dict.json").is_file() or (where / "state.json").is_file():
         return _open_saved(where, split, streaming)
     data_files = built_data_files(where)
@@ -112,9 +112,9 @@ def dataset_splits(location: str, config: str | None = None) -> list[str]:
     import datasets
 
     where = _dataset_location(location)
-    if isinstance(where, str):
-        with hub_dataset_errors(where):
-            return list(datasets.get_dataset_split_names(where, config))
+    if isinstance(where, str) or config is not None:
+        with hub_dataset_errors(str(where)):
+            return list(datasets.get_dataset_split_names(str(where), config))
     if (where / "dataset_dict.json").is_file():
         return list(json.loads((where / "dataset_dict.json").read_text())["splits"])
     if (where / "state.json").is_file():
@@ -158,16 +158,17 @@ def _open_saved(folder: Path, split: str, streaming: bool) -> Any:
     return loaded.to_iterable_dataset() if streaming else loaded
 
 
-def _open_hub(repo_id: str, split: str, config: str | None, streaming: bool, **kwargs: Any) -> Any:
+def _load_by_name(name: str, split: str, config: str | None, streaming: bool, **kwargs: Any) -> Any:
+    """`datasets.load_dataset` on a Hub id (or a folder with a named config), its errors one line."""
     import datasets
 
-    with hub_dataset_errors(repo_id):
+    with hub_dataset_errors(name):
         try:
-            return datasets.load_dataset(repo_id, config, split=split, streaming=streaming, **kwargs)
+            return datasets.load_dataset(name, config, split=split, streaming=streaming, **kwargs)
         except ValueError as exc:
             if "split" not in str(exc).lower():
                 raise
-            raise SplitNotFoundError(f"{repo_id}: no {split!r} split ({exc})") from None
+            raise SplitNotFoundError(f"{name}: no {split!r} split ({exc})") from None
 
 
 class HubDatasetError(UserError, ConnectionError):

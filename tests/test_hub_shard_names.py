@@ -21,7 +21,7 @@ import pytest
 import train_fixtures as tf
 from hub_standin import HubStandIn
 
-from builders.run import UnknownLayoutError, built_data_files, open_dataset
+from builders.run import SplitNotFoundError, UnknownLayoutError, built_data_files, open_dataset
 from landmark_controlnet.evaluation.generate import open_split
 from landmark_controlnet.training import data as input_data
 from landmark_controlnet.training.tiny_sd import write_tiny_sd
@@ -267,3 +267,11 @@ def test_train_flax_controlnet_trains_one_epoch_on_a_hub_snapshot(hub_snapshot, 
     failed = tf.run_training(model, unknown, tmp_path / "run-unknown", devices=1)
     assert failed.returncode == 2 and "Traceback" not in failed.stderr, failed.stderr[-4000:]
     assert f"error: {unknown.resolve()}" in failed.stderr and "looked for" in failed.stderr
+
+
+def test_a_card_config_named_by_the_trainer_opens_its_splits(card_configs, rows):
+    """`--dataset_config_name` on a folder whose card names its configs (datasets reads the card)."""
+    held_out = open_dataset(str(card_configs.folder), card_configs.held_out, config="default")
+    assert fx.comparable_rows(held_out) == fx.comparable_rows(rows["held_out"])
+    with pytest.raises(SplitNotFoundError, match="no 'test' split"):
+        open_dataset(str(card_configs.folder), "test", config="default")
