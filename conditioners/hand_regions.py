@@ -216,11 +216,10 @@ class HandSearch:
     def retry_hint(self, region: Region) -> None:
         """A hinted hand not found: the caller vouches for it, so look again, alone, closer and
         then wider (a second hand or a face in the crop can draw the palm detector away)."""
-        cx, cy = (region.expected[0] + region.expected[2]) / 2, (region.expected[1] + region.expected[3]) / 2
         for context in HINT_RETRY_CONTEXTS:
             if self._accounted(region.expected):
                 return
-            self.add(self.detect_crop(square(cx, cy, span(region.expected) * context), "hints"))
+            self.add(self.detect_crop(around(region.expected, span(region.expected) * context), "hints"))
 
     def search_tiles(self) -> int:
         tiles = tile_boxes(self.size, self.settings)
@@ -255,9 +254,7 @@ class HandSearch:
             if not cut_by_crop(box, (x0 * scale, y0 * scale, x1 * scale, y1 * scale), self.size):
                 found.append(Found(moved, scale))
             elif retry:
-                wider = square(
-                    (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, span(box) * self.settings.crop_context
-                )
+                wider = around(box, span(box) * self.settings.crop_context)
                 found += self.detect_crop(wider, found_by, retry=False)
         return found
 
@@ -305,8 +302,7 @@ def merge(a: Region, b: Region, context: float) -> Region:
     )
     largest = max(span(a.expected), span(b.expected))
     side = max(largest * context, span(expected) + largest)
-    cx, cy = (expected[0] + expected[2]) / 2, (expected[1] + expected[3]) / 2
-    return Region(square(cx, cy, side), expected, a.found_by)
+    return Region(around(expected, side), expected, a.found_by)
 
 
 def tag(hand: Instance, found_by: str) -> Instance:
@@ -329,7 +325,7 @@ def iou(a: Box, b: Box) -> float:
 
 def covers(hand: Box, expected: Box) -> bool:
     """A found hand accounts for an expected box when they overlap or its centre lies inside."""
-    cx, cy = (hand[0] + hand[2]) / 2, (hand[1] + hand[3]) / 2
+    cx, cy = centre(hand)
     inside = expected[0] <= cx <= expected[2] and expected[1] <= cy <= expected[3]
     return inside or iou(hand, expected) >= SAME_HAND_IOU
 
@@ -351,6 +347,15 @@ def cut_by_crop(hand: Box, crop: Box, size: tuple[int, int]) -> bool:
         (crop[3] - hand[3] < margin, crop[3] < size[1]),
     )
     return any(near and inner for near, inner in edges)
+
+
+def centre(box: Box) -> tuple[float, float]:
+    return (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+
+
+def around(box: Box, side: float) -> Box:
+    """The square of `side` centred on `box`."""
+    return square(*centre(box), side)
 
 
 def square(cx: float, cy: float, side: float) -> Box:
@@ -377,8 +382,7 @@ def hint_region(hint: HintBox, settings: SearchSettings, size: tuple[int, int]) 
         min(hint.x1, float(size[0])),
         min(hint.y1, float(size[1])),
     )
-    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    return Region(square(cx, cy, span(box) * settings.crop_context), box, "hints")
+    return Region(around(box, span(box) * settings.crop_context), box, "hints")
 
 
 def wrist_regions(person: np.ndarray, settings: SearchSettings, size: tuple[int, int]) -> list[Region]:
