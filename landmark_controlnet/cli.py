@@ -158,20 +158,14 @@ def _add_refine_hands(commands: Any) -> None:
 
 
 def _add_conditioner_args(parser: argparse.ArgumentParser, required: bool, several: bool = False) -> None:
-    if several:
-        parser.add_argument(
-            "--conditioner",
-            required=required,
-            action="append",
-            help="a registered name (see `landmark-controlnet conditioners`); repeat it or give a "
-            "comma list for several, each written to its own subfolder of --out-dir",
-        )
-    else:
-        parser.add_argument(
-            "--conditioner",
-            required=required,
-            help="a registered name (see `landmark-controlnet conditioners`)",
-        )
+    what = "a registered name (see `landmark-controlnet conditioners`)"
+    parser.add_argument(
+        "--conditioner",
+        required=required,
+        action="append" if several else "store",
+        help=what + ("; repeat it or give a comma list for several, each written to its own subfolder "
+                     "of --out-dir" if several else ""),
+    )  # fmt: skip
     parser.add_argument(
         "--option",
         action="append",

@@ -34,9 +34,6 @@ ROW_INDEX = "__row_index__"  # a map-style row's index in the dataset, which --c
 Prepare = Callable[[dict[str, Any], np.random.Generator], dict[str, Any]]
 
 
-# -- opening the dataset: builders.run.open_dataset, the one function the CLI and evaluate share
-
-
 @dataclass
 class Columns:
     image: str = "image"
