@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .errors import OptionError
 
 _MIRRORED_KIND = {"left_hand": "right_hand", "right_hand": "left_hand"}
 
@@ -222,6 +226,16 @@ class Detection:
     @classmethod
     def from_json(cls, text: str | bytes) -> Detection:
         return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> Detection:
+        """A stored detection JSON; a file that is not one is a one-line `OptionError` naming it."""
+        try:
+            return cls.from_json(Path(path).read_text())
+        except (ValueError, KeyError, TypeError) as exc:  # not JSON, or JSON of something else
+            raise OptionError(
+                f"{path}: not a detection JSON of the condition command ({type(exc).__name__}: {exc})"
+            ) from None
 
 
 def _json_float(value: float | None) -> float | None:

@@ -243,12 +243,7 @@ def run_draw(
     """Re-draw a stored detection: its conditioning image, or one of its extra images by name."""
     if not detection_path.is_file():
         raise conditioners.OptionError(f"{detection_path}: no such detection JSON (condition writes them)")
-    try:
-        detection = Detection.from_json(detection_path.read_text())
-    except (ValueError, KeyError, TypeError) as exc:  # not JSON, or JSON of something else
-        raise conditioners.OptionError(
-            f"{detection_path}: not a detection JSON of the condition command ({type(exc).__name__}: {exc})"
-        ) from None
+    detection = Detection.from_file(detection_path)
     if detection.skipped == conditioners.SkipReason.UNREADABLE:
         raise conditioners.OptionError(
             f"{detection_path}: its input was unreadable, so there is nothing to draw"

@@ -46,10 +46,7 @@ def load_references(reference_dir: Path) -> dict[str, Detection]:
         raise UserError(f"--reference {reference_dir}: no such folder")
     references = {}
     for path in sorted(reference_dir.rglob("*.json")):
-        try:
-            detection = Detection.from_json(path.read_text())
-        except (ValueError, KeyError) as exc:
-            raise UserError(f"{path}: not a detection JSON of the condition command ({exc})") from exc
+        detection = Detection.from_file(path)
         if detection.skipped != conditioners.SkipReason.UNREADABLE:
             references[relative_stem(path, reference_dir)] = detection
     if not references:
