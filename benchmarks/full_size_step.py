@@ -307,12 +307,13 @@ def example_batch(case: Case, unet_config, batch: int, resolution: int, scale: f
 
     rng = np.random.default_rng(0)
     latent = resolution // 8
-    rows = {"conditioning_pixel_values": rng.uniform(0, 1, (batch, resolution, resolution, 3))}
+    image = (batch, resolution, resolution, 3)
+    rows = {"conditioning_pixel_values": rng.integers(0, 256, image, np.uint8)}  # pictures travel as uint8
     if case.cached:
         rows["latent_moments"] = rng.standard_normal((batch, latent, latent, 8))
         rows["text_embeddings"] = rng.standard_normal((batch, 77, unet_config.cross_attention_dim))
     else:
-        rows["pixel_values"] = rng.uniform(-1, 1, (batch, resolution, resolution, 3))
+        rows["pixel_values"] = rng.integers(0, 256, image, np.uint8)
         rows["input_ids"] = rng.integers(0, 49408, (batch, 77))
     if case.sdxl:
         rows["text_embeds"] = rng.standard_normal((batch, int(SDXL_POOLED * scale)))
@@ -320,7 +321,7 @@ def example_batch(case: Case, unet_config, batch: int, resolution: int, scale: f
             np.array([[resolution, resolution, 0, 0, resolution, resolution]]), (batch, 1)
         )
     return {
-        k: (v.astype(np.int32) if v.dtype.kind == "i" else v.astype(np.float32))[None]
+        k: (v if v.dtype == np.uint8 else v.astype(np.int32 if v.dtype.kind == "i" else np.float32))[None]
         for k, v in rows.items()
     }
 

@@ -61,13 +61,13 @@ def steps_per_second(model: str, resolution: int, steps: int, inpainting: bool) 
     rng = np.random.default_rng(0)
     image = (1, rows, resolution, resolution, 3)
     batch = {
-        "pixel_values": rng.uniform(-1, 1, image).astype(np.float32),
-        "conditioning_pixel_values": rng.uniform(0, 1, image).astype(np.float32),
+        "pixel_values": rng.integers(0, 256, image, np.uint8),  # pictures travel as uint8
+        "conditioning_pixel_values": rng.integers(0, 256, image, np.uint8),
         "input_ids": np.zeros((1, rows, sd.tokenizer.model_max_length), np.int32),
     }
     if inpainting:
-        mask = np.zeros((1, rows, resolution, resolution, 1), np.float32)
-        mask[:, :, resolution // 4 : resolution // 2, resolution // 4 : resolution // 2] = 1
+        mask = np.zeros((1, rows, resolution, resolution, 1), np.uint8)
+        mask[:, :, resolution // 4 : resolution // 2, resolution // 4 : resolution // 2] = 255
         batch["mask"] = mask
     batch = shardings.put_batch(batch)
     state, metrics = step(state, frozen, batch)  # compile

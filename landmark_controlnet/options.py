@@ -1,4 +1,4 @@
-"""Parsing of `--option KEY=VALUE` and `--size WxH` arguments."""
+"""Parsing of `--option KEY=VALUE`, `--size WxH` and `--profile_steps A:B` arguments."""
 
 from __future__ import annotations
 
@@ -28,6 +28,19 @@ def parse_size(text: str) -> tuple[int, int]:
     if not sep or min(size) <= 0:
         raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 512x512, got {text!r}")
     return size
+
+
+def parse_step_range(text: str) -> range | None:
+    """`A:B`: steps A up to, not including, B, with 0 <= A < B. A plain count `N` means `1:1+N`: N steps
+    after the first, as the flag's older form did; `0` means none (None)."""
+    first, sep, last = text.partition(":")
+    try:
+        start, stop = (int(first), int(last)) if sep else (1, 1 + int(first))
+    except ValueError:
+        start = stop = -1
+    if start < 0 or stop < start or (sep and stop == start):
+        raise argparse.ArgumentTypeError(f"expected A:B with 0 <= A < B, or a count N >= 0, got {text!r}")
+    return range(start, stop) or None
 
 
 def options_dict(pairs: list[tuple[str, Any]] | None) -> dict[str, Any]:

@@ -161,14 +161,15 @@ def test_bf16_streaming_with_random_flip_on_an_sd2_model(workspace):
     result = _train(
         workspace, output,
         "--mixed_precision", "bf16", "--streaming", "--random_flip", "--max_train_steps", "3",
-        "--profile_steps", "1", "--profile_memory", "--from_pt",
+        "--profile_steps", "1:3", "--profile_memory", "--from_pt",
         model="sd2",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     metrics = [json.loads(line) for line in (output / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2, 3] and all(np.isfinite(m["loss"]) for m in metrics)
     assert (output / "diffusion_pytorch_model.safetensors").is_file()
-    assert list((output / "profile").glob("plugins/profile/*/*.xplane.pb"))  # --profile_steps
+    traces = list((output / "profile").glob("plugins/profile/*/*.xplane.pb"))  # as TensorBoard reads them
+    assert traces and "profile of steps 1:3" in result.stderr  # --profile_steps
     assert (output / "memory.prof").is_file()  # --profile_memory
     config = json.loads((output / "config.json").read_text())
     assert config["use_linear_projection"] and config["attention_head_dim"] == [1, 2, 2, 2]

@@ -56,16 +56,17 @@ def test_prepare_example_flips_photo_and_conditioning_together(hand_rows):
     )
     f_pixels = input_data.prepare_example(row, columns, flip, always())["pixel_values"]
     assert pixels.shape == (64, 64, 3) and conditioning.shape == (64, 64, 3) and caption == "a hand"
-    assert pixels.min() >= -1 and pixels.max() <= 1 and conditioning.min() >= 0 and conditioning.max() <= 1
-    np.testing.assert_allclose(f_pixels, pixels[:, ::-1], atol=0.1)  # the photo is mirrored
+    assert pixels.dtype == conditioning.dtype == np.uint8  # scaled on the devices
+    # the photo is mirrored (to 0.1 of the [-1, 1] the step scales it to)
+    np.testing.assert_allclose(f_pixels.astype(np.float32), pixels[:, ::-1].astype(np.float32), atol=12.75)
     # and so is the conditioning image: the stored landmarks mirrored (left and right swapped),
     # re-drawn at the stored size, framed as every picture is
     f_conditioning = input_data.prepare_example(row, columns, flip, always())["conditioning_pixel_values"]
     stored = hand_rows[0]["conditioning_image"]
     mirrored = conditioners.draw(Detection.from_json(row["landmarks"]).mirrored(), stored.size)
-    expected = np.asarray(input_data.frame(Image.fromarray(mirrored), 64).convert("RGB"), np.float32) / 255
-    np.testing.assert_allclose(f_conditioning, expected, atol=1e-6)
-    lit, f_lit = conditioning.max(-1) > 0.1, f_conditioning.max(-1) > 0.1
+    expected = np.asarray(input_data.frame(Image.fromarray(mirrored), 64).convert("RGB"))
+    np.testing.assert_array_equal(f_conditioning, expected)
+    lit, f_lit = conditioning.max(-1) > 25, f_conditioning.max(-1) > 25
     assert lit.sum() > 20 and (lit[:, ::-1] & f_lit).sum() >= 0.7 * lit.sum()  # where the hand was, mirrored
 
 
@@ -80,8 +81,8 @@ def test_inpainting_examples_carry_a_flipped_randomly_dilated_binary_mask(hand_r
     }
     columns = input_data.Columns(mask="mask")
     exact = input_data.prepare_example(row, columns, input_data.ExampleOptions(64), np.random.default_rng(0))
-    assert exact["mask"].shape == (64, 64, 1) and set(np.unique(exact["mask"])) == {0.0, 1.0}
-    assert exact["mask"].sum() == 20 * 20 and exact["mask"][20:40, 5:25, 0].all()
+    assert exact["mask"].shape == (64, 64, 1) and set(np.unique(exact["mask"])) == {0, 255}
+    assert (exact["mask"] > 0).sum() == 20 * 20 and exact["mask"][20:40, 5:25, 0].all()
     grown = [
         input_data.prepare_example(row, columns, input_data.ExampleOptions(64, mask_dilation=0.2), rng)[
             "mask"
@@ -89,10 +90,60 @@ def test_inpainting_examples_carry_a_flipped_randomly_dilated_binary_mask(hand_r
         for rng in (np.random.default_rng(seed) for seed in range(8))
     ]
     assert all((g >= exact["mask"]).all() for g in grown), "dilation only grows the mask"
-    assert len({int(g.sum()) for g in grown}) > 2, "by a random amount"
+    assert len({int((g > 0).sum()) for g in grown}) > 2, "by a random amount"
     flip = input_data.ExampleOptions(64, random_flip=True)
     flipped = input_data.prepare_example(row, columns, flip, _rng_with_first_draw_below(0.5)())
     np.testing.assert_array_equal(flipped["mask"], exact["mask"][:, ::-1])
+
+
+def test_the_host_sends_pictures_as_uint8_and_the_devices_scale_them(hand_rows):
+    """Batches cross to the devices as the loop sends them (loader, prefetch, `put_batch`) in uint8, a
+    quarter of float32's bytes; scaled there, they are the values the host used to send as floats."""
+    import jax
+
+    from landmark_controlnet.diffusion.pixels import conditioning_input, mask_input, photo_input
+    from landmark_controlnet.training.step import Shardings
+
+    mask = np.zeros((128, 128), np.uint8)
+    mask[40:80, 10:50] = 255
+    cells = {
+        "image": {"bytes": _png(hand_rows[0]["image"]), "path": "a.png"},
+        "conditioning_image": {"bytes": _png(hand_rows[0]["conditioning_image"]), "path": None},
+        "mask": {"bytes": _png(Image.fromarray(mask)), "path": None},
+    }
+    rows = [{**cells, "caption": f"hand {i}"} for i in range(2 * jax.device_count())]
+    columns, options = input_data.Columns(mask="mask"), input_data.ExampleOptions(64, random_flip=True)
+    loader = input_data.BatchLoader(
+        iter([(rows, {"batch": 1})]),
+        lambda row, rng: input_data.prepare_example(row, columns, options, rng),
+        lambda captions: {"input_ids": np.zeros((len(captions), 8), np.int32)},
+        accumulation=1,
+        seed=0,
+        threads=1,
+    )
+    batches = input_data.prefetch(iter(loader), Shardings.over_all_devices().put_batch)
+    sent, _ = next(batches)
+    batches.close()
+    pictures = ("pixel_values", "conditioning_pixel_values", "mask")
+    assert all(sent[key].dtype == np.uint8 for key in pictures), {k: v.dtype for k, v in sent.items()}
+
+    # What the host computed before, from the same 8-bit pictures (a flip included).
+    examples = [
+        input_data.prepare_example(r, columns, options, np.random.default_rng([0, 0, i]))
+        for i, r in enumerate(rows)
+    ]
+    assert any(not np.array_equal(e["pixel_values"], examples[0]["pixel_values"]) for e in examples)
+    as_floats = {
+        "pixel_values": lambda e: e["pixel_values"].astype(np.float32) / 127.5 - 1.0,
+        "conditioning_pixel_values": lambda e: e["conditioning_pixel_values"].astype(np.float32) / 255.0,
+        "mask": lambda e: (e["mask"] >= 128).astype(np.float32),
+    }
+    scale = {"pixel_values": photo_input, "conditioning_pixel_values": conditioning_input, "mask": mask_input}
+    for key in pictures:  # XLA may multiply by 1/127.5 where numpy divides: one float32 rounding apart
+        expected = np.stack([as_floats[key](e) for e in examples])
+        np.testing.assert_allclose(np.asarray(scale[key](sent[key][0])), expected, rtol=0, atol=2**-23)
+    with pytest.raises(TypeError, match="uint8"):  # a batch scaled on the host is not scaled twice
+        photo_input(np.asarray(photo_input(sent["pixel_values"])))
 
 
 def _png(image: Image.Image) -> bytes:
@@ -172,6 +223,29 @@ def test_closing_prefetch_stops_and_joins_its_thread():
     batches.close()
     assert not [t for t in threading.enumerate() if t.name == "prefetch"]
     assert len(produced) <= 4  # the one taken, two queued, at most one more in hand when it stopped
+
+
+@pytest.mark.parametrize(
+    ("flag", "traced"), [("1:3", [1, 2]), ("0:1", [0]), ("2", [1, 2]), ("3:9", [3]), ("0", [])]
+)
+def test_profile_steps_trace_the_steps_asked_for(flag, traced, tmp_path, monkeypatch):
+    """--profile_steps A:B counts this run's steps from 0 (the compiling one); a plain N is 1:1+N."""
+    import jax
+
+    from landmark_controlnet.options import parse_step_range
+    from landmark_controlnet.training.loop import StepProfiler
+
+    calls = []
+    monkeypatch.setattr(jax.profiler, "start_trace", lambda directory: calls.append(("start", directory)))
+    monkeypatch.setattr(jax.profiler, "stop_trace", lambda: calls.append(("stop",)))
+    profiler = StepProfiler(parse_step_range(flag), tmp_path / "profile")
+    seen = []
+    for index in range(4):  # a run of 4 steps
+        profiler.before_step(index, in_flight=None)
+        seen += [index] if profiler.tracing else []
+    profiler.close(in_flight=None)
+    assert seen == traced
+    assert calls == ([("start", str(tmp_path / "profile")), ("stop",)] if traced else [])
 
 
 def _blank_cell(width: int, height: int) -> dict:

@@ -28,6 +28,8 @@ def sd2(tmp_path_factory):
 
 
 def test_a_v_prediction_model_learns_the_velocity_diffusers_defines(sd2):
+    """The batch holds uint8 pictures, as the loader sends them; the reference is computed from the
+    float pictures the host used to send, so the step's own scaling is checked too."""
     import torch
     from diffusers import DDPMScheduler
 
@@ -39,23 +41,23 @@ def test_a_v_prediction_model_learns_the_velocity_diffusers_defines(sd2):
     frozen["noise_schedule"] = sd.noise_schedule
     rng = np.random.default_rng(0)
     batch = {
-        "pixel_values": jnp.asarray(rng.uniform(-1, 1, (2, 64, 64, 3)), jnp.float32),
-        "conditioning_pixel_values": jnp.asarray(rng.uniform(0, 1, (2, 64, 64, 3)), jnp.float32),
+        "pixel_values": jnp.asarray(rng.integers(0, 256, (2, 64, 64, 3), np.uint8)),
+        "conditioning_pixel_values": jnp.asarray(rng.integers(0, 256, (2, 64, 64, 3), np.uint8)),
         "input_ids": jnp.asarray(tokenize(sd.tokenizer, ["a hand", "an open palm"])),
     }
     key = jax.random.PRNGKey(7)
     loss = float(diffusion_loss(params, frozen, batch, key, graphs, LossConfig()))
 
-    # The step's own draws, from the same key, then the target from diffusers' scheduler.
+    # The host's float pictures, the step's own draws from the same key, then diffusers' target.
+    pixels = jnp.asarray(np.asarray(batch["pixel_values"], np.float32) / 127.5 - 1.0)
+    conditioning = jnp.asarray(np.asarray(batch["conditioning_pixel_values"], np.float32) / 255.0)
     sample_key, noise_key, time_key = jax.random.split(key, 3)
-    latents = sd.vae.to_latents(sd.vae.encode(batch["pixel_values"]), sample_key)
+    latents = sd.vae.to_latents(sd.vae.encode(pixels), sample_key)
     noise = jax.random.normal(noise_key, latents.shape)
     timesteps = sd.noise_schedule.sample_timesteps(time_key, 2)
     noisy = sd.noise_schedule.add_noise(latents, noise, timesteps)
     text = encode_prompt(sd.text_encoder, batch["input_ids"])
-    prediction = np.asarray(
-        controlnet_prediction(sd.unet, controlnet, noisy, timesteps, text, batch["conditioning_pixel_values"])
-    )
+    prediction = np.asarray(controlnet_prediction(sd.unet, controlnet, noisy, timesteps, text, conditioning))
     scheduler = DDPMScheduler.from_pretrained(folder / "scheduler")
     assert scheduler.config.prediction_type == "v_prediction"
     as_torch = [torch.from_numpy(np.asarray(a).transpose(0, 3, 1, 2).copy()) for a in (latents, noise)]
@@ -113,7 +115,7 @@ def test_an_sdxl_step_feeds_the_pooled_text_and_size_ids_to_unet_and_controlnet(
     batch = {  # cached latents and embeddings: the step needs no text encoder
         "latent_moments": jnp.asarray(rng.standard_normal((2, 8, 8, 8)), jnp.float32),
         "text_embeddings": jnp.asarray(rng.standard_normal((2, 77, 24)), jnp.float32),
-        "conditioning_pixel_values": jnp.asarray(rng.uniform(0, 1, (2, 64, 64, 3)), jnp.float32),
+        "conditioning_pixel_values": jnp.asarray(rng.integers(0, 256, (2, 64, 64, 3), np.uint8)),
         "text_embeds": jnp.asarray(rng.standard_normal((2, 12)), jnp.float32),
         "time_ids": jnp.asarray([[1024, 768, 0, 0, 64, 64], [64, 64, 0, 0, 64, 64]], jnp.float32),
     }

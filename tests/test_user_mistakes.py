@@ -36,6 +36,7 @@ TRAINER_MISTAKES = [
     (["--resume_from_checkpoint", "/no/such/checkpoint"], "--resume_from_checkpoint"),
     (["--lr_scheduler", "sometimes"], "--lr_scheduler"),
     (["--resolution", "100"], "--resolution"),
+    (["--profile_steps", "5:3"], "--profile_steps: expected A:B"),
 ]
 
 

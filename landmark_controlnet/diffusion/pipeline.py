@@ -32,6 +32,7 @@ from .loading import (
     read_model_index,
 )
 from .options import DEFAULT_OPTIONS, ModelOptions
+from .pixels import conditioning_input, mask_input, photo_input
 from .schedulers import DDIMSampler, NoiseSchedule, sample
 from .unet import TextTimeConditioning, UNet2DConditionModel
 from .vae import AutoencoderKL
@@ -246,12 +247,11 @@ class ControlNetGenerator:
             raise ValueError("inpainting needs both photos and masks")
         inpaint = None
         if photos is not None:
-            pixels = jnp.asarray(photos, jnp.float32) / 127.5 - 1.0
-            inpaint = (pixels, jnp.asarray(np.asarray(masks) > 0, jnp.float32)[..., None])
+            inpaint = (photo_input(photos), mask_input(masks)[..., None])
         text_ids = {
             k: jnp.asarray(v) for k, v in self.sd.token_ids([""] * len(prompts) + list(prompts)).items()
         }
-        cond = jnp.asarray(conditioning, jnp.float32) / 255.0
+        cond = conditioning_input(conditioning)
         images = self._run(
             self._frozen, controlnet_params, text_ids, cond, inpaint, jnp.float32(strength),
             jax.random.PRNGKey(seed),

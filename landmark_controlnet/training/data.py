@@ -1,9 +1,10 @@
 """The input pipeline: no torch, each host reads only its own rows, exact resume.
 
-Rows are decoded, resized, centre-cropped and normalised in background threads, and whole
-batches are put on the devices ahead of the step that needs them. Which rows a host reads at
-a given step depends only on (seed, step), so a resumed run reads exactly what an uninterrupted
-run would have read:
+Rows are decoded, resized and centre-cropped in background threads, and whole batches are put
+on the devices ahead of the step that needs them. Pictures stay uint8 (0..255) up to the devices,
+a quarter of float32's bytes to transfer; the step scales them there (`diffusion.pixels`). Which
+rows a host reads at a given step depends only on (seed, step), so a resumed run reads exactly what
+an uninterrupted run would have read:
 - a map-style dataset is shuffled per epoch with a seed of (seed, epoch), cut into global
   batches, and host p reads the p-th slice of each global batch;
 - a streamed dataset is split between hosts (`split_dataset_by_node`), shuffled with a buffer,
@@ -89,12 +90,14 @@ def frame(image: Image.Image, resolution: int) -> Image.Image:
 
 
 def conditioning_values(conditioning: Image.Image) -> np.ndarray:
-    """A framed RGB conditioning image as the ControlNet's input: (H, W, 3) float32 in [0, 1]."""
-    return np.asarray(conditioning, np.float32) / 255.0
+    """A framed RGB conditioning image as the loader sends it: (H, W, 3) uint8; the step scales it to
+    the ControlNet's [0, 1] (`conditioning_input`)."""
+    return np.asarray(conditioning, np.uint8)
 
 
 def prepare_mask(mask: Image.Image, resolution: int, radius: int = 0) -> np.ndarray:
-    """An L mask framed as training frames it, thresholded and grown by `radius` px: (H, W, 1) in {0, 1}."""
+    """An L mask framed as training frames it, thresholded and grown by `radius` px: (H, W, 1) uint8,
+    255 = repaint, 0 = keep."""
     return dilate(frame(mask, resolution), radius)
 
 
@@ -121,9 +124,10 @@ def row_name(row: dict[str, Any]) -> str:
 
 
 def photo_values(photo: Image.Image, resolution: int, flip: bool) -> np.ndarray:
-    """A decoded photo, mirrored or not, framed: (H, W, 3) float32 in [-1, 1]."""
+    """A decoded photo, mirrored or not, framed: (H, W, 3) uint8; the step scales it to the VAE's
+    [-1, 1] (`photo_input`). Resizing gives 8-bit pixels already: no precision is lost."""
     photo = photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else photo
-    return np.asarray(frame(photo, resolution), np.float32) / 127.5 - 1.0
+    return np.asarray(frame(photo, resolution), np.uint8)
 
 
 def prepare_conditioning(
@@ -164,8 +168,8 @@ def size_ids(
 def prepare_example(
     row: dict[str, Any], columns: Columns, options: ExampleOptions, rng: np.random.Generator
 ) -> dict[str, Any]:
-    """Pixels in [-1, 1] and conditioning in [0, 1], both (H, W, 3) float32, the caption, and for
-    inpainting rows the mask, (H, W, 1) float32 in {0, 1}, randomly dilated."""
+    """The photo's and the conditioning image's pixels, both (H, W, 3) uint8, the caption, and for
+    inpainting rows the mask, (H, W, 1) uint8 (255 = repaint), randomly dilated."""
     name = row_name(row)
     flip, empty = example_draws(options, rng)
     photo = decode(row[columns.image], name)
@@ -188,11 +192,11 @@ def decode_mask(value: Any, name: str) -> Image.Image:
 
 
 def dilate(mask: Image.Image, radius: int) -> np.ndarray:
-    """(H, W, 1) float32 in {0, 1}: the mask thresholded at half, grown by a disc of `radius` px."""
-    binary = (np.asarray(mask) >= 128).astype(np.uint8)
+    """(H, W, 1) uint8, 255 or 0: the mask thresholded at half, grown by a disc of `radius` px."""
+    binary = (np.asarray(mask) >= 128).astype(np.uint8) * 255
     if radius > 0:
         binary = cv2.dilate(binary, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1,) * 2))
-    return binary[..., None].astype(np.float32)
+    return binary[..., None]
 
 
 def caption_text(value: Any) -> str:

@@ -127,7 +127,7 @@ def batch_shapes(sd: StableDiffusion, global_batch: int, args: argparse.Namespac
     resolution = args.resolution or native_resolution(sd)
     lead = (args.gradient_accumulation_steps, global_batch)
     image = (*lead, resolution, resolution, 3)
-    shapes = {"conditioning_pixel_values": (image, np.float32)}
+    shapes = {"conditioning_pixel_values": (image, np.uint8)}  # pictures travel as uint8
     tokens = sd.tokenizer.model_max_length
     if args.cache_latents:
         latent = resolution // sd.vae.config.downscale
@@ -136,13 +136,13 @@ def batch_shapes(sd: StableDiffusion, global_batch: int, args: argparse.Namespac
         if sd.is_sdxl:
             shapes["text_embeds"] = ((*lead, sd.text_encoder_2.config.projection_dim), np.float32)
     else:
-        shapes["pixel_values"] = (image, np.float32)
+        shapes["pixel_values"] = (image, np.uint8)
         for name in sd.text_models():
             shapes[TOKEN_KEYS[name]] = ((*lead, tokens), np.int32)
     if sd.is_sdxl:
         shapes["time_ids"] = ((*lead, 6), np.float32)
     if args.inpainting:
-        shapes["mask"] = ((*lead, resolution, resolution, 1), np.float32)
+        shapes["mask"] = ((*lead, resolution, resolution, 1), np.uint8)
     return shapes
 
 

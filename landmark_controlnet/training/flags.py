@@ -11,7 +11,7 @@ import logging
 import sys
 import time
 
-from landmark_controlnet.options import OneLineParser
+from landmark_controlnet.options import OneLineParser, parse_step_range
 
 SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
 DEFAULT_COMPILATION_CACHE = "~/.cache/landmark-controlnet/jax-compilation"
@@ -154,7 +154,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     runs.add_argument("--wandb_entity", default=None)
     runs.add_argument("--logging_steps", type=int, default=100)
     runs.add_argument(
-        "--profile_steps", type=int, default=0, help="trace this many steps into <output_dir>/profile"
+        "--profile_steps",
+        type=parse_step_range,
+        default=None,
+        metavar="A:B",
+        help="trace steps A up to B of this run (0 = its first step, which compiles) with jax.profiler into "
+        "<output_dir>/profile, for TensorBoard's profile plugin; a plain N means 1:1+N",
     )
     runs.add_argument("--profile_validation", action="store_true", help="accepted for compatibility")
     runs.add_argument("--profile_memory", action="store_true", help="save a device memory profile at the end")

@@ -34,6 +34,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
+from landmark_controlnet.diffusion.pixels import photo_input
+
 from . import data as input_data
 
 log = logging.getLogger("train_flax_controlnet")
@@ -160,8 +162,8 @@ class Encoders:
         self.text_weights = jax.device_put(self.text_weights, replicated)
         graphs, dtype = self.graphs, self.dtype
 
-        def moments(weights: Any, pixels: jax.Array) -> jax.Array:
-            posterior = nnx.merge(graphs.vae, weights).encode(pixels.astype(dtype))
+        def moments(weights: Any, photos: jax.Array) -> jax.Array:
+            posterior = nnx.merge(graphs.vae, weights).encode(photo_input(photos, dtype))
             return jnp.concatenate([posterior.mean, posterior.logvar], axis=-1).astype(jnp.float32)
 
         def text(weights: Any, token_ids: dict[str, jax.Array]) -> dict[str, jax.Array]:
@@ -177,8 +179,9 @@ class Encoders:
     def batch(self) -> int:
         return self.per_device * len(self.mesh.devices)
 
-    def moments(self, pixels: np.ndarray) -> np.ndarray:
-        return self._run(self._moments, self.vae_weights, pixels)
+    def moments(self, photos: np.ndarray) -> np.ndarray:
+        """The posteriors' (mean, log-variance) of framed uint8 photos, as the train step encodes them."""
+        return self._run(self._moments, self.vae_weights, photos)
 
     def text(self, token_ids: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self._run(self._text, self.text_weights, token_ids)
@@ -237,7 +240,7 @@ def build_latent_cache(
         for key, values in embedded.items():
             text[key].write(chunk, values)
 
-    first = encoders.moments(np.zeros((1, options.resolution, options.resolution, 3), np.float32))
+    first = encoders.moments(np.zeros((1, options.resolution, options.resolution, 3), np.uint8))
     shape = (len(dataset), variants, *first.shape[1:])
     moments = ChunkedArray(directory / "moments.npy", shape, encoders.batch)
     with ThreadPoolExecutor(threads, thread_name_prefix="cache-decode") as pool:

@@ -359,9 +359,9 @@ def run_loop(run: Run) -> float | None:
     previous: tuple[int, Any] | None = None
     last_loss = None
     position: dict[str, int] = {}
-    profiler = StepProfiler(args)
+    profiler = StepProfiler.from_args(args)
     for step in range(run.start_step + 1, run.max_steps + 1):
-        profiler.step(step - run.start_step)
+        profiler.before_step(step - run.start_step - 1, run.state)
         batch, position = next(run.batches)
         started = time.perf_counter()
         run.state, metrics = run.train_step(run.state, run.frozen, batch)
@@ -392,7 +392,7 @@ def run_loop(run: Run) -> float | None:
             validate(run, step)
     if previous:
         last_loss = check_finite(run, *previous)
-    profiler.close()
+    profiler.close(run.state)
     bar.close()
     return last_loss
 
@@ -446,24 +446,41 @@ def validate(run: Run, step: int) -> None:
 
 
 class StepProfiler:
-    """Traces --profile_steps steps after the first (compiling) one into <output_dir>/profile."""
+    """A `jax.profiler` trace of this run's steps `steps` (0 = its first step, which compiles or reads
+    the compilation cache) in `directory`, as TensorBoard's profile plugin reads it:
+    `plugins/profile/<time>/<host>.xplane.pb`."""
 
-    def __init__(self, args: argparse.Namespace):
-        self.steps = args.profile_steps if jax.process_index() == 0 else 0
-        self.directory = Path(args.output_dir) / "profile"
+    def __init__(self, steps: range | None, directory: Path):
+        self.steps = steps
+        self.directory = directory
         self.tracing = False
 
-    def step(self, steps_done: int) -> None:
-        if self.steps and steps_done == 2:
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> StepProfiler:
+        """--profile_steps, traced on process 0 only: the hosts of a pod run the same program."""
+        steps = args.profile_steps if jax.process_index() == 0 else None
+        return cls(steps, Path(args.output_dir) / "profile")
+
+    def before_step(self, index: int, in_flight: Any) -> None:
+        """Called before the run's step `index` is dispatched; `in_flight` is what the steps before it
+        compute (the train state)."""
+        if not self.steps:
+            return
+        if index == self.steps.start:
             jax.profiler.start_trace(str(self.directory))
             self.tracing = True
-        elif self.tracing and steps_done == 2 + self.steps:
-            self.close()
+        elif index == self.steps.stop:
+            self.close(in_flight)
 
-    def close(self) -> None:
+    def close(self, in_flight: Any) -> None:
+        """Stop a trace, once the traced steps are done: steps run asynchronously, and a trace stopped
+        while the last one runs would miss its device time."""
         if self.tracing:
+            jax.block_until_ready(in_flight)
             jax.profiler.stop_trace()
             self.tracing = False
+            span = f"{self.steps.start}:{self.steps.stop}"
+            log.info("profile of steps %s in %s (tensorboard --logdir it)", span, self.directory)
 
 
 # -- the result -------------------------------------------------------------------------------

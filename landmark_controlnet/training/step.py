@@ -23,6 +23,7 @@ from jax.sharding import PartitionSpec as P
 from conditioners.errors import OptionError
 from landmark_controlnet.diffusion import NoiseSchedule, TextTimeConditioning
 from landmark_controlnet.diffusion.pipeline import controlnet_prediction, inpainting_channels
+from landmark_controlnet.diffusion.pixels import conditioning_input, mask_input, photo_input
 from landmark_controlnet.diffusion.vae import DiagonalGaussian
 
 from .models import Graphs
@@ -156,7 +157,8 @@ def diffusion_loss(
     """The ControlNet training loss of the diffusers example: noise (or v) MSE, optional min-SNR.
 
     `frozen` holds the text encoder's, VAE's and UNet's weights and the `noise_schedule`; `batch`
-    NHWC pixels in [-1, 1], conditioning in [0, 1], token ids, and for inpainting the mask. With
+    the NHWC photo and conditioning image as uint8 (scaled here, on the device, to [-1, 1] and
+    [0, 1]), token ids, and for inpainting the mask (uint8, non-zero = repaint). With
     --cache_latents it holds the VAE posterior's `latent_moments` and the `text_embeddings`
     instead of pixels and token ids: the same loss, without running either encoder. An SDXL batch
     adds the pooled `text_embeds` and the six `time_ids`."""
@@ -170,9 +172,9 @@ def diffusion_loss(
     text, added = _text_conditioning(graphs, frozen, batch, config.dtype)
     extra = None
     if "mask" in batch:  # an inpainting UNet also sees the mask and the masked photo's latents
-        pixels = batch["pixel_values"].astype(config.dtype)
-        extra = inpainting_channels(vae, batch["mask"], pixels, latents.shape[1:3])
-    conditioning = batch["conditioning_pixel_values"].astype(config.dtype)
+        pixels = photo_input(batch["pixel_values"], config.dtype)
+        extra = inpainting_channels(vae, mask_input(batch["mask"]), pixels, latents.shape[1:3])
+    conditioning = conditioning_input(batch["conditioning_pixel_values"], config.dtype)
     prediction = controlnet_prediction(
         unet, controlnet, noisy, timesteps, text, conditioning, unet_extra=extra, added=added
     )
@@ -201,7 +203,7 @@ def _text_conditioning(
 def _posterior(vae: Any, batch: dict[str, jax.Array], dtype: Any) -> DiagonalGaussian:
     if "latent_moments" in batch:  # cast as the encoder's own output is: the same sample follows
         return DiagonalGaussian.from_moments(batch["latent_moments"].astype(dtype))
-    return vae.encode(batch["pixel_values"].astype(dtype))
+    return vae.encode(photo_input(batch["pixel_values"], dtype))
 
 
 def _min_snr_weight(schedule: NoiseSchedule, timesteps: jax.Array, gamma: float) -> jax.Array:

@@ -57,8 +57,8 @@ class ValidationSet:
 
 
 def _mask_image(mask: np.ndarray) -> Image.Image:
-    """(H, W, 1) {0, 1} -> an L image, 255 = repaint."""
-    return Image.fromarray((mask[..., 0] * 255).astype(np.uint8), "L")
+    """(H, W, 1) uint8, 255 = repaint -> an L image."""
+    return Image.fromarray(mask[..., 0], "L")
 
 
 class Validator:
