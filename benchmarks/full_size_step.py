@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/full_size_step.py [--cases sd15,sd15_cached,sdxl_cached] [--steps 20]
     .venv/bin/python benchmarks/full_size_step.py --scale 0.125 --cases sdxl_cached   # CPU smoke run
+    .venv/bin/python benchmarks/full_size_step.py --saved_only     # bytes kept for backward, any machine
+    .venv/bin/python benchmarks/full_size_step.py --remat_costs    # FLOPs and bytes of each remat policy
 
 For a GPU or TPU. Each case builds the published configs' models (SD 1.5: stable-diffusion-v1-5's
 UNet, VAE and CLIP ViT-L/14 text tower; SDXL: stable-diffusion-xl-base-1.0's UNet and VAE) with
@@ -13,9 +15,16 @@ SDXL's step adds the pooled text projection and the six size/crop ids.
 
 Prints one JSON object: per case the steps/s, images/s, first-step (compile) seconds, XLA's FLOP
 count of the step, the achieved TFLOP/s, the MFU against the chip's dense bf16 peak (when the chip
-is known), and the compiled step's memory. A case that runs out of memory is retried with
-`remat` (gradient checkpointing per block), and says so. `--scale` shrinks every width, for a
-smoke run on CPU; its figures are not a measurement.
+is known), and the compiled step's memory. Each case runs with its own remat policy (SDXL's
+keeps the step within an 80 GB GPU; `--remat` overrides it), so no program that cannot fit is
+ever compiled. `--scale` shrinks every width, for a smoke run on CPU; its figures are not a
+measurement.
+
+`--saved_only` counts, from shapes alone, the bytes the backward pass keeps (`training.saved`),
+as a Hopper GPU runs the step: cuDNN's fused attention counted as its own residuals. Its last
+stdout line is `{"sd15_cached": {"saved_for_backward_gb": ...}, "sdxl_cached": {...}}`.
+`--remat_costs` gives, for every remat policy, XLA's FLOP count of the step (on the XLA attention
+path, which its cost analysis can count) and the bytes saved for backward.
 """
 
 from __future__ import annotations
@@ -61,6 +70,7 @@ class Case:
     resolution: int
     cached: bool
     batch: int
+    remat: str = "none"  # the policy its device run uses
 
     @property
     def sdxl(self) -> bool:
@@ -70,7 +80,7 @@ class Case:
 CASES = {
     "sd15": Case(SD15_UNET_CONFIG, 512, cached=False, batch=16),
     "sd15_cached": Case(SD15_UNET_CONFIG, 512, cached=True, batch=16),
-    "sdxl_cached": Case(SDXL_UNET_CONFIG, 1024, cached=True, batch=8),
+    "sdxl_cached": Case(SDXL_UNET_CONFIG, 1024, cached=True, batch=8, remat="dots"),  # 68 GB kept
 }
 
 
@@ -106,8 +116,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--scale", type=float, default=1.0, help="shrink every width (CPU smoke runs)")
     parser.add_argument("--resolution", type=int, default=None, help="default: the model's own")
-    parser.add_argument("--remat", action="store_true", help="gradient checkpointing from the start")
+    parser.add_argument("--remat", default=None, help="remat policy (default: the case's own)")
+    parser.add_argument("--attention", default="auto", help="auto|xla|cudnn|splash")
     parser.add_argument("--flops_only", action="store_true", help="count FLOPs, run nothing (any machine)")
+    parser.add_argument("--saved_only", action="store_true", help="count saved bytes, run nothing")
+    parser.add_argument("--remat_costs", action="store_true", help="FLOPs and saved bytes per remat policy")
+    parser.add_argument(
+        "--compile_cost",
+        action="store_true",
+        help="lowering and compile time, scanned against unrolled layers",
+    )
+    parser.add_argument("--model_tflop", type=float, default=None, help="the step's FLOPs, if counted before")
+    parser.add_argument("--profile_dir", default=None, help="trace 3 timed steps into this folder")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.child:
@@ -141,15 +161,18 @@ def main() -> None:
 
 
 def run_case(case: Case, batch: int, resolution: int, options: argparse.Namespace) -> dict:
-    remat_tries = [True] if options.remat else [False, True]
-    for remat in remat_tries:
-        try:
-            return {**measure(case, batch, resolution, options, remat), "remat": remat}
-        except Exception as error:  # XLA reports running out of memory as a generic runtime error
-            if "RESOURCE_EXHAUSTED" not in str(error) and "out of memory" not in str(error).lower():
-                raise
-            print(f"  out of memory with remat={remat}", file=sys.stderr, flush=True)
-    return {"error": f"out of memory at batch {batch} even with remat"}
+    remat = options.remat or case.remat
+    if options.saved_only:
+        return saved_bytes(case, batch, resolution, options.scale, remat)
+    if options.remat_costs:
+        return remat_costs(case, batch, resolution, options.scale)
+    if options.compile_cost:
+        return compile_cost(case, batch, resolution, options.scale, remat)
+    return {
+        **measure(case, batch, resolution, options, remat),
+        "remat": remat,
+        "attention": options.attention,
+    }
 
 
 @dataclass
@@ -161,13 +184,21 @@ class Step:
     frozen: dict
     batch: dict
     parameters_m: dict
+    graphs: Any = None
+    loss_config: Any = None
 
 
-def build_step(case: Case, batch: int, resolution: int, scale: float, remat: bool, abstract: bool) -> Step:
-    """Random weights made on the devices (never on the host), or only their shapes when `abstract`.
-
-    The abstract step runs attention as plain XLA: XLA's cost analysis counts neither cuDNN's fused
-    attention nor, after compilation for GPU, cuBLAS's matmuls, so FLOPs are counted on it."""
+def build_step(
+    case: Case,
+    batch: int,
+    resolution: int,
+    scale: float,
+    remat: str,
+    abstract: bool,
+    attention: str = "auto",
+    scan_layers: bool = True,
+) -> Step:
+    """Random weights made on the devices (never on the host), or only their shapes when `abstract`."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -179,12 +210,11 @@ def build_step(case: Case, batch: int, resolution: int, scale: float, remat: boo
         CLIPTextModel,
         ControlNetConfig,
         ControlNetModel,
-        ModelOptions,
         NoiseSchedule,
         UNet2DConditionModel,
         UNetConfig,
     )
-    from landmark_controlnet.training.models import Graphs
+    from landmark_controlnet.training.models import Compute, Graphs
     from landmark_controlnet.training.step import (
         LossConfig,
         Shardings,
@@ -195,19 +225,16 @@ def build_step(case: Case, batch: int, resolution: int, scale: float, remat: boo
     )
 
     shardings = Shardings.over_all_devices()
-    bf16 = jnp.bfloat16
-    attention = "xla" if abstract else None
-    frozen_options = ModelOptions(dtype=bf16, param_dtype=bf16, remat=remat, attention=attention)
-    trained_options = ModelOptions(dtype=bf16, param_dtype=jnp.float32, remat=remat, attention=attention)
+    compute = Compute(jnp.bfloat16, remat, remat, attention, scan_layers)
     unet_config = UNetConfig.from_dict(scaled(case.unet, scale))
     models = {
-        "vae": (AutoencoderKL, AutoencoderKLConfig.from_dict(scaled(VAE_CONFIG, scale)), frozen_options),
-        "unet": (UNet2DConditionModel, unet_config, frozen_options),
-        "controlnet": (ControlNetModel, ControlNetConfig.from_unet(unet_config), trained_options),
+        "vae": (AutoencoderKL, AutoencoderKLConfig.from_dict(scaled(VAE_CONFIG, scale)), compute.frozen),
+        "unet": (UNet2DConditionModel, unet_config, compute.frozen),
+        "controlnet": (ControlNetModel, ControlNetConfig.from_unet(unet_config), compute.trained),
     }
     if not case.cached:
         text = CLIPTextConfig.from_dict(scaled(SD15_TEXT_CONFIG, scale))
-        models["text_encoder"] = (CLIPTextModel, text, frozen_options)
+        models["text_encoder"] = (CLIPTextModel, text, compute.frozen)
     graphs, weights, counts = {"text_encoder": None}, {}, {}
     for name, (cls, config, model_options) in models.items():
         graphs[name], weights[name] = random_weights(cls, config, model_options, shardings, abstract)
@@ -223,30 +250,113 @@ def build_step(case: Case, batch: int, resolution: int, scale: float, remat: boo
         device_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in host_batch.items()}
     else:
         device_batch = shardings.put_batch(host_batch)
-    config = LossConfig(dtype=bf16)
+    config = LossConfig(dtype=jnp.bfloat16)
     step = make_train_step(Graphs(**graphs), optimizer, schedule, config, shardings, params, weights)
-    return Step(step, state, weights, device_batch, {k: round(v / 1e6, 1) for k, v in counts.items()})
+    millions = {k: round(v / 1e6, 1) for k, v in counts.items()}
+    return Step(step, state, weights, device_batch, millions, Graphs(**graphs), config)
 
 
-def step_flops(case: Case, batch: int, resolution: int, scale: float) -> float:
-    """XLA's FLOP count of one step, lowered on abstract weights (nothing allocated or compiled)."""
-    built = build_step(case, batch, resolution, scale, remat=False, abstract=True)
+def step_flops(case: Case, batch: int, resolution: int, scale: float, remat: str = "none") -> float:
+    """XLA's FLOP count of one step, lowered on abstract weights (nothing allocated or compiled).
+
+    On the XLA attention path and unscanned: XLA's cost analysis counts neither cuDNN's fused
+    attention nor a Pallas kernel, and a scan's body only once."""
+    built = build_step(
+        case, batch, resolution, scale, remat, abstract=True, attention="xla", scan_layers=False
+    )
     return float(built.step.lower(built.state, built.frozen, built.batch).cost_analysis()["flops"])
 
 
-def measure(case: Case, batch: int, resolution: int, options: argparse.Namespace, remat: bool) -> dict:
+def saved_bytes(
+    case: Case, batch: int, resolution: int, scale: float, remat: str, as_gpu: bool = True
+) -> dict:
+    """The bytes the backward pass keeps, counted from shapes (`training.saved`); `as_gpu`: as a
+    Hopper GPU runs it, else on the XLA attention path."""
     import jax
 
-    flops = step_flops(case, batch, resolution, options.scale)
+    from landmark_controlnet.training.saved import saved_for_backward
+
+    attention = "auto" if as_gpu else "xla"
+    built = build_step(case, batch, resolution, scale, remat, abstract=True, attention=attention)
+    micro_batch = {k: jax.ShapeDtypeStruct(v.shape[1:], v.dtype) for k, v in built.batch.items()}
+    saved = saved_for_backward(
+        built.graphs, built.frozen, built.state.params, micro_batch, built.loss_config, as_gpu=as_gpu
+    )
+    return {"global_batch": batch, "resolution": resolution, "remat": remat, **saved.as_dict()}
+
+
+def remat_costs(case: Case, batch: int, resolution: int, scale: float) -> dict:
+    """For each remat policy: FLOPs of the step and their ratio to no remat, and the bytes saved
+    for backward with GPU attention (cuDNN) and with XLA's."""
+    from landmark_controlnet.diffusion.options import REMAT_POLICIES
+
+    costs = {}
+    for policy in REMAT_POLICIES:
+        flops = step_flops(case, batch, resolution, scale, policy)
+        costs[policy] = {
+            "tflop_per_step": round(flops / 1e12, 2),
+            "saved_gb_gpu_attention": saved_bytes(case, batch, resolution, scale, policy)[
+                "saved_for_backward_gb"
+            ],
+            "saved_gb_xla_attention": saved_bytes(case, batch, resolution, scale, policy, as_gpu=False)[
+                "saved_for_backward_gb"
+            ],
+        }
+        costs[policy]["flops_ratio"] = round(flops / 1e12 / costs["none"]["tflop_per_step"], 3)
+        print(f"  {policy}: {costs[policy]}", file=sys.stderr, flush=True)
+    return {"global_batch": batch, "resolution": resolution, "policies": costs}
+
+
+def compile_cost(case: Case, batch: int, resolution: int, scale: float, remat: str) -> dict:
+    """Seconds to lower and to compile the step on abstract weights (for this backend), and the
+    lowered program's StableHLO op count: unrolled transformer layers, then scanned ones."""
+    costs = {}
+    for name, scan in (("unrolled", False), ("scanned", True)):
+        built = build_step(case, batch, resolution, scale, remat, abstract=True, scan_layers=scan)
+        started = time.perf_counter()
+        lowered = built.step.lower(built.state, built.frozen, built.batch)
+        lower_s = time.perf_counter() - started
+        ops = sum(1 for line in lowered.as_text().splitlines() if " = " in line)
+        started = time.perf_counter()
+        lowered.compile()
+        compile_s = time.perf_counter() - started
+        costs[name] = {"lower_s": round(lower_s, 1), "compile_s": round(compile_s, 1), "stablehlo_ops": ops}
+        print(f"  {name}: {costs[name]}", file=sys.stderr, flush=True)
+    total = {name: c["lower_s"] + c["compile_s"] for name, c in costs.items()}
+    ratio = round(total["scanned"] / total["unrolled"], 3)
+    return {
+        "global_batch": batch,
+        "resolution": resolution,
+        "remat": remat,
+        **costs,
+        "scanned_over_unrolled": ratio,
+    }
+
+
+def measure(case: Case, batch: int, resolution: int, options: argparse.Namespace, remat: str) -> dict:
+    import jax
+
+    from landmark_controlnet.diffusion.attention import attention_report, reset_attention_report
+
+    # Model FLOPs, without remat's recompute: MFU counts the work the step must do.
+    flops = (
+        options.model_tflop * 1e12
+        if options.model_tflop
+        else step_flops(case, batch, resolution, options.scale)
+    )
     result = {"global_batch": batch, "resolution": resolution, "cached": case.cached}
-    result["tflop_per_step"] = round(flops / 1e12, 2)
+    result["model_tflop_per_step"] = round(flops / 1e12, 2)
     if options.flops_only:
         return result
-    built = build_step(case, batch, resolution, options.scale, remat, abstract=False)
+    built = build_step(
+        case, batch, resolution, options.scale, remat, abstract=False, attention=options.attention
+    )
     state, frozen, device_batch = built.state, built.frozen, built.batch
+    reset_attention_report()
     started = time.perf_counter()
     compiled = built.step.lower(state, frozen, device_batch).compile()
     compile_s = time.perf_counter() - started
+    result["attention_kernels"] = attention_report()
     state, metrics = compiled(state, frozen, device_batch)
     jax.block_until_ready(metrics)
     first_step_s = time.perf_counter() - started
@@ -257,6 +367,12 @@ def measure(case: Case, batch: int, resolution: int, options: argparse.Namespace
         state, metrics = compiled(state, frozen, device_batch)
     jax.block_until_ready((state, metrics))
     seconds = (time.perf_counter() - started) / options.steps
+    if options.profile_dir:
+        jax.profiler.start_trace(options.profile_dir)
+        for _ in range(3):
+            state, metrics = compiled(state, frozen, device_batch)
+        jax.block_until_ready((state, metrics))
+        jax.profiler.stop_trace()
 
     peak = PEAK_BF16.get(jax.devices()[0].device_kind)
     achieved = flops / seconds / jax.device_count()

@@ -48,7 +48,16 @@ from landmark_controlnet.training.step import LossConfig, diffusion_loss, make_o
 from landmark_controlnet.training.tiny_sd import write_tiny_sd
 
 # ModelOptions overrides for the frozen models and the ControlNet alike: none may change the numbers.
-VARIANTS: list[dict[str, Any]] = [{}, {"attention": "xla"}]
+# The default scans SDXL's stacked transformer layers; {"scan_layers": False} unrolls them.
+VARIANTS: list[dict[str, Any]] = [
+    {},
+    {"attention": "xla"},
+    {"attention": "splash"},  # Pallas splash attention, in interpret mode on CPU
+    {"remat": "blocks"},
+    {"remat": "layers"},
+    {"remat": "dots"},
+    {"scan_layers": False},
+]
 MODELS = {"sd15": {}, "sd21": {"sd2": True}, "sdxl": {"sdxl": True}}  # write_tiny_sd's arguments
 
 LOSS_TOLERANCE = 1e-5  # relative

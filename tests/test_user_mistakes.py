@@ -33,6 +33,8 @@ TRAINER_MISTAKES = [
     (["--train_batch_size", "500"], "--train_batch_size"),
     (["--inpainting"], "inpainting"),
     (["--fidelity_rows", "2", "--validation_steps", "1"], "no 'validation' split"),
+    (["--gradient_checkpointing", "everything"], "--gradient_checkpointing 'everything'"),
+    (["--attention", "flash"], "--attention 'flash'"),
     (["--resume_from_checkpoint", "/no/such/checkpoint"], "--resume_from_checkpoint"),
     (["--lr_scheduler", "sometimes"], "--lr_scheduler"),
     (["--resolution", "100"], "--resolution"),

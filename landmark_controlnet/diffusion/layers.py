@@ -7,12 +7,14 @@ other without a table. Arrays are channel-last (NHWC); tokens are (batch, length
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from .attention import attention
 from .options import ModelOptions
 
 Array = jax.Array
@@ -55,9 +57,8 @@ def conv2d(
 class GroupNorm(nnx.Module):
     """PyTorch's GroupNorm over channel-last input, with `scale` and `bias` as Flax names them.
 
-    Statistics are taken in fp32 with a two-pass variance (the one-pass form loses precision on
-    large activations), and the input is normalised in its grouped view: broadcasting the group
-    statistics back to every channel first costs time and compile.
+    The input is normalised in its grouped view: broadcasting the group statistics back to every
+    channel first costs time and compile.
     """
 
     def __init__(self, channels: int, groups: int, eps: float, options: ModelOptions, rngs: nnx.Rngs):
@@ -67,23 +68,81 @@ class GroupNorm(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((channels,), options.param_dtype))
 
     def __call__(self, x: Array) -> Array:
-        channels = x.shape[-1]
-        grouped = x.astype(jnp.float32).reshape(x.shape[0], -1, self.groups, channels // self.groups)
-        centred = grouped - grouped.mean(axis=(1, 3), keepdims=True)
-        variance = jnp.square(centred).mean(axis=(1, 3), keepdims=True)
-        normalised = (centred * jax.lax.rsqrt(variance + self.eps)).reshape(x.shape)
-        return (normalised * self.scale[...] + self.bias[...]).astype(self.dtype)
+        per_group = (self.groups, x.shape[-1] // self.groups)
+        grouped = x.reshape(x.shape[0], -1, *per_group)
+        scale, bias = self.scale[...].reshape(per_group), self.bias[...].reshape(per_group)
+        return normalize(grouped, scale, bias, (1, 3), self.eps, jnp.dtype(self.dtype)).reshape(x.shape)
 
 
-def layer_norm(features: int, eps: float, options: ModelOptions, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    return nnx.LayerNorm(
-        features,
-        epsilon=eps,
-        use_fast_variance=False,
-        dtype=options.dtype,
-        param_dtype=options.param_dtype,
-        rngs=rngs,
+class LayerNorm(nnx.Module):
+    """LayerNorm over the last axis, with nnx.LayerNorm's parameter names (`scale`, `bias`)."""
+
+    def __init__(self, features: int, eps: float, options: ModelOptions, rngs: nnx.Rngs):
+        del rngs
+        self.eps, self.dtype = eps, options.dtype
+        self.scale = nnx.Param(jnp.ones((features,), options.param_dtype))
+        self.bias = nnx.Param(jnp.zeros((features,), options.param_dtype))
+
+    def __call__(self, x: Array) -> Array:
+        return normalize(x, self.scale[...], self.bias[...], (x.ndim - 1,), self.eps, jnp.dtype(self.dtype))
+
+
+def layer_norm(features: int, eps: float, options: ModelOptions, rngs: nnx.Rngs) -> LayerNorm:
+    return LayerNorm(features, eps, options, rngs)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def normalize(x: Array, scale: Array, bias: Array, axes: tuple[int, ...], eps: float, dtype) -> Array:
+    """(x - mean) / sqrt(var + eps) * scale + bias over `axes`, statistics in fp32 with a two-pass
+    variance (the one-pass form loses precision on large activations). `scale` and `bias` span the
+    trailing axes of `x`. Its backward pass keeps only `x` in its own dtype and the per-group mean
+    and reciprocal deviation, where autodiff would keep several fp32 copies of `x`."""
+    return _normalize_forward(x, scale, bias, axes, eps, dtype)[0]
+
+
+def _normalize_forward(x, scale, bias, axes, eps, dtype):
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(axis=axes, keepdims=True)
+    centred = x32 - mean
+    rstd = jax.lax.rsqrt(jnp.square(centred).mean(axis=axes, keepdims=True) + eps)
+    out = (centred * rstd * scale + bias).astype(dtype)
+    return out, (x, mean, rstd, scale, bias)
+
+
+def _normalize_backward(axes, eps, dtype, residuals, d_out):
+    del eps, dtype
+    x, mean, rstd, scale, bias = residuals
+    normalised = (x.astype(jnp.float32) - mean) * rstd
+    d_out = d_out.astype(jnp.float32)
+    d_normalised = d_out * scale.astype(jnp.float32)
+    d_x = rstd * (
+        d_normalised
+        - d_normalised.mean(axis=axes, keepdims=True)
+        - normalised * (d_normalised * normalised).mean(axis=axes, keepdims=True)
     )
+    over_rows = tuple(range(x.ndim - scale.ndim))
+    d_scale = (d_out * normalised).sum(axis=over_rows)
+    d_bias = d_out.sum(axis=over_rows)
+    return d_x.astype(x.dtype), d_scale.astype(scale.dtype), d_bias.astype(bias.dtype)
+
+
+normalize.defvjp(_normalize_forward, _normalize_backward)
+
+
+@jax.custom_vjp
+def exact_gelu(x: Array) -> Array:
+    """GELU with the exact erf, whose backward pass keeps only its input and recomputes the rest."""
+    return jax.nn.gelu(x, approximate=False)
+
+
+def _exact_gelu_backward(x: Array, d_out: Array) -> tuple[Array]:
+    x32 = x.astype(jnp.float32)
+    cdf = 0.5 * (1.0 + jax.lax.erf(x32 * (1 / math.sqrt(2))))
+    pdf = jnp.exp(-0.5 * jnp.square(x32)) / math.sqrt(2 * math.pi)
+    return ((d_out.astype(jnp.float32) * (cdf + x32 * pdf)).astype(x.dtype),)
+
+
+exact_gelu.defvjp(lambda x: (exact_gelu(x), x), _exact_gelu_backward)
 
 
 def multi_head_attention(
@@ -95,35 +154,11 @@ def multi_head_attention(
     is_causal: bool = False,
     mask: Array | None = None,
 ) -> Array:
-    """(batch, length, heads * head_dim) projections in, the same layout out.
-
-    On GPU, `jax.nn.dot_product_attention` (cuDNN's fused kernel where it applies). Elsewhere, or
-    with `attention="xla"`, the same computation with the heads moved next to the batch first:
-    XLA's CPU matmuls over (batch, length, heads, dim) operands cost a transpose per use.
-    """
-
+    """(batch, length, heads * head_dim) projections in, the same layout out; the kernel is
+    `options.attention`'s choice for this call (see `attention.py`)."""
     query, key, value = (x.reshape(*x.shape[:-1], heads, x.shape[-1] // heads) for x in (query, key, value))
-    if options.attention == "xla" or (options.attention is None and jax.default_backend() != "gpu"):
-        out = _heads_major_attention(query, key, value, is_causal, mask)
-    else:
-        out = jax.nn.dot_product_attention(
-            query, key, value, mask=mask, is_causal=is_causal, implementation=options.attention
-        )
+    out = attention(query, key, value, options.attention, is_causal, mask)
     return out.reshape(*out.shape[:-2], -1)
-
-
-def _heads_major_attention(query: Array, key: Array, value: Array, is_causal: bool, mask: Array | None):
-    """softmax(q k^T / sqrt(d)) v for (batch, length, heads, dim) inputs, logits and softmax in fp32."""
-    query = query * jnp.asarray(query.shape[-1] ** -0.5, query.dtype)  # fewer products than the logits
-    query, key, value = (jnp.swapaxes(x, 1, 2) for x in (query, key, value))
-    logits = jnp.einsum("bnqd,bnkd->bnqk", query, key, preferred_element_type=jnp.float32)
-    if is_causal:
-        causal = jnp.tril(jnp.ones(logits.shape[-2:], bool))
-        mask = causal if mask is None else mask & causal
-    if mask is not None:
-        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
-    return jnp.swapaxes(jnp.einsum("bnqk,bnkd->bnqd", weights, value), 1, 2)
 
 
 def sinusoidal_embedding(
@@ -251,7 +286,7 @@ class GEGLU(nnx.Module):
 
     def __call__(self, x: Array) -> Array:
         hidden, gate = jnp.split(self.proj(x), 2, axis=-1)
-        return hidden * jax.nn.gelu(gate, approximate=False)
+        return hidden * exact_gelu(gate)
 
 
 class FeedForward(nnx.Module):
@@ -283,13 +318,38 @@ class BasicTransformerBlock(nnx.Module):
 
 
 def call_block(block: nnx.Module, options: ModelOptions, *args: Array | None):
-    """Run one block, under `jax.checkpoint` when the options ask for remat. The UNet's and the
-    ControlNet's blocks and, inside them, each transformer layer are run through it: the backward
-    pass of a block then recomputes one layer at a time, rather than holding all of its layers'
-    attention activations at once (SDXL's deepest blocks have ten)."""
-    if options.remat:
-        return nnx.remat(lambda module, *inputs: module(*inputs))(block, *args)
+    """Run one UNet/ControlNet block, under `jax.checkpoint` when `options.remat` is "blocks"."""
+    if options.remat == "blocks":
+        return nnx.remat(_call)(block, *args)
     return block(*args)
+
+
+def call_layer(layer: nnx.Module, options: ModelOptions, *args: Array):
+    """Run one transformer layer, under `jax.checkpoint` when `options.remat` is "layers" (nothing
+    kept inside) or "dots" (the projections' outputs kept). Never inside a checkpointed block."""
+    if options.remat == "layers":
+        return nnx.remat(_call)(layer, *args)
+    if options.remat == "dots":
+        return nnx.remat(_call, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)(layer, *args)
+    return layer(*args)
+
+
+def _call(module: nnx.Module, *inputs):
+    return module(*inputs)
+
+
+def scan_layers(layers: nnx.List, options: ModelOptions, h: Array, context: Array) -> Array:
+    """Run identical layers one after another as one `jax.lax.scan` over their stacked weights: the
+    program holds one layer's code, not ten (SDXL's deepest stacks), so it lowers and compiles in a
+    fraction of the time. The weights stay one module per layer, under diffusers' keys; they are
+    stacked here, inside the traced step."""
+    graphdef, _ = nnx.split(layers[0])
+    stacked = jax.tree.map(lambda *weights: jnp.stack(weights), *(nnx.state(layer) for layer in layers))
+
+    def body(carry: Array, weights) -> tuple[Array, None]:
+        return call_layer(nnx.merge(graphdef, weights), options, carry, context), None
+
+    return jax.lax.scan(body, h, stacked)[0]
 
 
 class Transformer2DModel(nnx.Module):
@@ -326,8 +386,11 @@ class Transformer2DModel(nnx.Module):
         h = h.reshape(batch, height * width, -1)
         if self.use_linear_projection:
             h = self.proj_in(h)
-        for block in self.transformer_blocks:
-            h = call_block(block, self.options, h, context)
+        if self.options.scan_layers and len(self.transformer_blocks) > 1:
+            h = scan_layers(self.transformer_blocks, self.options, h, context)
+        else:
+            for block in self.transformer_blocks:
+                h = call_layer(block, self.options, h, context)
         if self.use_linear_projection:
             h = self.proj_out(h)
         h = h.reshape(batch, height, width, -1)

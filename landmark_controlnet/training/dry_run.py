@@ -25,11 +25,13 @@ from landmark_controlnet.diffusion.pipeline import StableDiffusion
 from .models import (
     LATENT_CHANNELS,
     TOKEN_KEYS,
-    controlnet_options,
+    Compute,
+    compute_of,
     load_base_model,
     native_resolution,
     split_models,
 )
+from .saved import saved_for_backward
 from .sharding import per_device_bytes
 from .step import LossConfig, Shardings, init_state, make_optimizer, make_train_step
 
@@ -40,10 +42,10 @@ GB = 1e9
 def plan_memory(args: argparse.Namespace, dtype: Any) -> dict[str, Any]:
     """Per-device bytes of parameters, optimiser state, frozen weights and activations; printed as a
     table and returned (the last stdout line is the same figures as JSON)."""
-    remat = args.gradient_checkpointing
-    sd = load_base_model(args.pretrained_model_name_or_path, args.revision, dtype, remat, abstract=True)
+    compute = compute_of(args, dtype)
+    sd = load_base_model(args.pretrained_model_name_or_path, args.revision, compute, abstract=True)
     args.resolution = args.resolution or native_resolution(sd)
-    graphs, frozen, params = split_models(sd, _abstract_controlnet(args, sd, dtype, remat))
+    graphs, frozen, params = split_models(sd, _abstract_controlnet(args, sd, compute))
     if args.cache_latents:  # the step then reads cached embeddings: no text encoder on the devices
         frozen = {name: weights for name, weights in frozen.items() if not name.startswith("text_encoder")}
     frozen = {**frozen, "noise_schedule": sd.noise_schedule}
@@ -58,7 +60,8 @@ def plan_memory(args: argparse.Namespace, dtype: Any) -> dict[str, Any]:
         "resolution": args.resolution,
         "batch_per_device": args.train_batch_size,
         "compute_dtype": np.dtype(dtype).name,
-        "gradient_checkpointing": remat,
+        "gradient_checkpointing": {"unet": compute.unet_remat, "controlnet": compute.controlnet_remat},
+        "attention": compute.attention,
         "cache_latents": args.cache_latents,
         "controlnet_parameters": sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params)),
         "bytes_per_device": {
@@ -67,6 +70,9 @@ def plan_memory(args: argparse.Namespace, dtype: Any) -> dict[str, Any]:
             "frozen_weights": per_device_bytes(frozen, shardings.specs(frozen), axes),
         },
     }
+    plan["bytes_per_device"]["saved_for_backward"] = _saved_for_backward(
+        args, sd, graphs, frozen, params, dtype
+    )
     if args.dry_run == "compile":
         step = make_train_step(
             graphs, optimizer, optimizer_schedule(args), LossConfig(dtype), shardings, params, frozen
@@ -78,14 +84,22 @@ def plan_memory(args: argparse.Namespace, dtype: Any) -> dict[str, Any]:
     return plan
 
 
+def _saved_for_backward(args, sd, graphs, frozen, params, dtype) -> int:
+    """What one device's backward pass keeps, counted from shapes with fused attention (as GPUs and
+    TPUs run it); unlike the CPU compiler's memory analysis, it honours the remat policy."""
+    shapes = batch_shapes(sd, args.train_batch_size, args)
+    micro_batch = {key: jax.ShapeDtypeStruct(shape[1:], kind) for key, (shape, kind) in shapes.items()}
+    return saved_for_backward(graphs, frozen, params, micro_batch, LossConfig(dtype), as_gpu=True).total
+
+
 def _abstract_batch(sd: StableDiffusion, args: argparse.Namespace, shardings: Shardings) -> dict[str, Any]:
     shapes = batch_shapes(sd, args.train_batch_size * jax.device_count(), args)
     batch = shardings.batch
     return {key: jax.ShapeDtypeStruct(shape, kind, sharding=batch) for key, (shape, kind) in shapes.items()}
 
 
-def _abstract_controlnet(args: argparse.Namespace, sd: StableDiffusion, dtype: Any, remat: bool) -> Any:
-    options = controlnet_options(dtype, remat)
+def _abstract_controlnet(args: argparse.Namespace, sd: StableDiffusion, compute: Compute) -> Any:
+    options = compute.trained
     if args.controlnet_model_name_or_path:
         location, revision = args.controlnet_model_name_or_path, args.controlnet_revision
         return abstract_pretrained(ControlNetModel, location, revision=revision, options=options)
@@ -152,7 +166,7 @@ def format_plan(plan: dict[str, Any]) -> str:
         f"dry run: {plan['model']} ({'SDXL' if plan['sdxl'] else 'SD'}), ControlNet "
         f"{plan['controlnet_parameters'] / 1e6:.0f} M parameters, mesh {mesh}, "
         f"{plan['batch_per_device']} x {plan['resolution']} px per device, {plan['compute_dtype']} compute"
-        f"{', gradient checkpointing' if plan['gradient_checkpointing'] else ''}"
+        f", remat {' '.join(f'{k}={v}' for k, v in plan['gradient_checkpointing'].items())}"
         f"{', cached latents' if plan['cache_latents'] else ''}",
         *(
             f"  {name.replace('_', ' '):<20} {size / GB:9.3f} GB per device"

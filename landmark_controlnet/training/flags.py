@@ -122,9 +122,26 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     optim.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
     optim.add_argument(
         "--gradient_checkpointing",
-        action="store_true",
-        help="recompute the UNet's and ControlNet's block activations in the backward pass (remat): "
-        "less activation memory, about a third more compute",
+        nargs="?",
+        const="dots",
+        default="none",
+        metavar="none|blocks|layers|dots",
+        help="remat, one level: 'blocks' recomputes each UNet/ControlNet block, 'layers' each "
+        "transformer layer, 'dots' each transformer layer but its projections (the flag alone); "
+        "FLOPs and saved bytes of each are in the README",
+    )
+    optim.add_argument(
+        "--controlnet_gradient_checkpointing",
+        default=None,
+        metavar="none|blocks|layers|dots",
+        help="the ControlNet's own policy (default: --gradient_checkpointing's)",
+    )
+    optim.add_argument(
+        "--attention",
+        default="auto",
+        metavar="auto|xla|cudnn|splash",
+        help="attention kernel: 'auto' takes cuDNN's fused kernel on GPU and Pallas splash attention "
+        "on TPU where they accept the call, XLA elsewhere (the choice is logged at start)",
     )
     optim.add_argument("--snr_gamma", type=float, default=None, help="min-SNR loss weighting (5.0 is usual)")
 
@@ -191,9 +208,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         const="compile",
         choices=["compile", "shapes"],
         default=None,
-        help="print the per-device GB of parameters, optimiser state, frozen weights and (compiling the "
-        "step for abstract inputs) activations for this model, mesh and batch, then exit without "
-        "training or reading any weight; `--dry_run shapes` skips the compilation",
+        help="print the per-device GB of parameters, optimiser state, frozen weights, the bytes the "
+        "backward pass keeps (counted from shapes, remat honoured) and (compiling the step for abstract "
+        "inputs) XLA's activations for this model, mesh and batch, then exit without training or "
+        "reading any weight; `--dry_run shapes` skips the compilation",
     )
 
     hosts = parser.add_argument_group("multi-host (TPU pods: --multihost; elsewhere the three below)")

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from builders.run import open_dataset
 from conditioners.errors import OptionError
+from landmark_controlnet.diffusion.attention import attention_report, reset_attention_report
 from landmark_controlnet.diffusion.pipeline import StableDiffusion
 
 from . import data as input_data
@@ -28,8 +29,8 @@ from .latent_cache import Encoders, LatentCache, build_latent_cache, default_cac
 from .logs import RunLog
 from .models import (
     Graphs,
+    compute_of,
     controlnet_from_unet,
-    controlnet_options,
     load_base_model,
     load_controlnet,
     native_resolution,
@@ -116,12 +117,12 @@ def build_run(args: argparse.Namespace) -> Run:
     output_dir = Path(args.output_dir)
     dtype = DTYPES[args.mixed_precision]
     phases = Phases()
-    remat = args.gradient_checkpointing
-    sd = load_base_model(args.pretrained_model_name_or_path, args.revision, dtype, remat)
+    compute = compute_of(args, dtype)
+    sd = load_base_model(args.pretrained_model_name_or_path, args.revision, compute)
     check_unet_channels(args, sd)
     args.resolution = args.resolution or native_resolution(sd)
     phases.mark("base model")
-    options = controlnet_options(dtype, remat)
+    options = compute.trained
     if args.controlnet_model_name_or_path:
         controlnet = load_controlnet(args.controlnet_model_name_or_path, args.controlnet_revision, options)
     else:
@@ -360,6 +361,7 @@ def run_loop(run: Run) -> float | None:
     last_loss = None
     position: dict[str, int] = {}
     profiler = StepProfiler.from_args(args)
+    reset_attention_report()
     for step in range(run.start_step + 1, run.max_steps + 1):
         profiler.before_step(step - run.start_step - 1, run.state)
         batch, position = next(run.batches)
@@ -371,6 +373,8 @@ def run_loop(run: Run) -> float | None:
                 "first step (compiling it, or reading the compilation cache): %.1f s",
                 time.perf_counter() - started,
             )
+            for line in attention_report():  # which kernel runs which attention calls of the step
+                log.info("attention %s", line)
         if previous:  # checked one step late, so the host never waits for the step in flight
             last_loss = check_finite(run, *previous)
         previous = (step, metrics)

@@ -16,6 +16,7 @@ import numpy as np
 from flax import nnx
 from flax.traverse_util import flatten_dict, unflatten_dict
 
+from conditioners.errors import OptionError
 from landmark_controlnet.diffusion import (
     ControlNetConfig,
     ControlNetModel,
@@ -24,6 +25,7 @@ from landmark_controlnet.diffusion import (
     encode_sdxl_prompt,
     from_pretrained,
 )
+from landmark_controlnet.diffusion.options import ATTENTION_KERNELS, REMAT_POLICIES
 from landmark_controlnet.diffusion.pipeline import StableDiffusion, load_stable_diffusion
 from landmark_controlnet.diffusion.pretrained import InitKeys
 
@@ -32,17 +34,55 @@ COPIED_FROM_UNET = ("conv_in", "time_embedding", "add_embedding", "down_blocks",
 LATENT_CHANNELS = 4
 
 
+@dataclass(frozen=True)
+class Compute:
+    """How the step computes: the dtype, each model's remat policy and the attention kernel."""
+
+    dtype: Any = jnp.float32
+    unet_remat: str = "none"
+    controlnet_remat: str = "none"
+    attention: str = "auto"
+    scan_layers: bool = True
+
+    @classmethod
+    def from_flags(cls, dtype: Any, remat: str, controlnet_remat: str | None, attention: str) -> Compute:
+        """Checked: a name that is not a policy or a kernel is a one-line OptionError."""
+        for flag, value, allowed in (
+            ("--gradient_checkpointing", remat, REMAT_POLICIES),
+            ("--controlnet_gradient_checkpointing", controlnet_remat or remat, REMAT_POLICIES),
+            ("--attention", attention, ATTENTION_KERNELS),
+        ):
+            if value not in allowed:
+                raise OptionError(f"{flag} {value!r}: one of {', '.join(allowed)}")
+        return cls(dtype, remat, controlnet_remat or remat, attention)
+
+    @property
+    def frozen(self) -> ModelOptions:
+        """The frozen models keep their weights in the compute dtype: they are never updated."""
+        return ModelOptions(self.dtype, self.dtype, self.unet_remat, self.attention, self.scan_layers)
+
+    @property
+    def trained(self) -> ModelOptions:
+        """The ControlNet computes in the compute dtype and keeps float32 master weights."""
+        return ModelOptions(self.dtype, jnp.float32, self.controlnet_remat, self.attention, self.scan_layers)
+
+
+def compute_of(args: Any, dtype: Any) -> Compute:
+    """The trainer's flags (--gradient_checkpointing, --controlnet_gradient_checkpointing, --attention)."""
+    return Compute.from_flags(
+        dtype, args.gradient_checkpointing, args.controlnet_gradient_checkpointing, args.attention
+    )
+
+
 def load_base_model(
     location: str,
     revision: str | None = None,
-    dtype: jnp.dtype = jnp.float32,
-    remat: bool = False,
+    compute: Compute = Compute(),
     abstract: bool = False,
 ) -> StableDiffusion:
-    """The frozen models with their weights in the compute dtype (they are never updated); `abstract`:
-    their shapes alone, from the configs."""
-    options = ModelOptions(dtype=dtype, param_dtype=dtype, remat=remat)
-    return load_stable_diffusion(location, revision=revision, options=options, abstract=abstract)
+    """The frozen models with their weights in the compute dtype; `abstract`: their shapes alone,
+    from the configs."""
+    return load_stable_diffusion(location, revision=revision, options=compute.frozen, abstract=abstract)
 
 
 def native_resolution(sd: StableDiffusion) -> int:
@@ -50,9 +90,9 @@ def native_resolution(sd: StableDiffusion) -> int:
     return sd.unet.config.sample_size * sd.vae.config.downscale
 
 
-def controlnet_options(dtype: jnp.dtype, remat: bool = False) -> ModelOptions:
+def controlnet_options(dtype: jnp.dtype, remat: str = "none", attention: str = "auto") -> ModelOptions:
     """The ControlNet computes in `dtype` and keeps float32 master weights."""
-    return ModelOptions(dtype=dtype, param_dtype=jnp.float32, remat=remat)
+    return Compute(dtype, controlnet_remat=remat, attention=attention).trained
 
 
 def controlnet_from_unet(unet: Any, seed: int, options: ModelOptions) -> ControlNetModel:
