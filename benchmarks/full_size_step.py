@@ -111,7 +111,9 @@ def scaled(config: dict, scale: float) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument(
+        "--cases", default=None, help="default: all; sd15_cached,sdxl_cached for --saved_only"
+    )
     parser.add_argument("--batch", type=int, default=None, help="global batch (default: per case)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--scale", type=float, default=1.0, help="shrink every width (CPU smoke runs)")
@@ -145,7 +147,8 @@ def main() -> None:
         "scale": options.scale,
         "cases": {},
     }
-    for name in options.cases.split(","):
+    cases = options.cases or ("sd15_cached,sdxl_cached" if options.saved_only else ",".join(CASES))
+    for name in cases.split(","):
         # One process per case: its own peak memory, and a crash costs only that case.
         command = [sys.executable, __file__, *sys.argv[1:], "--child", name]
         print(f"{name} ...", file=sys.stderr, flush=True)
@@ -157,7 +160,7 @@ def main() -> None:
             else {"error": f"exit status {result.returncode}"}
         )
         print(json.dumps(report["cases"][name]), file=sys.stderr, flush=True)
-    print(json.dumps(report))
+    print(json.dumps(report["cases"] if options.saved_only else report))
 
 
 def run_case(case: Case, batch: int, resolution: int, options: argparse.Namespace) -> dict:
