@@ -115,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     _add_refine_hands(commands)
+    _add_generate(commands)
 
     demo = commands.add_parser(
         "demo", help="every conditioner on built-in sample photos, a demo dataset and a tiny ControlNet"
@@ -155,6 +156,40 @@ def _add_refine_hands(commands: Any) -> None:
     )
     refine.add_argument("--min-padding", type=float, default=30, help="least mask padding, px")
     refine.add_argument("--tight-mask", action="store_true", help="dilated hand silhouette instead of a box")
+
+
+def _add_generate(commands: Any) -> None:
+    generate = commands.add_parser(
+        "generate", help="images from a ControlNet and a pose (a photo, a detection JSON or DATASET_DIR#ROW)"
+    )
+    generate.add_argument(
+        "--base-model", required=True, help="a Stable Diffusion (1.x, 2.x, XL) folder or Hub id"
+    )
+    generate.add_argument("--controlnet", required=True, help="a ControlNet folder or Hub id")
+    generate.add_argument(
+        "--pose",
+        required=True,
+        metavar="SOURCE",
+        help="a photo (detected with the ControlNet's conditioner), a detection JSON, or DATASET_DIR#ROW",
+    )
+    generate.add_argument("--prompt", required=True)
+    generate.add_argument("--negative-prompt", default="")
+    generate.add_argument("--num-images", type=int, default=1)
+    generate.add_argument("--strength", type=float, default=1.0, help="control strength, in (0, 2]")
+    generate.add_argument("--steps", type=int, default=25, help="DDIM steps")
+    generate.add_argument("--guidance-scale", type=float, default=7.5)
+    generate.add_argument("--seed", type=int, default=0, help="image k is drawn with seed + k * 100003")
+    generate.add_argument("--resolution", type=int, help="square side in px (default: the base model's)")
+    generate.add_argument(
+        "--out-dir",
+        type=Path,
+        required=True,
+        help="conditioning.png, image_<k>.png, report.json; never overwritten",
+    )
+    generate.add_argument(
+        "--score", action="store_true", help="re-detect each image and score it against the pose"
+    )
+    _add_conditioner_args(generate, required=False)
 
 
 def _add_conditioner_args(parser: argparse.ArgumentParser, required: bool, several: bool = False) -> None:
@@ -233,6 +268,8 @@ def _run(argv: list[str]) -> int:
         return 0
     if args.command == "refine-hands":
         return _refine_hands(args)
+    if args.command == "generate":
+        return _generate(args)
     if args.command == "demo":
         from .demo import run_demo
 
@@ -315,6 +352,22 @@ def _refine_hands(args: argparse.Namespace) -> int:
         return run_refine_hands(args)
     except OSError as exc:  # a model folder that is missing or incomplete
         raise UserError(f"refine-hands: {exc}") from exc
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import json
+
+    from .generate import GenerateRequest, generate
+
+    request = GenerateRequest(
+        base_model=args.base_model, controlnet=args.controlnet, pose=args.pose, prompt=args.prompt,
+        out_dir=args.out_dir, negative_prompt=args.negative_prompt, num_images=args.num_images,
+        strength=args.strength, steps=args.steps, guidance_scale=args.guidance_scale, seed=args.seed,
+        resolution=args.resolution, score=args.score, conditioner=args.conditioner,
+        conditioner_options=options_dict(args.option),
+    )  # fmt: skip
+    print(json.dumps(generate(request).report))
+    return 0
 
 
 def _show(args: argparse.Namespace) -> int:

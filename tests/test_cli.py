@@ -278,6 +278,15 @@ def test_train_is_also_a_subcommand():
     assert "--pretrained_model_name_or_path" in result.stdout
 
 
+def test_generate_lists_its_pose_forms_and_needs_its_models():
+    result = run("generate", "--help")
+    assert result.returncode == 0, result.stderr
+    assert all(flag in result.stdout for flag in ("DATASET_DIR#ROW", "--num-images", "--score"))
+    result = run("generate", "--pose", "photo.jpg", "--prompt", "a hand", "--out-dir", "out")
+    assert result.returncode == 2 and "--base-model" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
 def test_same_named_inputs_keep_their_own_outputs(tmp_path, data_dir):
     hands = sorted((data_dir / "images/hands").glob("mmpose_*.jpg"))[:4]
     layout = {

@@ -65,6 +65,10 @@ CLI_MISTAKES = [
     (["condition"], "--conditioner"),
     (["show", "runs/nonexist"], "runs/nonexist"),
     (["evaluate", "--generated", "nowhere", "--reference", "nowhere", "--out", "o"], "nowhere"),
+    (
+        ["generate", "--base-model=b", "--controlnet=c", "--pose=nowhere.jpg", "--prompt=p", "--out-dir=o"],
+        "nowhere.jpg",
+    ),
 ]
 
 

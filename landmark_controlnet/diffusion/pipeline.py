@@ -241,29 +241,30 @@ class ControlNetGenerator:
         strength: float = 1.0,
         photos: np.ndarray | None = None,
         masks: np.ndarray | None = None,
+        negative_prompts: list[str] | None = None,
     ) -> np.ndarray:
-        """`conditioning` and `photos` (B, H, W, 3) uint8, `masks` (B, H, W), non-zero = repaint."""
+        """`conditioning` and `photos` (B, H, W, 3) uint8, `masks` (B, H, W), non-zero = repaint;
+        `negative_prompts` (one a prompt) guide away from them instead of from the empty prompt."""
         if (photos is None) != (masks is None):
             raise ValueError("inpainting needs both photos and masks")
         inpaint = None
         if photos is not None:
             inpaint = (photo_input(photos), mask_input(masks)[..., None])
-        text_ids = {
-            k: jnp.asarray(v) for k, v in self.sd.token_ids([""] * len(prompts) + list(prompts)).items()
-        }
+        negatives = list(negative_prompts) if negative_prompts else [""] * len(prompts)
+        text_ids = {k: jnp.asarray(v) for k, v in self.sd.token_ids(negatives + list(prompts)).items()}
         cond = conditioning_input(conditioning)
         images = self._run(
             self._frozen, controlnet_params, text_ids, cond, inpaint, jnp.float32(strength),
-            jax.random.PRNGKey(seed),
+            jax.random.PRNGKey(seed), jnp.bool_(not any(negatives)),
         )  # fmt: skip
         return np.asarray(images)
 
-    def _generate(self, frozen, controlnet_params, text_ids, cond, inpaint, strength, key):
+    def _generate(self, frozen, controlnet_params, text_ids, cond, inpaint, strength, key, zero_negative):
         models = {name: nnx.merge(self._graphs[name], state) for name, state in frozen.items()}
         vae, unet = models["vae"], models["unet"]
         controlnet = nnx.merge(self._graphs["controlnet"], controlnet_params)
         batch, height, width = cond.shape[:3]
-        text, added = self._encode(models, text_ids, height, width)
+        text, added = self._encode(models, text_ids, height, width, zero_negative)
         latent_hw = (height // vae.config.downscale, width // vae.config.downscale)
         latents = jax.random.normal(key, (batch, *latent_hw, unet.config.out_channels))
         latents = latents * self.plan.init_noise_sigma
@@ -287,12 +288,12 @@ class ControlNetGenerator:
         return ((decoded / 2 + 0.5).clip(0, 1) * 255).round().astype(jnp.uint8)
 
     @staticmethod
-    def _encode(models: dict, text_ids: dict, height: int, width: int):
+    def _encode(models: dict, text_ids: dict, height: int, width: int, zero_negative: jax.Array):
         """(context, added conditioning) for the unconditional half, then the prompts' half.
 
         SDXL: both encoders, and the size ids of an uncropped picture generated at its own size
         (original = target = (height, width)). Its unconditional half is zeros, as SDXL's pipeline
-        gives an empty negative prompt (`force_zeros_for_empty_prompt`)."""
+        gives an empty negative prompt (`force_zeros_for_empty_prompt`); a negative prompt is encoded."""
         if "text_encoder_2" not in models:
             return encode_prompt(models["text_encoder"], text_ids["text_encoder"]), None
         context, pooled = encode_sdxl_prompt(
@@ -302,8 +303,8 @@ class ControlNetGenerator:
             text_ids["text_encoder_2"],
         )
         half = context.shape[0] // 2
-        context = jnp.concatenate([jnp.zeros_like(context[:half]), context[half:]])
-        pooled = jnp.concatenate([jnp.zeros_like(pooled[:half]), pooled[half:]])
+        context = jnp.concatenate([jnp.where(zero_negative, 0.0, context[:half]), context[half:]])
+        pooled = jnp.concatenate([jnp.where(zero_negative, 0.0, pooled[:half]), pooled[half:]])
         time_ids = jnp.tile(
             jnp.asarray([[height, width, 0, 0, height, width]], jnp.float32), (pooled.shape[0], 1)
         )

@@ -59,7 +59,7 @@ class Row:
     stem: str
     caption: str
     conditioning: np.ndarray  # (resolution, resolution, 3) uint8, framed as training frames it
-    reference: Detection  # in the framed picture's pixels
+    reference: Detection | None  # in the framed picture's pixels; None: no landmarks (`generate` only)
 
 
 def parse_strengths(text: str) -> tuple[float, ...]:
@@ -95,13 +95,36 @@ def load_rows(table: Any, count: int, resolution: int, dataset: str = "dataset")
             Row(
                 stem=f"row{index:05d}",
                 caption=caption_text(record.get("caption")),
-                conditioning=np.asarray(resize_and_crop(conditioning, framing, Image.Resampling.BILINEAR)),
+                conditioning=frame_picture(conditioning, resolution),
                 reference=reference.framed(framing),
             )
         )
     if not rows:
         raise UserError(f"{dataset} has no row with landmarks to score")
     return rows
+
+
+def frame_picture(picture: Image.Image, resolution: int) -> np.ndarray:
+    """`picture` scaled and centre-cropped to a `resolution` square, as training frames it."""
+    framing = center_crop_framing(picture.size, resolution)
+    return np.asarray(resize_and_crop(picture, framing, Image.Resampling.BILINEAR))
+
+
+def native_resolution(sd: Any) -> int:
+    """The size the base model generates at by default (its UNet's sample size in pixels)."""
+    return sd.unet.config.sample_size * sd.vae.config.downscale
+
+
+def controlnet_sampler(sd: Any, controlnet: str, steps: int, guidance_scale: float) -> tuple[Any, Any]:
+    """A `ControlNetGenerator` for `sd` with the ControlNet at `controlnet` (a folder or Hub id),
+    and that ControlNet's parameters to call it with."""
+    from flax import nnx
+
+    from landmark_controlnet.diffusion import ControlNetModel, from_pretrained
+    from landmark_controlnet.diffusion.pipeline import ControlNetGenerator
+
+    graph, params = nnx.split(from_pretrained(ControlNetModel, controlnet))
+    return ControlNetGenerator(sd, graph, steps, guidance_scale), nnx.to_pure_dict(params)
 
 
 def open_split(dataset: str, split: str) -> Any:
@@ -143,18 +166,14 @@ class Generator:
 
     @property
     def resolution(self) -> int:
-        return self.settings.resolution or self.sd.unet.config.sample_size * self.sd.vae.config.downscale
+        return self.settings.resolution or native_resolution(self.sd)
 
     def _sampler(self, controlnet: str) -> tuple[Any, Any]:
         if controlnet not in self._samplers:
-            from flax import nnx
-
-            from landmark_controlnet.diffusion import ControlNetModel, from_pretrained
-            from landmark_controlnet.diffusion.pipeline import ControlNetGenerator
-
-            graph, params = nnx.split(from_pretrained(ControlNetModel, controlnet))
-            sampler = ControlNetGenerator(self.sd, graph, self.settings.steps, self.settings.guidance_scale)
-            self._samplers[controlnet] = (sampler, nnx.to_pure_dict(params))
+            settings = self.settings
+            self._samplers[controlnet] = controlnet_sampler(
+                self.sd, controlnet, settings.steps, settings.guidance_scale
+            )
         return self._samplers[controlnet]
 
     def generate(self, controlnet: str, rows: list[Row], strength: float, folder: Path, label: str) -> None:
@@ -178,8 +197,10 @@ def write_samples(
     strength: float = 1.0,
     batch_size: int = 4,
     description: str = "generate",
+    negative_prompt: str = "",
 ) -> None:
-    """`<stem>_<k>.png` for every row and sample, from `sampler` (a `ControlNetGenerator`) in batches."""
+    """`<stem>_<k>.png` for every row and sample, from `sampler` (a `ControlNetGenerator`) in batches;
+    sample k of batch b is drawn with seed `seed + k * SEEDS_PER_SAMPLE + b`."""
     folder.mkdir(parents=True, exist_ok=True)
     with tqdm(total=len(rows) * samples, desc=description, unit="img") as progress:
         for sample in range(samples):
@@ -190,6 +211,7 @@ def write_samples(
                     np.stack([row.conditioning for row in batch]),
                     seed=seed + sample * SEEDS_PER_SAMPLE + number,
                     strength=strength,
+                    negative_prompts=[negative_prompt] * len(batch) if negative_prompt else None,
                 )
                 for row, image in zip(batch, images, strict=True):
                     Image.fromarray(image).save(folder / f"{row.stem}_{sample}.png", compress_level=1)

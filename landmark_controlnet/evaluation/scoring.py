@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,6 +153,14 @@ def report_rows(
     return rows
 
 
+def total_score(scores: Iterable[RowScore]) -> RowScore:
+    """The scores of several images merged: the summary's figures are over all of them."""
+    total = RowScore(rows=0)
+    for score in scores:
+        total = total.merge(score)
+    return total
+
+
 def evaluate_folder(
     generated_dir: Path,
     reference_dir: Path,
@@ -175,12 +184,9 @@ def evaluate_folder(
         )
         sheet.save(out_dir / "report.png", compress_level=1)  # mostly photos: zlib's effort buys little
     unreadable = [str(sample.path) for sample, result, _ in scored if sample.path and result is None]
-    total = RowScore(rows=0)
-    for _, _, score in scored:
-        total = total.merge(score)
     summary = {
         "conditioner": name,
-        **total.summary(),
+        **total_score(score for _, _, score in scored).summary(),
         "missing": sum(sample.path is None for sample in samples),
         "unreadable": len(unreadable),
         "unreadable_files": unreadable,
