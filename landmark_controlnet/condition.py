@@ -204,8 +204,7 @@ def _write_result(result: Conditioned, base: Path, source: Path) -> str:
     """`NAME.json` for every input (naming it in `extra.input`); `NAME.png` and
     `NAME_<extra>.png` for readable ones."""
     base.parent.mkdir(parents=True, exist_ok=True)
-    detection = replace(result.detection, extra={**result.detection.extra, "input": str(source)})
-    _beside(base, ".json").write_text(detection.to_json(indent=1))
+    _beside(base, ".json").write_text(detection_json(result, source))
     if not result.ok:
         tqdm.write(f"unreadable: {result.name}: {result.detection.skip_message}", file=sys.stderr)
         return "unreadable"
@@ -215,6 +214,12 @@ def _write_result(result: Conditioned, base: Path, source: Path) -> str:
     for name, png in result.extra_pngs.items():
         _beside(base, f"_{name}.png").write_bytes(png)
     return "skipped" if result.skipped else "kept"
+
+
+def detection_json(result: Conditioned, source: Path) -> str:
+    """`NAME.json` as `condition` writes it: the detection, naming its input in `extra.input`."""
+    detection = replace(result.detection, extra={**result.detection.extra, "input": str(source)})
+    return detection.to_json(indent=1)
 
 
 def _beside(base: Path, ending: str) -> Path:
