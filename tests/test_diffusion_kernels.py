@@ -4,7 +4,6 @@ one level of remat per policy, and the norms' and GELU's lean custom gradients a
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from flax import nnx
 from flax.traverse_util import flatten_dict
 from jax._src.ad_checkpoint import saved_residuals
 from test_diffusion_unet import TINY_UNET, _gradient_jaxpr, _loss, _tiny_unet, make_inputs
+from train_fixtures import train_env
 
 from landmark_controlnet.diffusion import ModelOptions, attention
 from landmark_controlnet.diffusion.attention import (
@@ -221,9 +221,8 @@ print(json.dumps({
 
 
 def test_splash_attention_splits_the_batch_over_the_mesh_with_shard_map():
-    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
     result = subprocess.run(
-        [sys.executable, "-c", SPLASH_ON_A_MESH], capture_output=True, text=True, env={**os.environ, **env}
+        [sys.executable, "-c", SPLASH_ON_A_MESH], capture_output=True, text=True, env=train_env(devices=4)
     )
     assert result.returncode == 0, result.stderr[-2000:]
     found = json.loads(result.stdout.strip().splitlines()[-1])
