@@ -41,6 +41,39 @@ BARE_VARIANT = {
     "use_quant_conv": False,
     "use_post_quant_conv": False,
 }
+# FLUX.1's VAE: the same blocks with 16 latent channels, no 1x1 quant convs, and a shift before scaling.
+FLUX_SHIFT, FLUX_SCALE = 0.1159, 0.3611
+FLUX_STRUCTURE = {
+    **SD_STRUCTURE,
+    "latent_channels": 16,
+    "use_quant_conv": False,
+    "use_post_quant_conv": False,
+    "shift_factor": FLUX_SHIFT,
+    "scaling_factor": FLUX_SCALE,
+}
+# black-forest-labs/FLUX.1-dev's vae/config.json.
+FLUX_VAE_CONFIG = {
+    "_class_name": "AutoencoderKL",
+    "_diffusers_version": "0.30.0.dev0",
+    "act_fn": "silu",
+    "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "force_upcast": True,
+    "in_channels": 3,
+    "latent_channels": 16,
+    "latents_mean": None,
+    "latents_std": None,
+    "layers_per_block": 2,
+    "mid_block_add_attention": True,
+    "norm_num_groups": 32,
+    "out_channels": 3,
+    "sample_size": 1024,
+    "scaling_factor": FLUX_SCALE,
+    "shift_factor": FLUX_SHIFT,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "use_post_quant_conv": False,
+    "use_quant_conv": False,
+}
 CURRENT_TO_LEGACY = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
 
 
@@ -67,7 +100,8 @@ def build_reference(folder: Path, structure: dict, seed: int) -> Reference:
     side = structure["sample_size"]
     latent_side = side // 2 ** (len(structure["block_out_channels"]) - 1)
     images = rng.uniform(-1, 1, (2, side, side, 3)).astype(np.float32)
-    latents = rng.standard_normal((2, latent_side, latent_side, 4)).astype(np.float32)
+    channels = structure.get("latent_channels", 4)
+    latents = rng.standard_normal((2, latent_side, latent_side, channels)).astype(np.float32)
     with torch.no_grad():
         posterior = model.encode(torch.from_numpy(nchw(images))).latent_dist
         decoded = model.decode(torch.from_numpy(nchw(latents))).sample
@@ -110,6 +144,34 @@ def test_variant_without_attention_or_quant_convs_matches_diffusers(tmp_path):
     assert vae.encoder.mid_block.attentions[0] is None
     for name, value in run_ours(vae, reference).items():
         assert_matches(value, getattr(reference, name), name)
+
+
+def test_flux_structure_matches_diffusers(tmp_path):
+    reference = build_reference(tmp_path, FLUX_STRUCTURE, seed=2)
+    vae = from_pretrained(AutoencoderKL, tmp_path)
+    assert vae.quant_conv is None and vae.post_quant_conv is None
+    assert (vae.config.shift_factor, vae.config.scaling_factor) == (FLUX_SHIFT, FLUX_SCALE)
+    outputs = run_ours(vae, reference)
+    for name, value in outputs.items():
+        assert_matches(value, getattr(reference, name), name)
+    # FLUX's training script and pipeline: (z - shift) * scale into the transformer, z / scale + shift out.
+    latents = vae.to_latents(vae.encode(jnp.asarray(reference.images)))
+    assert latents.shape[-1] == 16
+    assert_matches(latents, (reference.mean - FLUX_SHIFT) * FLUX_SCALE, "to_latents")
+    diffusion_latents = (reference.latents - FLUX_SHIFT) * FLUX_SCALE
+    decoded = vae.decode(vae.from_latents(jnp.asarray(diffusion_latents)))
+    assert_matches(decoded, reference.decoded, "decode(from_latents)")
+
+
+def test_flux_config_builds_without_quant_convs():
+    config = AutoencoderKLConfig.from_dict(FLUX_VAE_CONFIG)
+    assert config.downscale == 8 and config.latent_channels == 16
+    vae = AutoencoderKL.abstract(config)
+    keys = {torch_key(path): variable.get_raw_value().shape for path, variable in parameter_paths(vae)}
+    assert not any(key.startswith(("quant_conv.", "post_quant_conv.")) for key in keys)
+    assert keys["encoder.conv_out.weight"] == (3, 3, 512, 32)  # NNX layout; mean and logvar
+    assert keys["decoder.conv_in.weight"] == (3, 3, 16, 512)
+    assert config.to_dict()["shift_factor"] == FLUX_SHIFT
 
 
 def test_parameter_keys_are_diffusers_state_dict_keys(sd_reference):
