@@ -145,6 +145,8 @@ class GELU(nnx.Module):
 
 
 class FeedForward(nnx.Module):
+    """diffusers' FeedForward with `activation_fn="gelu-approximate"`: 4x wider, tanh GELU, back."""
+
     def __init__(self, dim: int, options: ModelOptions, rngs: nnx.Rngs):
         # Index 1 is diffusers' dropout, which holds no parameters.
         inner = dim * MLP_RATIO
@@ -256,16 +258,15 @@ class FluxTransformerBlock(nnx.Module):
 
     def __call__(self, x: Array, context: Array, temb: Array, rotary: Rotary) -> tuple[Array, Array]:
         """(text, image) tokens out, diffusers' order."""
-        normed, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.norm1(x, temb)
-        normed_context, c_gate_msa, c_shift_mlp, c_scale_mlp, c_gate_mlp = self.norm1_context(context, temb)
+        normed, *modulation = self.norm1(x, temb)
+        normed_context, *context_modulation = self.norm1_context(context, temb)
         attn_out, context_attn_out = self.attn(normed, rotary, normed_context)
-        x = self._feed_forward(x, attn_out, self.ff, gate_msa, shift_mlp, scale_mlp, gate_mlp)
-        context = self._feed_forward(
-            context, context_attn_out, self.ff_context, c_gate_msa, c_shift_mlp, c_scale_mlp, c_gate_mlp
-        )
+        x = self._residuals(x, attn_out, self.ff, *modulation)
+        context = self._residuals(context, context_attn_out, self.ff_context, *context_modulation)
         return _fp16_safe(context), x
 
-    def _feed_forward(self, x, attn_out, ff: FeedForward, gate_msa, shift_mlp, scale_mlp, gate_mlp) -> Array:
+    def _residuals(self, x, attn_out, ff: FeedForward, gate_msa, shift_mlp, scale_mlp, gate_mlp) -> Array:
+        """One stream's gated attention residual, then its modulated, gated feed-forward residual."""
         x = x + gate_msa[:, None] * attn_out
         h = ff(modulate(plain_layer_norm(x, self.dtype), shift_mlp, scale_mlp))
         return x + gate_mlp[:, None] * h
