@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DEMO_EXTRAS := demo,train,torch
-TEST_EXTRAS := dev,demo,distributed,blip,train,torch,spiga,animal
+TEST_EXTRAS := dev,demo,distributed,blip,train,torch,spiga,animal,app
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check --constraint constraints.txt
 BINARIES := $(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r binaries.txt
 # The detectors of the spiga and animal extras, which pip cannot install through an extra: SPIGA's
@@ -15,12 +15,15 @@ BINARIES := $(BIN)/python -m pip install --quiet --disable-pip-version-check --r
 SPIGA := spiga==0.0.6
 OPENPIFPAF := openpifpaf==0.13.11
 
+# The Studio's browser tests drive Debian's Chromium through Playwright (no browser download).
+CHROMIUM := /usr/bin/chromium
+
 .PHONY: demo test lint bench clean-venv
 
 demo: $(VENV)/.installed-demo
 	$(BIN)/landmark-controlnet demo --out-dir outputs/demo
 
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test $(CHROMIUM)
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.installed-test
@@ -48,6 +51,9 @@ $(VENV)/.installed-test: pyproject.toml constraints.txt binaries.txt | $(BIN)/py
 	$(PIP) --no-deps $(SPIGA)
 	$(PIP) --no-deps --no-build-isolation --no-cache-dir $(OPENPIFPAF)
 	touch $@
+
+$(CHROMIUM):
+	apt-get install -y -q chromium || (apt-get update -q && apt-get install -y -q chromium)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import string
+from dataclasses import dataclass
 from typing import Any
 
 import datasets
@@ -195,3 +197,46 @@ def write_card(
     sizes = {r.split: split_bytes(output, r.split) for r in reports}
     header = yaml.safe_dump(card_yaml(recipe, features, reports, sizes), sort_keys=False, allow_unicode=True)
     output.write_text("README.md", f"---\n{header}---\n\n{body.strip()}\n")
+
+
+# -- reading a card back -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class CardSummary:
+    """What a dataset card written by `write_card` says, read back from its README.md text."""
+
+    pretty_name: str
+    description: str
+    built_with: dict[str, str]  # the "How it was built" table: conditioner, detector, captions, rows...
+    skipped: dict[str, int]  # skip reason -> images (empty when none was skipped)
+    split_rows: dict[str, int]
+
+
+CARD_TABLE_ROW = re.compile(r"^\| (?P<key>[^|`]+?) \| (?P<value>.*) \|$", re.MULTILINE)
+CARD_SKIP_ROW = re.compile(r"^\| `(?P<reason>\w+)` \| (?P<count>\d+) \|$", re.MULTILINE)
+
+
+def read_card(text: str) -> CardSummary:
+    """The summary of a card of ours (or the front matter and first paragraph of any other card)."""
+    front, body = _split_front_matter(text)
+    lines = [line.strip() for line in body.strip().splitlines()]
+    title = next((line[2:] for line in lines if line.startswith("# ")), "")
+    blocks = [block.strip() for block in body.split("\n\n")]
+    paragraphs = [block for block in blocks if block and not block.startswith(("#", "!"))]
+    splits = (front.get("dataset_info") or {}).get("splits") or []
+    return CardSummary(
+        pretty_name=str(front.get("pretty_name") or title),
+        description=paragraphs[0] if paragraphs else "",
+        built_with={m["key"].strip(): m["value"].strip() for m in CARD_TABLE_ROW.finditer(body)},
+        skipped={m["reason"]: int(m["count"]) for m in CARD_SKIP_ROW.finditer(body)},
+        split_rows={s["name"]: int(s.get("num_examples", 0)) for s in splits if isinstance(s, dict)},
+    )
+
+
+def _split_front_matter(text: str) -> tuple[dict[str, Any], str]:
+    if not text.startswith("---\n"):
+        return {}, text
+    end = text.find("\n---", 4)
+    if end < 0:
+        return {}, text
+    front = yaml.safe_load(text[4:end]) or {}
+    return (front if isinstance(front, dict) else {}), text[end + 4 :]

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from conditioners.errors import UserError
 
 from .recipe import resolve_builder
-from .run import DatasetNotBuiltError
+from .rows import DatasetNotBuiltError
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi

@@ -20,7 +20,7 @@ from .drawing import Canvas, DrawingSpec  # noqa: E402
 from .errors import OptionError, UnknownNameError, UserError  # noqa: E402
 from .filters import Filters  # noqa: E402
 from .images import IMAGE_SUFFIXES, ImageLoadError, LoadedImage, load_image, resize_and_crop  # noqa: E402
-from .preview import contact_sheet  # noqa: E402
+from .preview import contact_sheet, overlay  # noqa: E402
 from .registry import accepted_options, available, conditioner_class, draw, get, register  # noqa: E402
 from .runner import condition_many  # noqa: E402
 
@@ -45,6 +45,7 @@ __all__ = [
     "condition_many",
     "conditioner_class",
     "contact_sheet",
+    "overlay",
     "draw",
     "get",
     "load_image",

@@ -51,3 +51,14 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont, width:
     while text and draw.textlength(text, font=font) > width:
         text = text[:-2] + "…" if len(text) > 2 else ""
     return text
+
+
+def overlay(photo: Image.Image, drawing: Image.Image) -> Image.Image:
+    """The drawing's lit pixels over the photo (RGB, the photo's size): landmarks shown on the picture
+    they were found in. The drawing is resized to the photo when their sizes differ."""
+    photo = photo.convert("RGB")
+    drawing = drawing.convert("RGB")
+    if drawing.size != photo.size:
+        drawing = drawing.resize(photo.size, Image.Resampling.NEAREST)
+    lit = drawing.convert("L").point(lambda value: 255 if value else 0)
+    return Image.composite(drawing, photo, lit)

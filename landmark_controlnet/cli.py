@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_refine_hands(commands)
     _add_generate(commands)
+    _add_app(commands)
 
     demo = commands.add_parser(
         "demo", help="every conditioner on built-in sample photos, a demo dataset and a tiny ControlNet"
@@ -123,6 +124,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out-dir", type=Path, default=Path("outputs/demo"))
     demo.add_argument("--no-train", action="store_true", help="skip training the tiny ControlNet")
     return parser
+
+
+def _add_app(commands: Any) -> None:
+    from .studio.app import DEFAULT_HOST, DEFAULT_MAX_UPLOAD_MB, DEFAULT_PORT
+
+    app = commands.add_parser(
+        "app", help="Landmark ControlNet Studio: conditioners, datasets, generation, runs and evaluation"
+    )
+    app.add_argument(
+        "--host", default=DEFAULT_HOST, help="address to listen on (default 127.0.0.1; 0.0.0.0 serves others)"
+    )
+    app.add_argument("--port", type=int, default=DEFAULT_PORT)
+    app.add_argument(
+        "--data-root", type=Path, default=Path.cwd(),
+        help="every path typed in the app must lie inside this folder (default: the working directory)",
+    )  # fmt: skip
+    app.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
+    app.add_argument("--max-upload-mb", type=int, default=DEFAULT_MAX_UPLOAD_MB, help="the upload size cap")
 
 
 def _add_refine_hands(commands: Any) -> None:
@@ -270,6 +289,13 @@ def _run(argv: list[str]) -> int:
         return _refine_hands(args)
     if args.command == "generate":
         return _generate(args)
+    if args.command == "app":
+        from .studio.app import StudioSettings, serve
+
+        if not args.data_root.is_dir():
+            raise UserError(f"--data-root {args.data_root}: no such folder")
+        serve(StudioSettings(args.data_root, args.host, args.port, args.share, args.max_upload_mb))
+        return 0
     if args.command == "demo":
         from .demo import run_demo
 
@@ -371,7 +397,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from builders.run import dataset_splits, open_dataset
+    from builders.rows import dataset_splits, open_dataset
 
     for split in [args.split] if args.split else dataset_splits(args.name):
         dataset = open_dataset(args.name, split)

@@ -248,27 +248,39 @@ def run_draw(
     """Re-draw a stored detection: its conditioning image, or one of its extra images by name."""
     if not detection_path.is_file():
         raise conditioners.OptionError(f"{detection_path}: no such detection JSON (condition writes them)")
-    detection = Detection.from_file(detection_path)
-    if detection.skipped == conditioners.SkipReason.UNREADABLE:
-        raise conditioners.OptionError(
-            f"{detection_path}: its input was unreadable, so there is nothing to draw"
-        )
     if out.suffix.lower() != ".png":
         raise conditioners.OptionError(f"--out {out}: draw writes PNG (exact colours); name the file .png")
-    conditioner = conditioners.get(conditioner_name or detection.conditioner, **options)
-    if image == CONDITIONING_IMAGE:
-        picture = conditioner.render(detection, size).to_image()
-        if detection.instances and picture.convert("L").getbbox() is None:
-            kinds = ", ".join(sorted({i.kind for i in detection.instances}))
-            raise conditioners.OptionError(
-                f"{conditioner.name} draws none of {detection_path}'s instances ({kinds}): use a conditioner "
-                f"that draws them, such as its own, {detection.conditioner}"
-            )
-    elif image in conditioner.extra_images:
-        picture = Image.fromarray(conditioner.render_extra(image, detection, size), "L")
-    else:
-        choices = ", ".join([CONDITIONING_IMAGE, *conditioner.extra_images])
-        raise conditioners.OptionError(f"--image {image}: {conditioner.name} draws {choices}")
+    detection = Detection.from_file(detection_path)
+    picture = redraw(detection, str(detection_path), conditioner_name, options, size, image)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(encode_png(picture))
     return 0
+
+
+def redraw(
+    detection: Detection,
+    where: str,
+    conditioner_name: str | None = None,
+    options: dict[str, Any] | None = None,
+    size: tuple[int, int] | None = None,
+    image: str = CONDITIONING_IMAGE,
+) -> Image.Image:
+    """A stored detection drawn again, in `conditioner_name`'s style (default: its own) at `size`:
+    its conditioning image or an extra image by name. `where` names the detection in errors. No
+    detector runs."""
+    if detection.skipped == conditioners.SkipReason.UNREADABLE:
+        raise conditioners.OptionError(f"{where}: its input was unreadable, so there is nothing to draw")
+    conditioner = conditioners.get(conditioner_name or detection.conditioner, **(options or {}))
+    if image in conditioner.extra_images:
+        return Image.fromarray(conditioner.render_extra(image, detection, size), "L")
+    if image != CONDITIONING_IMAGE:
+        choices = ", ".join([CONDITIONING_IMAGE, *conditioner.extra_images])
+        raise conditioners.OptionError(f"--image {image}: {conditioner.name} draws {choices}")
+    picture = conditioner.render(detection, size).to_image()
+    if detection.instances and picture.convert("L").getbbox() is None:
+        kinds = ", ".join(sorted({i.kind for i in detection.instances}))
+        raise conditioners.OptionError(
+            f"{conditioner.name} draws none of {where}'s instances ({kinds}): use a conditioner "
+            f"that draws them, such as its own, {detection.conditioner}"
+        )
+    return picture

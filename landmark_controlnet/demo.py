@@ -132,7 +132,8 @@ def build_demo_dataset(out_dir: Path) -> dict[str, object]:
     """Build the `demo_hands` builder from the hand photos, captioned with their prompts, and load it
     back with `datasets.load_dataset`."""
     from builders import BuildSettings
-    from builders.run import open_dataset, run_build
+    from builders.rows import open_dataset
+    from builders.run import run_build
 
     photos = out_dir / "hand_photos"
     shutil.rmtree(photos, ignore_errors=True)  # exactly the shipped photos, whatever ran here before

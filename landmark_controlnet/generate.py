@@ -8,6 +8,7 @@ project's own sampler, exactly as `evaluate` generates. `--out-dir` receives
     conditioning.png                 the conditioning image the ControlNet saw
     pose.json                        the pose in conditioning.png's pixels (when it has landmarks)
     image_0.png ... image_<N-1>.png
+    image_0.json ...                 with --score: the landmarks re-detected in each image
     report.json                      inputs, settings, seed per image, conditioner, files, scores
 
 An out-dir that already holds a `report.json` (or any of these files) is refused, never
@@ -30,14 +31,8 @@ from conditioners import Detection
 from conditioners.errors import OptionError
 from conditioners.images import center_crop_framing
 
-from .evaluation.generate import (
-    SEEDS_PER_SAMPLE,
-    Row,
-    controlnet_sampler,
-    frame_picture,
-    native_resolution,
-    write_samples,
-)
+from .evaluation.generate import SEEDS_PER_SAMPLE, Row, frame_picture, native_resolution, write_samples
+from .loaded import Loaded
 
 CONDITIONING_FILE = "conditioning.png"
 POSE_FILE = "pose.json"
@@ -87,15 +82,19 @@ class GenerateResult:
     report: dict[str, Any]
 
 
-def generate(request: GenerateRequest) -> GenerateResult:
-    """Read the pose, generate `num_images` images, score them if asked; write and return the report."""
+def generate(request: GenerateRequest, loaded: Loaded | None = None) -> GenerateResult:
+    """Read the pose, generate `num_images` images, score them if asked; write and return the report.
+    `loaded` keeps detectors and models between calls (the Studio's); by default all load afresh."""
+    loaded = loaded or Loaded()
     check_request(request)
-    pose = read_pose(request)  # before the models load: a wrong pose fails fast
+    pose = read_pose(request, loaded)  # before the models load: a wrong pose fails fast
     if request.score and pose.detection is None:
         raise OptionError(f"--score needs landmarks to score against; --pose {request.pose} has none")
-    from landmark_controlnet.diffusion.pipeline import load_stable_diffusion
+    with loaded.stable_diffusion(request.base_model) as sd:
+        return generate_with(sd, request, pose, loaded)
 
-    sd = load_stable_diffusion(request.base_model)
+
+def generate_with(sd: Any, request: GenerateRequest, pose: Pose, loaded: Loaded) -> GenerateResult:
     resolution = request.resolution or native_resolution(sd)
     row = pose_row(pose, request.prompt, resolution)
     out = request.out_dir
@@ -103,14 +102,17 @@ def generate(request: GenerateRequest) -> GenerateResult:
     Image.fromarray(row.conditioning).save(out / CONDITIONING_FILE)
     if row.reference is not None:
         (out / POSE_FILE).write_text(row.reference.to_json())
-    sampler, params = controlnet_sampler(sd, request.controlnet, request.steps, request.guidance_scale)
-    write_samples(
-        sampler, params, [row], out, samples=request.num_images, seed=request.seed,
-        strength=request.strength, batch_size=1, negative_prompt=request.negative_prompt,
-    )  # fmt: skip
+    settings = (request.base_model, request.controlnet, request.steps, request.guidance_scale)
+    with loaded.sampler(sd, *settings) as (sampler, params):
+        write_samples(
+            sampler, params, [row], out, samples=request.num_images, seed=request.seed,
+            strength=request.strength, batch_size=1, negative_prompt=request.negative_prompt,
+        )  # fmt: skip
     images = tuple(out / f"{IMAGE_STEM}_{k}.png" for k in range(request.num_images))
     seeds = tuple(request.seed + k * SEEDS_PER_SAMPLE for k in range(request.num_images))
-    scores = score_images(row.reference, images, pose.conditioner, request) if request.score else None
+    scores = None
+    if request.score:
+        scores = score_images(row.reference, images, pose.conditioner, request, loaded)
     report = build_report(request, pose, resolution, images, seeds, scores)
     (out / REPORT_FILE).write_text(json.dumps(report, indent=1))
     return GenerateResult(out, out / CONDITIONING_FILE, images, seeds, pose.conditioner, report)
@@ -122,8 +124,8 @@ def check_request(request: GenerateRequest) -> None:
         raise OptionError(f"--num-images {request.num_images}: at least 1")
     if request.steps < 1:
         raise OptionError(f"--steps {request.steps}: at least 1")
-    if not 0 < request.strength <= 2:
-        raise OptionError(f"--strength {request.strength} is outside (0, 2]")
+    if not 0 <= request.strength <= 2:  # 0: the ControlNet adds nothing (the base model's image)
+        raise OptionError(f"--strength {request.strength} is outside [0, 2]")
     if request.resolution is not None and (request.resolution < 8 or request.resolution % 8):
         raise OptionError(f"--resolution {request.resolution}: a positive multiple of 8")
     taken = [name for name in output_names(request.num_images) if (request.out_dir / name).exists()]
@@ -135,11 +137,12 @@ def check_request(request: GenerateRequest) -> None:
 
 
 def output_names(num_images: int) -> list[str]:
-    return [REPORT_FILE, CONDITIONING_FILE, POSE_FILE, *(f"{IMAGE_STEM}_{k}.png" for k in range(num_images))]
+    per_image = [f"{IMAGE_STEM}_{k}.{ext}" for k in range(num_images) for ext in ("png", "json")]
+    return [REPORT_FILE, CONDITIONING_FILE, POSE_FILE, *per_image]
 
 
 # -- the pose ------------------------------------------------------------------------------------
-def read_pose(request: GenerateRequest) -> Pose:
+def read_pose(request: GenerateRequest, loaded: Loaded) -> Pose:
     """The pose `--pose` names: DATASET_DIR#ROW, a detection JSON, or a photo to detect."""
     source = request.pose
     match = DATASET_ROW.match(source)
@@ -151,14 +154,12 @@ def read_pose(request: GenerateRequest) -> Pose:
     if path.suffix.lower() == ".json":
         detection = Detection.from_file(path)
         return Pose(detection, None, request.conditioner or detection.conditioner)
-    return photo_pose(path, request)
+    return photo_pose(path, request, loaded)
 
 
 def dataset_pose(dataset: str, row_text: str, source: str) -> Pose:
     """Row `row_text` of the dataset's train split: its stored landmarks, else its conditioning image."""
-    from builders.run import open_dataset
-
-    from .training.data import decode
+    from builders.rows import decode, open_dataset
 
     if not Path(dataset).is_dir():
         raise OptionError(f"--pose {source}: {dataset} is not a dataset folder (DATASET_DIR#ROW)")
@@ -177,7 +178,7 @@ def dataset_pose(dataset: str, row_text: str, source: str) -> Pose:
     return Pose(None, decode(record["conditioning_image"], source), None)
 
 
-def photo_pose(path: Path, request: GenerateRequest) -> Pose:
+def photo_pose(path: Path, request: GenerateRequest, loaded: Loaded) -> Pose:
     """The landmarks the ControlNet's conditioner finds in the photo; finding none is an error."""
     name = request.conditioner or recorded_conditioner(request.controlnet)
     if name is None:
@@ -185,7 +186,7 @@ def photo_pose(path: Path, request: GenerateRequest) -> Pose:
             f"--pose {path} is a photo, and {request.controlnet} records no conditioner to detect it "
             "with: pass --conditioner"
         )
-    with conditioners.get(name, **request.conditioner_options) as conditioner:
+    with loaded.detector(name, request.conditioner_options) as conditioner:
         detection = conditioner.detect(path)
     if not detection.instances:
         why = detection.skip_message or detection.skipped or "no instances"
@@ -223,15 +224,23 @@ def pose_row(pose: Pose, prompt: str, resolution: int) -> Row:
 
 # -- scores and report ---------------------------------------------------------------------------
 def score_images(
-    reference: Detection | None, images: tuple[Path, ...], conditioner: str | None, request: GenerateRequest
+    reference: Detection | None,
+    images: tuple[Path, ...],
+    conditioner: str | None,
+    request: GenerateRequest,
+    loaded: Loaded,
 ) -> dict[str, Any]:
-    """Each image re-detected and scored against the pose, as `evaluate` scores; and over all of them."""
+    """Each image re-detected (its landmarks written beside it, image_<k>.json) and scored against
+    the pose, as `evaluate` scores; and over all of them."""
     from .evaluation.scoring import Sample, row_record, score_samples, total_score
 
     assert reference is not None and conditioner is not None
     samples = [Sample(IMAGE_STEM, k, path) for k, path in enumerate(images)]
-    with conditioners.get(conditioner, **request.conditioner_options) as detector:
+    with loaded.detector(conditioner, request.conditioner_options) as detector:
         scored = score_samples({IMAGE_STEM: reference}, samples, detector)
+    for sample, result, _ in scored:
+        if result is not None:
+            sample.path.with_suffix(".json").write_text(result.detection.to_json())
     return {
         "per_image": [row_record(sample, score) for sample, _, score in scored],
         "mean": total_score(score for _, _, score in scored).summary(),  # over every image's landmarks

@@ -107,10 +107,9 @@ class HandRefiner:
 
         from .diffusion import ControlNetModel, from_pretrained
         from .diffusion.pipeline import ControlNetGenerator, load_stable_diffusion
-        from .inpainting import check_inpainting_unet
 
         sd = load_stable_diffusion(self.base_model)
-        check_inpainting_unet(sd, self.base_model)
+        sd.check_inpainting(self.base_model)
         graph, params = nnx.split(from_pretrained(ControlNetModel, self.controlnet_path))
         self._controlnet_params = nnx.to_pure_dict(params)
         self._sampler = ControlNetGenerator(sd, graph, self.steps, self.guidance_scale)

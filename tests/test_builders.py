@@ -22,7 +22,8 @@ from PIL import Image, ImageOps
 
 import conditioners
 from builders import BuildSettings, make_source
-from builders.run import DatasetNotBuiltError, open_dataset, run_build
+from builders.rows import DatasetNotBuiltError, open_dataset
+from builders.run import run_build
 from builders.worker import Splits
 
 CLI = Path(sys.executable).with_name("landmark-controlnet")

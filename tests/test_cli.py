@@ -13,7 +13,7 @@ from PIL import Image
 
 import conditioners
 import landmark_controlnet
-from builders.run import open_dataset
+from builders.rows import open_dataset
 from landmark_controlnet.demo import HAND_PHOTO_PROMPTS
 
 CLI = Path(sys.executable).with_name("landmark-controlnet")

@@ -1,4 +1,4 @@
-"""`builders.run.open_dataset`, the one way the trainer, `evaluate`, `show` and the fidelity rows
+"""`builders.rows.open_dataset`, the one way the trainer, `evaluate`, `show` and the fidelity rows
 open a dataset at a split: every form of dataset folder, every split, the right rows or one line."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import datasets
 import pytest
 
-from builders.run import SplitNotFoundError, dataset_splits, open_dataset
+from builders.rows import SplitNotFoundError, dataset_splits, open_dataset
 from conditioners.locations import NoSuchPathError, local_or_hub, looks_like_path
 
 CLI = Path(sys.executable).with_name("landmark-controlnet")
@@ -126,7 +126,7 @@ def test_a_hub_id_offline_fails_fast_in_one_line(tmp_path):
 
 HUB_ID_SPLITS = """
 import datasets, json
-from builders.run import SplitNotFoundError, dataset_splits, open_dataset
+from builders.rows import SplitNotFoundError, dataset_splits, open_dataset
 tables = {split: datasets.Dataset.from_dict({"source_id": ids}) for split, ids in json.loads(SPLITS).items()}
 datasets.DatasetDict(tables).push_to_hub("tester/splits")
 found = {"splits": sorted(dataset_splits("tester/splits"))}

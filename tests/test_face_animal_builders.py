@@ -8,7 +8,8 @@ import builder_fixtures as fx
 import pytest
 
 from builders import BuildSettings
-from builders.run import open_dataset, run_build
+from builders.rows import open_dataset
+from builders.run import run_build
 
 
 def built(name: str, source: str, output, settings: BuildSettings | None = None):

@@ -94,7 +94,7 @@ def test_from_a_photo_with_the_cards_conditioner_two_images_scored(models, data_
 def test_a_detection_json_and_its_dataset_row_give_the_same_images(models, tmp_path, capsys):
     """Row 0's stored landmarks, given as a JSON file or as DATASET#0, draw the same conditioning;
     the same seed then gives the very same image, another seed another image."""
-    from builders.run import open_dataset
+    from builders.rows import open_dataset
 
     detection = tmp_path / "row0.json"
     detection.write_text(open_dataset(str(models["dataset"]), split="train")[0]["landmarks"])

@@ -11,7 +11,8 @@ from PIL import Image
 
 import conditioners
 from builders import BuildSettings
-from builders.run import open_dataset, run_build
+from builders.rows import open_dataset
+from builders.run import run_build
 from conditioners import Detection, Instance
 from conditioners.hand_depth import FAR_LEVEL, NEAR_LEVEL, MaskSettings, mask_boxes
 

@@ -21,7 +21,8 @@ import conditioners
 from builders import BuildSettings
 from builders.framing import HandFraming
 from builders.recipe import Recipe, RecipeError, builder_names
-from builders.run import open_dataset, run_build
+from builders.rows import open_dataset
+from builders.run import run_build
 from builders.sources import make_source
 from conditioners import Detection, Instance
 from conditioners.images import box_framing, center_crop_framing, resize_and_crop

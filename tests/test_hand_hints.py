@@ -18,7 +18,8 @@ from PIL import Image
 
 import conditioners
 from builders import BuildSettings, make_source
-from builders.run import open_dataset, run_build
+from builders.rows import open_dataset
+from builders.run import run_build
 from builders.sources import SourceItem
 from builders.worker import Chunk
 from conditioners import HintBox

@@ -21,7 +21,7 @@ import pytest
 import train_fixtures as tf
 from hub_standin import HubStandIn
 
-from builders.run import SplitNotFoundError, UnknownLayoutError, built_data_files, open_dataset
+from builders.rows import SplitNotFoundError, UnknownLayoutError, built_data_files, open_dataset
 from landmark_controlnet.evaluation.generate import open_split
 from landmark_controlnet.training import data as input_data
 from landmark_controlnet.training.tiny_sd import write_tiny_sd

@@ -17,7 +17,8 @@ import pytest
 
 from builders import BuildSettings
 from builders.parquet import read_counts
-from builders.run import open_dataset, run_build
+from builders.rows import open_dataset
+from builders.run import run_build
 from builders.storage import Folder
 
 CLI = Path(sys.executable).with_name("landmark-controlnet")

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from builders.run import open_dataset
+from builders.rows import open_dataset
 from landmark_controlnet.training import data as input_data
 from landmark_controlnet.training.flags import parse_args
 from landmark_controlnet.training.latent_cache import Encoders, build_latent_cache

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from builders.run import SplitNotFoundError, open_dataset
+from builders.rows import SplitNotFoundError, open_dataset
 from conditioners import Detection, OptionError, UserError
 from conditioners.locations import NoSuchPathError
 from landmark_controlnet.generate import GenerateRequest

@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from conditioners.errors import OptionError
+
 from .clip import CLIPTextModel, CLIPTextModelWithProjection, encode_prompt, encode_sdxl_prompt
 from .loading import (
     MissingFileError,
@@ -82,6 +84,15 @@ class StableDiffusion:
     @property
     def is_inpainting(self) -> bool:
         return self.unet.config.in_channels == INPAINTING_CHANNELS
+
+    def check_inpainting(self, where: str) -> None:
+        """Refuse, naming `where`, a base model whose UNet cannot inpaint (hand repair needs one)."""
+        if not self.is_inpainting:
+            raise OptionError(
+                f"{where} is not an inpainting model: its UNet takes {self.unet.config.in_channels} input "
+                f"channels, not {INPAINTING_CHANNELS} (latents, mask, masked-image latents). Use an "
+                "inpainting Stable Diffusion, e.g. a copy of stable-diffusion-inpainting."
+            )
 
 
 def load_stable_diffusion(

@@ -77,7 +77,7 @@ def parse_strengths(text: str) -> tuple[float, ...]:
 
 def load_rows(table: Any, count: int, resolution: int, dataset: str = "dataset") -> list[Row]:
     """The first `count` rows of `open_split`'s table that have landmarks, framed to a `resolution` square."""
-    from landmark_controlnet.training.data import caption_text, decode
+    from builders.rows import caption_text, decode
 
     rows = []
     for index, record in enumerate(table):
@@ -129,7 +129,7 @@ def controlnet_sampler(sd: Any, controlnet: str, steps: int, guidance_scale: flo
 
 def open_split(dataset: str, split: str) -> Any:
     """The split's conditioning images (undecoded), captions and landmarks; a clear error without them."""
-    from builders.run import SplitNotFoundError, open_dataset
+    from builders.rows import SplitNotFoundError, open_dataset
 
     try:
         table = open_dataset(dataset, split=split)

@@ -21,7 +21,7 @@ from PIL import Image
 from tqdm import tqdm
 
 import conditioners
-from conditioners import Conditioned, Detection, condition_many, contact_sheet
+from conditioners import Conditioned, Detection, condition_many, contact_sheet, overlay
 from conditioners.errors import UserError
 from conditioners.images import IMAGE_SUFFIXES
 
@@ -145,11 +145,8 @@ def report_rows(
             rows.append([(drawing, label), (None, "missing or unreadable"), (None, "")])
             continue
         photo = Image.fromarray(result.photo.pixels)
-        overlay = conditioner.render(result.detection).to_image().convert("RGB")
-        mask = overlay.convert("L").point(lambda v: 255 if v else 0)
-        rows.append(
-            [(drawing, label), (photo, "generated"), (Image.composite(overlay, photo, mask), "re-detected")]
-        )
+        redetected = overlay(photo, conditioner.render(result.detection).to_image())
+        rows.append([(drawing, label), (photo, "generated"), (redetected, "re-detected")])
     return rows
 
 

@@ -26,9 +26,10 @@ import numpy as np
 from PIL import Image
 
 import conditioners
+from builders.rows import caption_text, decode
 from conditioners import Detection
 from conditioners.errors import OptionError
-from conditioners.images import center_crop_framing, load_image, resize_and_crop
+from conditioners.images import center_crop_framing, resize_and_crop
 
 SHUFFLE_BUFFER = 1000
 ROW_INDEX = "__row_index__"  # a map-style row's index in the dataset, which --cache_latents keys on
@@ -72,14 +73,6 @@ class ExampleOptions:
     proportion_empty_prompts: float = 0.0
     mask_dilation: float = 0.0  # the largest random dilation of an inpainting mask, x resolution
     size_ids: bool = False  # SDXL: each example gets its six `time_ids`
-
-
-def decode(value: Any, name: str) -> Image.Image:
-    """A `datasets` image cell ({"bytes", "path"}), a PIL image or a file path, upright RGB."""
-    if isinstance(value, dict):
-        name = value.get("path") or name
-        value = value.get("bytes") or value.get("path")
-    return Image.fromarray(load_image(value, name=name).pixels)
 
 
 def frame(image: Image.Image, resolution: int) -> Image.Image:
@@ -197,12 +190,6 @@ def dilate(mask: Image.Image, radius: int) -> np.ndarray:
     if radius > 0:
         binary = cv2.dilate(binary, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1,) * 2))
     return binary[..., None]
-
-
-def caption_text(value: Any) -> str:
-    if isinstance(value, list | tuple | np.ndarray):  # several captions: the first, as the example does
-        return str(value[0]) if len(value) else ""
-    return "" if value is None else str(value)
 
 
 # -- which rows, in which order ---------------------------------------------------------------

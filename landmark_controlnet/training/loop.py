@@ -17,7 +17,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from builders.run import open_dataset
+from builders.rows import open_dataset
 from conditioners.errors import OptionError
 from landmark_controlnet.diffusion.attention import attention_report, reset_attention_report
 from landmark_controlnet.diffusion.pipeline import StableDiffusion
@@ -213,10 +213,8 @@ class Phases:
 
 def check_unet_channels(args: argparse.Namespace, sd: StableDiffusion) -> None:
     """--inpainting and the UNet's input channels must agree; say which way they disagree."""
-    from landmark_controlnet.inpainting import check_inpainting_unet
-
     if args.inpainting:
-        check_inpainting_unet(sd, args.pretrained_model_name_or_path)
+        sd.check_inpainting(args.pretrained_model_name_or_path)
     elif sd.is_inpainting:
         raise OptionError(
             f"{args.pretrained_model_name_or_path} is an inpainting model (a 9-channel UNet): "
