@@ -19,10 +19,20 @@ from .clip import (
 )
 from .config import ModelConfig, UnsupportedConfigError
 from .controlnet import ControlNetConfig, ControlNetModel, ControlNetOutput
-from .loading import LoadingError, convert_single_file, from_pretrained, is_sdxl, read_model_index
+from .flux import FluxTransformer2DModel, FluxTransformerConfig
+from .flux_controlnet import FluxControlNetConfig, FluxControlNetModel, FluxControlNetOutput
+from .loading import (
+    LoadingError,
+    convert_single_file,
+    from_pretrained,
+    is_flux,
+    is_sdxl,
+    read_model_index,
+)
 from .options import ModelOptions
 from .pretrained import PretrainedModule
 from .schedulers import DDIMSampler, DPMSolverMultistepSampler, NoiseSchedule, sample
+from .t5 import T5Config, T5EncoderModel
 from .unet import TextTimeConditioning, UNet2DConditionModel, UNetConfig
 from .vae import AutoencoderKL, AutoencoderKLConfig, DiagonalGaussian
 from .weights import WeightsError
@@ -36,6 +46,9 @@ MODEL_CLASSES: dict[str, type[PretrainedModule]] = {
         AutoencoderKL,
         CLIPTextModel,
         CLIPTextModelWithProjection,
+        T5EncoderModel,
+        FluxTransformer2DModel,
+        FluxControlNetModel,
     )
 }
 
@@ -53,11 +66,18 @@ __all__ = [
     "DDIMSampler",
     "DPMSolverMultistepSampler",
     "DiagonalGaussian",
+    "FluxControlNetConfig",
+    "FluxControlNetModel",
+    "FluxControlNetOutput",
+    "FluxTransformer2DModel",
+    "FluxTransformerConfig",
     "LoadingError",
     "ModelConfig",
     "ModelOptions",
     "NoiseSchedule",
     "PretrainedModule",
+    "T5Config",
+    "T5EncoderModel",
     "TextTimeConditioning",
     "UNet2DConditionModel",
     "UNetConfig",
@@ -67,6 +87,7 @@ __all__ = [
     "encode_prompt",
     "encode_sdxl_prompt",
     "from_pretrained",
+    "is_flux",
     "is_sdxl",
     "read_model_index",
     "sample",

@@ -474,6 +474,7 @@ def _read_config(cls: type[ModelT], folder: ModelFolder) -> Any:
 
 PIPELINE_COMPONENTS = (
     "unet",
+    "transformer",
     "vae",
     "text_encoder",
     "text_encoder_2",
@@ -516,8 +517,13 @@ def read_model_index(
 
 
 def is_sdxl(index: PipelineIndex) -> bool:
-    """SDXL pipelines have a second text encoder."""
-    return index.has("text_encoder_2")
+    """SDXL pipelines have a second text encoder (FLUX.1's second one is T5, beside a transformer)."""
+    return index.has("text_encoder_2") and not is_flux(index)
+
+
+def is_flux(index: PipelineIndex) -> bool:
+    """FLUX.1 pipelines (FluxPipeline, FluxControlNetPipeline, ...) by their class name."""
+    return index.pipeline_class.startswith("Flux")
 
 
 # -- single-file (ldm) checkpoints -------------------------------------------------------------------
