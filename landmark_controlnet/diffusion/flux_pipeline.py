@@ -372,3 +372,28 @@ class FluxControlNetGenerator:
 def _guidance(model: nnx.Module, scale: Array) -> Array | None:
     """The guidance scale for a guidance-distilled model (FLUX.1-dev and its ControlNets), else None."""
     return scale if model.config.guidance_embeds else None
+
+
+# -- the model card ----------------------------------------------------------------------------------
+
+
+def flux_model_card_use(base_model: str, size: int = 1024) -> list[str]:
+    """The model card's usage lines: the exported ControlNet with diffusers' FluxControlNetPipeline over
+    `base_model`, in bfloat16 on CUDA (FLUX.1's dtype), at `size` pixels."""
+    return [
+        "```python",
+        "import torch",
+        "from diffusers import FluxControlNetModel, FluxControlNetPipeline",
+        "from diffusers.utils import load_image",
+        "controlnet = FluxControlNetModel.from_pretrained(PATH_OR_REPO, torch_dtype=torch.bfloat16)",
+        "pipe = FluxControlNetPipeline.from_pretrained(",
+        f'    "{base_model}", controlnet=controlnet, torch_dtype=torch.bfloat16',
+        ').to("cuda")',
+        f"image = load_image(CONDITIONING_IMAGE).resize(({size}, {size}))  # a landmark drawing",
+        "pipe(",
+        f"    PROMPT, control_image=image, height={size}, width={size}, controlnet_conditioning_scale=0.7,",
+        f"    num_inference_steps=28, guidance_scale={DEFAULT_GUIDANCE},",
+        ').images[0].save("out.png")',
+        "```",
+        "",
+    ]
