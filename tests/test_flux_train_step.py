@@ -53,6 +53,7 @@ from landmark_controlnet.training.flux_step import (
     sigmas_of_density,
     split_flux_models,
 )
+from landmark_controlnet.training.models import Compute
 from landmark_controlnet.training.step import Shardings, init_state_on_devices, make_optimizer
 from tests.diffusion_parity import perturb
 from tests.test_diffusion_flux import TINY
@@ -448,3 +449,27 @@ def test_loss_from_key_is_the_loss_of_its_draws(tmp_path):
     from_key = flux_loss_from_key(params, frozen, batch, key, graphs, case.config)
     given = flux_controlnet_loss(params, frozen, batch, noise, sigmas, graphs, case.config)
     assert float(from_key) == pytest.approx(float(given), rel=1e-6)
+
+
+def test_bfloat16_compute_stays_near_float32(tmp_path):
+    """--mixed_precision bf16 as the trainer builds it (`Compute`): a bfloat16 transformer, a ControlNet
+    computing in bfloat16 over float32 weights; the loss within bfloat16's rounding of float32's and its
+    gradients float32, like the weights they update."""
+    case = CASES["dev"]
+    torch_models(case, tmp_path)
+    batch = make_batch(case)
+    inputs = {name: jnp.asarray(value) for name, value in batch.items() if name not in ("noise", "u")}
+    compute = Compute(jnp.bfloat16)
+    schedule = FlowMatchSchedule.from_config(case.scheduler)
+    transformer = from_pretrained(FluxTransformer2DModel, tmp_path / "transformer", options=compute.frozen)
+    controlnet = from_pretrained(FluxControlNetModel, tmp_path / "controlnet", options=compute.trained)
+    graphs, frozen, params = split_flux_models(transformer, controlnet, schedule, ids())
+    sigmas = sigmas_of_density(schedule, jnp.asarray(batch["u"]))
+    config = dataclasses.replace(case.config, dtype=jnp.bfloat16)
+    loss, grads = jax.jit(jax.value_and_grad(flux_controlnet_loss), static_argnums=(5, 6))(
+        params, frozen, inputs, jnp.asarray(batch["noise"]), sigmas, graphs, config
+    )
+    assert {leaf.dtype for leaf in jax.tree.leaves(grads)} == {jnp.dtype(jnp.float32)}
+    assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))
+    full = our_step(case, tmp_path, batch, {}).loss
+    assert float(loss) == pytest.approx(full, rel=3e-2)

@@ -5,13 +5,13 @@ The script is `examples/controlnet/train_controlnet_flux.py` in the diffusers re
 One step of that script, given what the encoders give it (packed latents of the photo and of the
 conditioning image, T5 prompt embeddings, CLIP pooled embeddings, text and latent image ids):
 
-    u        ~ compute_density_for_timestep_sampling(--weighting_scheme, --logit_mean, --logit_std,
-                                                   --mode_scale)
-    sigma    = the scheduler's training table at floor(u N) (FLUX.1's table is unshifted: dynamic shifting)
-    noisy    = (1 - sigma) latents + sigma noise
-    residues = ControlNet(noisy, conditioning latents, t / 1000, guidance, text)      (conditioning scale 1)
-    v        = transformer(noisy, t / 1000, guidance, text, residues)                 (frozen)
-    loss     = mean((v - (noise - latents))^2)
+    u         ~ compute_density_for_timestep_sampling(--weighting_scheme, --logit_mean, --logit_std,
+                                                    --mode_scale)
+    sigma     = the scheduler's training table at floor(u N) (FLUX.1's is unshifted: dynamic shifting)
+    noisy     = (1 - sigma) latents + sigma noise
+    residuals = ControlNet(noisy, conditioning latents, t / 1000, guidance, text)   (conditioning scale 1)
+    v         = transformer(noisy, t / 1000, guidance, text, residuals)             (frozen)
+    loss      = mean((v - (noise - latents))^2)
 
 with t = 1000 sigma and the guidance `--guidance_scale` (3.5) per example where the model embeds guidance.
 The script draws its noise levels by the weighting scheme but does not weight its loss; `weight_loss`
