@@ -26,11 +26,12 @@ from landmark_controlnet.diffusion.flux_pipeline import (
     is_flux_folder,
     latent_image_ids,
     load_flux,
+    load_t5_tokenizer,
     pack_latents,
     text_ids,
     unpack_latents,
 )
-from landmark_controlnet.diffusion.loading import from_pretrained, is_sdxl, read_model_index
+from landmark_controlnet.diffusion.loading import MissingFileError, from_pretrained, is_sdxl, read_model_index
 from landmark_controlnet.training.tiny_flux import LATENT_CHANNELS, TRANSFORMER, write_tiny_flux
 from tests.diffusion_parity import assert_matches, nchw, nhwc, perturb
 from tests.test_diffusion_flux import make_inputs, ours_controlnet, theirs_controlnet
@@ -61,10 +62,9 @@ def torch_pipe(tiny_flux):
 
 
 @pytest.fixture(scope="module")
-def torch_controlnet(tiny_flux, torch_pipe, tmp_path_factory):
+def torch_controlnet(torch_pipe, tmp_path_factory):
     """diffusers' ControlNet from the tiny transformer, every weight perturbed (its zero layers too),
     saved by diffusers; returns (the torch model, its folder)."""
-    folder = tmp_path_factory.mktemp("torch_flux_controlnet")
     torch.manual_seed(3)
     model = TorchFluxControlNet.from_transformer(
         torch_pipe.transformer,
@@ -72,8 +72,20 @@ def torch_controlnet(tiny_flux, torch_pipe, tmp_path_factory):
         attention_head_dim=TRANSFORMER["attention_head_dim"],
         num_attention_heads=TRANSFORMER["num_attention_heads"],
     )
-    perturb(model, seed=3, scale=0.05).save_pretrained(folder)
+    return saved_perturbed(model, tmp_path_factory.mktemp("torch_flux_controlnet"), seed=3)
+
+
+def saved_perturbed(model, folder, seed: int):
+    perturb(model, seed=seed, scale=0.05).save_pretrained(folder)
     return model, folder
+
+
+def fresh_torch_controlnet(folder, seed: int, guidance_embeds: bool, num_mode: int | None = None):
+    """A random diffusers ControlNet shaped for the tiny transformer (a union one with `num_mode`)."""
+    torch.manual_seed(seed)
+    config = {**TRANSFORMER, **CONTROLNET_LAYERS, "guidance_embeds": guidance_embeds, "num_mode": num_mode}
+    model = TorchFluxControlNet(**config)
+    return saved_perturbed(model, folder, seed)
 
 
 def conditioning_images(seed: int, batch: int = 2) -> np.ndarray:
@@ -88,7 +100,14 @@ def controlnet_pipeline(torch_pipe, controlnet) -> FluxControlNetPipeline:
     return FluxControlNetPipeline(**torch_pipe.components, controlnet=controlnet)
 
 
-def run_diffusers(pipe, images: np.ndarray, noise: np.ndarray, output_type: str, strength: float = STRENGTH):
+def run_diffusers(
+    pipe,
+    images: np.ndarray,
+    noise: np.ndarray,
+    output_type: str,
+    strength: float = STRENGTH,
+    control_mode=None,
+):
     """diffusers' pipeline from the same initial latents (packed by diffusers) and conditioning."""
     packed = pipe._pack_latents(torch.from_numpy(nchw(noise)), len(noise), LATENT_CHANNELS, LATENT, LATENT)
     with torch.no_grad():
@@ -100,6 +119,7 @@ def run_diffusers(pipe, images: np.ndarray, noise: np.ndarray, output_type: str,
             num_inference_steps=STEPS,
             guidance_scale=GUIDANCE,
             controlnet_conditioning_scale=strength,
+            control_mode=control_mode,
             max_sequence_length=TEXT_LENGTH,
             latents=packed,
             output_type=output_type,
@@ -130,6 +150,20 @@ def test_a_folder_without_model_index_is_not_flux(tmp_path):
     assert not is_flux_folder(tmp_path)
 
 
+def test_abstract_load_reads_the_configs_alone(tiny_flux):
+    flux = load_flux(tiny_flux, abstract=True)
+    for name, model in flux.frozen_models().items():
+        leaves = jax.tree.leaves(nnx.state(model))
+        assert leaves and all(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in leaves), name
+    assert flux.transformer.config.guidance_embeds and flux.vae.config.latent_channels == LATENT_CHANNELS
+
+
+def test_a_missing_t5_tokenizer_is_named(tmp_path):
+    (tmp_path / "tokenizer_2").mkdir()
+    with pytest.raises(MissingFileError, match="tokenizer.json nor spiece.model"):
+        load_t5_tokenizer(tmp_path)
+
+
 def test_prompt_embeddings_equal_diffusers(flux, torch_pipe):
     ids = flux.token_ids(PROMPTS, TEXT_LENGTH)
     embeds, pooled = encode_flux_prompt(
@@ -158,10 +192,10 @@ def test_pack_unpack_and_ids_equal_diffusers():
     np.testing.assert_array_equal(latent_image_ids(height // 2, width // 2), ids.numpy())
 
 
-def test_generator_equals_diffusers_controlnet_pipeline(flux, torch_pipe, torch_controlnet, posterior_mode):
+def assert_generator_equals_diffusers(flux, torch_pipe, torch_controlnet, control_mode=None) -> None:
     """Two steps, two prompts and conditioning images, the same initial noise: the final latents agree
-    to 1e-4 of their scale (float32 throughout; what differs is the order of float32 sums in the
-    matmuls, attention and norms of each model call), and the decoded pictures to one level of 255."""
+    to 1e-4 of their scale (float32 throughout; what differs is the order of float32 sums in each
+    model call: measured 5e-7), and the decoded pictures to one level of 255."""
     model, folder = torch_controlnet
     ours = from_pretrained(FluxControlNetModel, folder)
     generator = FluxControlNetGenerator(
@@ -170,14 +204,35 @@ def test_generator_equals_diffusers_controlnet_pipeline(flux, torch_pipe, torch_
     params = nnx.state(ours)
     images, noise = conditioning_images(seed=4), initial_noise(seed=5)
     pipe = controlnet_pipeline(torch_pipe, model)
+    run = dict(strength=STRENGTH, control_mode=control_mode, noise=noise)
 
-    latents = generator.latents(params, PROMPTS, images, strength=STRENGTH, noise=noise)
-    assert_matches(latents, run_diffusers(pipe, images, noise, "latent").numpy(), "final packed latents")
+    latents = generator.latents(params, PROMPTS, images, **run)
+    theirs = run_diffusers(pipe, images, noise, "latent", control_mode=control_mode)
+    assert_matches(latents, theirs.numpy(), "final packed latents")
 
-    pictures = generator(params, PROMPTS, images, strength=STRENGTH, noise=noise)
-    theirs = np.stack([np.asarray(p) for p in run_diffusers(pipe, images, noise, "pil")])
+    pictures = generator(params, PROMPTS, images, **run)
+    theirs = np.stack(
+        [np.asarray(p) for p in run_diffusers(pipe, images, noise, "pil", control_mode=control_mode)]
+    )
     assert pictures.dtype == np.uint8 and pictures.shape == theirs.shape
     assert np.abs(pictures.astype(int) - theirs.astype(int)).max() <= 1
+
+
+def test_generator_equals_diffusers_controlnet_pipeline(flux, torch_pipe, torch_controlnet, posterior_mode):
+    assert_generator_equals_diffusers(flux, torch_pipe, torch_controlnet)
+
+
+def test_union_controlnet_equals_diffusers(flux, torch_pipe, tmp_path, posterior_mode):
+    union = fresh_torch_controlnet(tmp_path, seed=13, guidance_embeds=True, num_mode=3)
+    assert_generator_equals_diffusers(flux, torch_pipe, union, control_mode=2)
+
+
+def test_without_guidance_embeds_equals_diffusers(tmp_path, posterior_mode):
+    """A FLUX.1-schnell-shaped transformer and ControlNet: no guidance embedder, no guidance passed."""
+    folder = write_tiny_flux(tmp_path / "schnell", seed=1, guidance_embeds=False)
+    torch_pipe = FluxPipeline.from_pretrained(folder)
+    controlnet = fresh_torch_controlnet(tmp_path / "controlnet", seed=14, guidance_embeds=False)
+    assert_generator_equals_diffusers(load_flux(folder), torch_pipe, controlnet)
 
 
 def test_strength_zero_leaves_the_transformer_alone(flux, torch_controlnet):

@@ -278,67 +278,71 @@ class FluxControlNetGenerator:
         noise: np.ndarray | None = None,
     ) -> Array:
         """The packed latents after the last step, (B, tokens, 64), before decoding."""
-        batch, height, width = conditioning.shape[:3]
-        scale = self.flux.vae.config.downscale
-        if height % (scale * PATCH) or width % (scale * PATCH):
-            raise ValueError(
-                f"conditioning images are {height}x{width}: both must be multiples of {scale * PATCH}"
-            )
-        if len(prompts) != batch:
-            raise ValueError(f"{len(prompts)} prompts for {batch} conditioning images")
-        ids = {
-            k: jnp.asarray(v) for k, v in self.flux.token_ids(list(prompts), self.max_sequence_length).items()
-        }
-        mode = None if control_mode is None else jnp.full((batch, 1), control_mode, jnp.int32)
+        latent_shape = self._latent_shape(prompts, conditioning)
+        ids = self.flux.token_ids(list(prompts), self.max_sequence_length)
+        mode = None if control_mode is None else jnp.full((len(prompts), 1), control_mode, jnp.int32)
         inputs = self._prepare(
             self._frozen,
-            ids,
-            photo_input(conditioning),
+            jax.tree.map(jnp.asarray, ids),
+            photo_input(conditioning),  # the VAE encodes it: [-1, 1], as diffusers' image processor
             jnp.float32(strength),
             jnp.float32(self.guidance_scale),
             mode,
         )
-        latent_shape = (batch, height // scale, width // scale, self.flux.vae.config.latent_channels)
         if noise is None:
             noise = jax.random.normal(jax.random.PRNGKey(seed), latent_shape)
         elif noise.shape != latent_shape:
             raise ValueError(f"noise is {noise.shape}, not {latent_shape}")
         latents = pack_latents(jnp.asarray(noise, jnp.float32))
-        plan = self.sampler.flux_plan(self.steps, latents.shape[1])
+        plan = self.sampler.flux_plan(self.steps, latents.shape[1])  # shifted by the image size
         for index in range(self.steps):
             latents = self._step(self._frozen, controlnet_params, plan, jnp.int32(index), latents, inputs)
         return latents
 
+    def _latent_shape(self, prompts: list[str], conditioning: np.ndarray) -> tuple[int, int, int, int]:
+        """(B, H/8, W/8, 16), once the sizes are checked: one prompt per image, whole 2x2 patches."""
+        batch, height, width = conditioning.shape[:3]
+        multiple = self.flux.vae.config.downscale * PATCH
+        if height % multiple or width % multiple:
+            raise ValueError(
+                f"conditioning images are {height}x{width}: both must be multiples of {multiple}"
+            )
+        if len(prompts) != batch:
+            raise ValueError(f"{len(prompts)} prompts for {batch} conditioning images")
+        scale = self.flux.vae.config.downscale
+        return batch, height // scale, width // scale, self.flux.vae.config.latent_channels
+
+    def _model(self, frozen: dict, name: str) -> nnx.Module:
+        return nnx.merge(self._graphs[name], frozen[name])
+
     def _prepare_inputs(self, frozen, ids, pixels, strength, guidance, mode) -> FluxInputs:
-        models = {
-            name: nnx.merge(self._graphs[name], frozen[name]) for name in ("text_encoder", "text_encoder_2")
-        }
-        vae = nnx.merge(self._graphs["vae"], frozen["vae"])
+        """The prompts' embeddings and the conditioning images' packed latents, once per call."""
+        vae = self._model(frozen, "vae")
         embeds, pooled = encode_flux_prompt(
-            models["text_encoder"], models["text_encoder_2"], ids["text_encoder"], ids["text_encoder_2"]
+            self._model(frozen, "text_encoder"),
+            self._model(frozen, "text_encoder_2"),
+            ids["text_encoder"],
+            ids["text_encoder_2"],
         )
-        control = pack_latents(vae.to_latents(vae.encode(pixels)))
-        rows, cols = (
-            pixels.shape[1] // vae.config.downscale // PATCH,
-            pixels.shape[2] // vae.config.downscale // PATCH,
-        )
+        latents = vae.to_latents(vae.encode(pixels))
+        rows, cols = latents.shape[1] // PATCH, latents.shape[2] // PATCH
         return FluxInputs(
-            embeds,
-            pooled,
-            text_ids(embeds.shape[1]),
-            latent_image_ids(rows, cols),
-            control,
-            strength,
-            guidance,
-            mode,
+            prompt_embeds=embeds,
+            pooled=pooled,
+            txt_ids=text_ids(embeds.shape[1]),
+            img_ids=latent_image_ids(rows, cols),
+            control=pack_latents(latents),
+            strength=strength,
+            guidance=guidance,
+            mode=mode,
         )
 
     def _denoise_step(
         self, frozen, controlnet_params, plan: FlowMatchPlan, index: Array, latents: Array, inputs: FluxInputs
     ) -> Array:
         """One Euler step: the ControlNet's residuals, the transformer's velocity, x + dsigma v."""
-        transformer = nnx.merge(self._graphs["transformer"], frozen["transformer"])
-        controlnet = nnx.merge(self._graphs["controlnet"], controlnet_params)
+        transformer = self._model(frozen, "transformer")
+        controlnet = self._model({"controlnet": controlnet_params}, "controlnet")
         timestep = jnp.asarray(plan.timesteps, jnp.float32)[index] / 1000  # as diffusers divides it
         common = dict(
             encoder_hidden_states=inputs.prompt_embeds,
@@ -365,7 +369,7 @@ class FluxControlNetGenerator:
         return plan.step(None, velocity, index, latents)[0]
 
     def _decode_latents(self, vae_state, latents: Array, height: int, width: int) -> Array:
-        vae = nnx.merge(self._graphs["vae"], vae_state)
+        vae = self._model({"vae": vae_state}, "vae")
         return to_uint8(vae.decode(vae.from_latents(unpack_latents(latents, height, width))))
 
 
