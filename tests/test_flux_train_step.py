@@ -202,7 +202,7 @@ def script_step(case: Case, transformer, controlnet, batch: dict[str, np.ndarray
     sigmas = sigmas[:, None, None]
     noisy_model_input = (1.0 - sigmas) * latents + sigmas * noise
     guidance_vec = torch.full((BATCH,), 3.5) if transformer.config.guidance_embeds else None
-    txt_ids, img_ids = (torch.from_numpy(np.asarray(x)) for x in ids())
+    txt_ids, img_ids = (torch.from_numpy(np.array(x)) for x in ids())
     text = {
         "timestep": timesteps / 1000,
         "guidance": guidance_vec,

@@ -263,7 +263,7 @@ def apply_gradients(
     finite)."""
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     metrics = {
         "loss": loss,
         "grad_norm": grad_norm,
