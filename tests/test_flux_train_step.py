@@ -35,7 +35,7 @@ from diffusers.training_utils import compute_density_for_timestep_sampling, comp
 from flax import nnx
 
 from landmark_controlnet.diffusion.flow_match import FlowMatchSchedule, timestep_density
-from landmark_controlnet.diffusion.flux import FluxTransformer2DModel
+from landmark_controlnet.diffusion.flux import FluxTransformer2DModel, FluxTransformerConfig
 from landmark_controlnet.diffusion.flux_controlnet import FluxControlNetModel
 from landmark_controlnet.diffusion.loading import from_pretrained
 from landmark_controlnet.diffusion.options import ModelOptions
@@ -473,3 +473,15 @@ def test_bfloat16_compute_stays_near_float32(tmp_path):
     assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))
     full = our_step(case, tmp_path, batch, {}).loss
     assert float(loss) == pytest.approx(full, rel=3e-2)
+
+
+def test_a_controlnet_made_from_a_bfloat16_transformer_trains_float32_weights():
+    compute = Compute(jnp.bfloat16)
+    transformer = FluxTransformer2DModel(
+        FluxTransformerConfig.from_dict(TINY), compute.frozen, rngs=nnx.Rngs(0)
+    )
+    controlnet = FluxControlNetModel.from_transformer(transformer, 1, 1, options=compute.trained)
+    schedule = FlowMatchSchedule.from_config(FLUX_DEV_SCHEDULER)
+    _, frozen, params = split_flux_models(transformer, controlnet, schedule, ids())
+    assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
+    assert {leaf.dtype for leaf in jax.tree.leaves(frozen["transformer"])} == {jnp.dtype(jnp.bfloat16)}

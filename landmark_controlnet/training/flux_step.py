@@ -102,11 +102,16 @@ def split_flux_models(
     weights, the `flow_schedule` and the run's position `ids` (one resolution per run): what every step
     reads and none changes, as `training.step`'s frozen models and noise schedule. Build the models with
     `Compute.frozen` and `Compute.trained` options (`training.models`): remat and the attention kernel
-    are part of the graphs."""
+    are part of the graphs.
+
+    The ControlNet's weights come in its `param_dtype` (float32 master weights): `from_transformer`
+    copies a bfloat16 transformer's weights as they are."""
     transformer_graph, transformer_state = nnx.split(transformer)
     controlnet_graph, controlnet_state = nnx.split(controlnet)
     frozen = {"transformer": nnx.to_pure_dict(transformer_state), "flow_schedule": schedule, "ids": ids}
-    return FluxGraphs(transformer_graph, controlnet_graph), frozen, nnx.to_pure_dict(controlnet_state)
+    master = controlnet.options.param_dtype
+    params = jax.tree.map(lambda x: x.astype(master), nnx.to_pure_dict(controlnet_state))
+    return FluxGraphs(transformer_graph, controlnet_graph), frozen, params
 
 
 def flux_ids(latent_height: int, latent_width: int, text_tokens: int) -> FluxIds:
