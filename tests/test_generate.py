@@ -10,28 +10,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
-from tiny_models import perturb
+from tiny_models import tiny_controlnet
 
 from landmark_controlnet.cli import main
-from landmark_controlnet.diffusion.export import save_pretrained
 from landmark_controlnet.generate import SEEDS_PER_SAMPLE
 from landmark_controlnet.training.export import write_model_card
-from landmark_controlnet.training.models import controlnet_from_unet, controlnet_options, load_base_model
 from landmark_controlnet.training.tiny_sd import write_tiny_sd
 
 HAND_PHOTO = "images/hands/mediapipe_gesture_four_15a73593.jpg"
 NO_HAND_PHOTO = "images/negatives/fan_grass.jpg"
-
-
-def tiny_controlnet(base: Path, folder: Path, seed: int) -> Path:
-    controlnet = controlnet_from_unet(load_base_model(str(base)).unet, seed, controlnet_options(jnp.float32))
-    perturb(controlnet, seed, scale=0.05)  # else a no-op: its output convolutions start at zero
-    save_pretrained(controlnet, folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -79,3 +79,16 @@ def perturb(model, seed: int, scale: float = 0.02) -> None:
     key = jax.random.key(seed)
     noisy = [p + scale * jax.random.normal(jax.random.fold_in(key, i), p.shape) for i, p in enumerate(leaves)]
     nnx.update(model, jax.tree_util.tree_unflatten(tree, noisy))
+
+
+def tiny_controlnet(base: Path, folder: Path, seed: int) -> Path:
+    """A perturbed ControlNet for the tiny SD at `base` (`write_tiny_sd`), saved as the trainer exports."""
+    import jax.numpy as jnp
+
+    from landmark_controlnet.diffusion.export import save_pretrained
+    from landmark_controlnet.training.models import controlnet_from_unet, controlnet_options, load_base_model
+
+    controlnet = controlnet_from_unet(load_base_model(str(base)).unet, seed, controlnet_options(jnp.float32))
+    perturb(controlnet, seed, scale=0.05)  # else a no-op: its output convolutions start at zero
+    save_pretrained(controlnet, folder)
+    return folder

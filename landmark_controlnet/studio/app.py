@@ -115,7 +115,7 @@ def parse_json_object(text: str | None, what: str) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise OptionError(f"{what}: not valid JSON ({exc.msg} at character {exc.pos})") from None
     if not isinstance(value, dict):
-        raise OptionError(f'{what}: a JSON object is expected, e.g. {{"min_hand_size": 40}}')
+        raise OptionError(f'{what}: a JSON object is expected, e.g. {{"min_instance_size": 40}}')
     return value
 
 
@@ -153,6 +153,7 @@ def build_app(settings: StudioSettings) -> Any:
             f"Conditioners, datasets, generation, training runs and evaluation. Paths are read inside "
             f"the data root `{studio.root.directory}`; outputs go to `{OUTPUTS}/` there."
         )
+        api_endpoints.build(studio)  # first, so that the endpoints own their names
         with gr.Tabs():
             with gr.Tab("Conditioners", id="conditioners"):
                 conditioners_view.build(studio)
@@ -164,7 +165,6 @@ def build_app(settings: StudioSettings) -> Any:
                 runs_view.build(studio)
             with gr.Tab("Evaluate", id="evaluate"):
                 evaluate_view.build(studio)
-        api_endpoints.build(studio)
     blocks.studio = studio  # for tests and benchmarks: the detectors and models it keeps loaded
     return blocks
 

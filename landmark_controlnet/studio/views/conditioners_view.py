@@ -31,7 +31,7 @@ def build(studio: Studio) -> None:
             )  # fmt: skip
             options = gr.Textbox(
                 label="Options (JSON, as --option K=V)",
-                placeholder='{"detection_size": 1024, "min_hand_size": 24, "selfie": false}',
+                placeholder='{"detect_long_side": 1024, "min_instance_size": 24, "selfie": false}',
                 elem_id="condition-options",
             )
             accepted = gr.Markdown(accepted_options_text(chosen.value))
@@ -57,7 +57,9 @@ def build(studio: Studio) -> None:
     chosen.change(accepted_options_text, chosen, accepted, api_visibility="private")
 
     @shown_errors(outputs=6)
-    def condition(uploads: list[str] | None, shot: str | None, picked: list[str], typed: str, size_text: str):
+    def condition_photos(
+        uploads: list[str] | None, shot: str | None, picked: list[str], typed: str, size_text: str
+    ):
         folder = studio.new_folder("condition")
         photos_in = [
             studio.take_upload(path, folder / "inputs", "photo") for path in [*(uploads or []), shot]
@@ -79,7 +81,7 @@ def build(studio: Studio) -> None:
         )
 
     run.click(
-        condition, [photos, webcam, chosen, options, size],
+        condition_photos, [photos, webcam, chosen, options, size],
         [status, gallery, table, downloads, detections, which], api_visibility="private",
     )  # fmt: skip
 

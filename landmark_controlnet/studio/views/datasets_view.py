@@ -36,7 +36,7 @@ def build(studio: Studio) -> None:
     with gr.Row():
         caption = gr.Textbox(label="Caption contains", elem_id="dataset-caption-filter")
         least = gr.Number(0, label="At least N instances", precision=0, minimum=0)
-        most = gr.Number(None, label="At most N instances", precision=0, minimum=0)
+        most = gr.Number(-1, label="At most N instances (-1: any)", precision=0, minimum=-1)
         kind = gr.Dropdown(KINDS, value="", label="With an instance of kind")
         page = gr.Number(0, label="Page", precision=0, minimum=0, elem_id="dataset-page")
         show = gr.Button("Show rows", elem_id="dataset-show")
@@ -63,7 +63,8 @@ def build(studio: Studio) -> None:
     def show_rows(
         where: str, which: str, text: str, low: float | None, high: float | None, wanted: str, number
     ):
-        row_filter = api.RowFilter(
+        high = None if high is None or high < 0 else int(high)
+        row_filter = api.RowFilter((text or "").strip(), int(low or 0), high, wanted or "")
             text.strip(), int(low or 0), None if high is None else int(high), wanted or ""
         )
         shown = api.dataset_page(

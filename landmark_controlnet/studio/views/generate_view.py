@@ -71,7 +71,7 @@ def build(studio: Studio) -> None:
             report = gr.JSON(label="report.json", elem_id="gen-report")
 
     @shown_errors(outputs=6)
-    def generate(
+    def generate_images(
         base: str, control: str, other: str, upload: str | None, typed_pose: str, chosen: str,
         text: str, negative_text: str, step_count: float, scale: float, first_seed: float,
         images_wanted: float, control_strength: float, size: float, scored: bool,
@@ -100,7 +100,7 @@ def build(studio: Studio) -> None:
         )
 
     run.click(
-        generate,
+        generate_images,
         [base_model, controlnet, second, pose_file, pose_text, conditioner, prompt, negative, steps, guidance,
          seed, count, strength, resolution, score],
         [status, conditioning, images, compared, fidelity, report],

@@ -29,7 +29,9 @@ def build(studio: Studio) -> None:
         loss = gr.LinePlot(x="step", y="value", color="metric", title="Loss", elem_id="run-loss")
         rate = gr.LinePlot(x="step", y="value", color="metric", title="Learning rate", elem_id="run-lr")
         fidelity = gr.LinePlot(x="step", y="value", color="metric", title="Fidelity", elem_id="run-fidelity")
-    step = gr.Slider(0, 1, value=0, step=1, label="Validation grid (index over the saved steps)", elem_id="run-step")
+    step = gr.Slider(
+        0, 1, value=0, step=1, label="Validation grid (index over the saved steps)", elem_id="run-step"
+    )
     grid = gr.Image(label="Validation grid", format="png", elem_id="run-grid")
     saved = gr.Markdown(elem_id="run-saved")
     timer = gr.Timer(REFRESH_SECONDS, active=False)
