@@ -290,6 +290,8 @@ def _run(argv: list[str]) -> int:
     if args.command == "generate":
         return _generate(args)
     if args.command == "app":
+        from conditioners.errors import UserError
+
         from .studio.app import StudioSettings, serve
 
         if not args.data_root.is_dir():

@@ -65,8 +65,6 @@ def build(studio: Studio) -> None:
     ):
         high = None if high is None or high < 0 else int(high)
         row_filter = api.RowFilter((text or "").strip(), int(low or 0), high, wanted or "")
-            text.strip(), int(low or 0), None if high is None else int(high), wanted or ""
-        )
         shown = api.dataset_page(
             where.strip(), which, int(number or 0) * PAGE_SIZE, PAGE_SIZE, studio.root, row_filter
         )
