@@ -3,7 +3,9 @@
 The pose (`--pose`) is a photo (detected with the ControlNet's conditioner), a stored detection
 JSON, or `DATASET_DIR#ROW` (a built dataset's row: its landmarks, else its conditioning image).
 It is framed and drawn at the generation resolution as training frames it, then sampled with the
-project's own sampler, exactly as `evaluate` generates. `--out-dir` receives
+project's own sampler, exactly as `evaluate` generates: a Stable Diffusion (SDXL) base with its
+ControlNet, or a FLUX.1 base with a Flux ControlNet (`--guidance-scale` is then FLUX.1's distilled
+guidance, 3.5 by default, and there is no negative prompt). `--out-dir` receives
 
     conditioning.png                 the conditioning image the ControlNet saw
     pose.json                        the pose in conditioning.png's pixels (when it has landmarks)
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,16 @@ from conditioners import Detection
 from conditioners.errors import OptionError
 from conditioners.images import center_crop_framing
 
-from .evaluation.generate import SEEDS_PER_SAMPLE, Row, frame_picture, native_resolution, write_samples
+from .evaluation.generate import (
+    NO_FLUX_NEGATIVE_PROMPT,
+    SEEDS_PER_SAMPLE,
+    Row,
+    check_resolution,
+    default_guidance,
+    frame_picture,
+    native_resolution,
+    write_samples,
+)
 from .loaded import Loaded
 
 CONDITIONING_FILE = "conditioning.png"
@@ -55,7 +66,7 @@ class GenerateRequest:
     num_images: int = 1
     strength: float = 1.0
     steps: int = 25
-    guidance_scale: float = 7.5
+    guidance_scale: float | None = None  # default: the base model's (7.5 for SD, 3.5 for FLUX.1)
     seed: int = 0
     resolution: int | None = None  # default: the base model's own
     score: bool = False
@@ -90,20 +101,36 @@ def generate(request: GenerateRequest, loaded: Loaded | None = None) -> Generate
     pose = read_pose(request, loaded)  # before the models load: a wrong pose fails fast
     if request.score and pose.detection is None:
         raise OptionError(f"--score needs landmarks to score against; --pose {request.pose} has none")
-    with loaded.stable_diffusion(request.base_model) as sd:
-        return generate_with(sd, request, pose, loaded)
+    if request.negative_prompt and is_flux_location(request.base_model):
+        raise OptionError(NO_FLUX_NEGATIVE_PROMPT)  # before the base model loads
+    with loaded.base_model(request.base_model) as base:
+        return generate_with(base, request, pose, loaded)
 
 
-def generate_with(sd: Any, request: GenerateRequest, pose: Pose, loaded: Loaded) -> GenerateResult:
-    resolution = request.resolution or native_resolution(sd)
-    row = pose_row(pose, request.prompt, resolution)
+def is_flux_location(location: str) -> bool:
+    from .diffusion.flux_pipeline import is_flux_folder
+
+    return is_flux_folder(location)
+
+
+def resolved(request: GenerateRequest, base: Any) -> GenerateRequest:
+    """The request with the base model's defaults filled in: its resolution and guidance scale."""
+    resolution = request.resolution or native_resolution(base)
+    check_resolution(base, resolution)
+    guidance = default_guidance(base) if request.guidance_scale is None else request.guidance_scale
+    return replace(request, resolution=resolution, guidance_scale=guidance)
+
+
+def generate_with(base: Any, request: GenerateRequest, pose: Pose, loaded: Loaded) -> GenerateResult:
+    request = resolved(request, base)
+    row = pose_row(pose, request.prompt, request.resolution)
     out = request.out_dir
     out.mkdir(parents=True, exist_ok=True)
     Image.fromarray(row.conditioning).save(out / CONDITIONING_FILE)
     if row.reference is not None:
         (out / POSE_FILE).write_text(row.reference.to_json())
     settings = (request.base_model, request.controlnet, request.steps, request.guidance_scale)
-    with loaded.sampler(sd, *settings) as (sampler, params):
+    with loaded.sampler(base, *settings) as (sampler, params):
         write_samples(
             sampler, params, [row], out, samples=request.num_images, seed=request.seed,
             strength=request.strength, batch_size=1, negative_prompt=request.negative_prompt,
@@ -113,7 +140,7 @@ def generate_with(sd: Any, request: GenerateRequest, pose: Pose, loaded: Loaded)
     scores = None
     if request.score:
         scores = score_images(row.reference, images, pose.conditioner, request, loaded)
-    report = build_report(request, pose, resolution, images, seeds, scores)
+    report = build_report(request, pose, images, seeds, scores)
     (out / REPORT_FILE).write_text(json.dumps(report, indent=1))
     return GenerateResult(out, out / CONDITIONING_FILE, images, seeds, pose.conditioner, report)
 
@@ -250,7 +277,6 @@ def score_images(
 def build_report(
     request: GenerateRequest,
     pose: Pose,
-    resolution: int,
     images: tuple[Path, ...],
     seeds: tuple[int, ...],
     scores: dict[str, Any] | None,
@@ -258,7 +284,6 @@ def build_report(
     settings = {k: v for k, v in asdict(request).items() if k not in ("out_dir", "score")}
     report: dict[str, Any] = {
         **settings,
-        "resolution": resolution,
         "conditioner": pose.conditioner,
         "conditioning": CONDITIONING_FILE,
         "pose_file": POSE_FILE if pose.detection is not None else None,

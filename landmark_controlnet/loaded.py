@@ -30,23 +30,26 @@ class Loaded:
             yield conditioner
 
     @contextmanager
-    def stable_diffusion(self, location: str) -> Iterator[Any]:
-        """The base model at `location` (a folder or Hub id), loaded once."""
-        from landmark_controlnet.diffusion.pipeline import load_stable_diffusion
+    def base_model(self, location: str) -> Iterator[Any]:
+        """The base model at `location` (a folder or Hub id), loaded once: Stable Diffusion (SDXL) or
+        FLUX.1, as `evaluation.generate.load_base` reads it."""
+        from landmark_controlnet.evaluation.generate import load_base
 
-        with self._use(("base", location), lambda: load_stable_diffusion(location)) as sd:
-            yield sd
+        with self._use(("base", location), lambda: load_base(location)) as model:
+            yield model
+
+    stable_diffusion = base_model  # its name before FLUX.1 bases
 
     @contextmanager
     def sampler(
-        self, sd: Any, base: str, controlnet: str, steps: int, guidance_scale: float
+        self, model: Any, base: str, controlnet: str, steps: int, guidance_scale: float
     ) -> Iterator[Any]:
-        """(ControlNetGenerator, ControlNet parameters) for `sd` (loaded from `base`), built once per
-        ControlNet and sampler settings; the generator keeps its compiled step."""
+        """(sampler, ControlNet parameters) for the base `model` (loaded from `base`), built once per
+        ControlNet and sampler settings (`controlnet_sampler`); the sampler keeps its compiled step."""
         from landmark_controlnet.evaluation.generate import controlnet_sampler
 
         key = ("sampler", base, controlnet, steps, guidance_scale)
-        with self._use(key, lambda: controlnet_sampler(sd, controlnet, steps, guidance_scale)) as pair:
+        with self._use(key, lambda: controlnet_sampler(model, controlnet, steps, guidance_scale)) as pair:
             yield pair
 
     def close(self) -> None:

@@ -2,8 +2,9 @@
 
 Rows come from a built dataset: the `conditioning_image` and `caption` are the inputs, the stored
 `landmarks` the reference. Images are generated with the project's own sampler
-(`diffusion.pipeline.ControlNetGenerator`) in batches, for every control strength asked for, then
-scored by `scoring.evaluate_folder` exactly as images from any other tool are. `--compare` runs a
+(`diffusion.pipeline.ControlNetGenerator`, or `diffusion.flux_pipeline.FluxControlNetGenerator` for a
+FLUX.1 base) in batches, for every control strength asked for, then scored by
+`scoring.evaluate_folder` exactly as images from any other tool are. `--compare` runs a
 second ControlNet on the same rows, seeds and strengths.
 
     out/references/<stem>.json                    the rows' landmarks, framed as generation frames them
@@ -25,13 +26,19 @@ from PIL import Image
 from tqdm import tqdm
 
 from conditioners import Detection
-from conditioners.errors import UserError
+from conditioners.errors import OptionError, UserError
 from conditioners.images import center_crop_framing, resize_and_crop
 
 from .scoring import evaluate_folder
 
 SEEDS_PER_SAMPLE = (
     100_003  # sample k of batch b draws seed + k * this + b: distinct, and the same for every model
+)
+SD_GUIDANCE = 7.5  # diffusers' StableDiffusion(XL)ControlNetPipeline's guidance_scale
+FLUX_SAMPLE_SIZE = 128  # diffusers' FluxPipeline.default_sample_size, in latent pixels (1024 px)
+NO_FLUX_NEGATIVE_PROMPT = (
+    "--negative-prompt: a FLUX.1 base model takes no negative prompt (its guidance is distilled, "
+    "not classifier-free); leave it empty"
 )
 
 
@@ -45,7 +52,7 @@ class GenerationSettings:
     rows: int = 16
     samples_per_row: int = 1
     steps: int = 25
-    guidance_scale: float = 7.5
+    guidance_scale: float | None = None  # default: the base model's (`default_guidance`)
     strengths: tuple[float, ...] = (1.0,)
     seed: int = 0
     batch_size: int = 4
@@ -110,21 +117,80 @@ def frame_picture(picture: Image.Image, resolution: int) -> np.ndarray:
     return np.asarray(resize_and_crop(picture, framing, Image.Resampling.BILINEAR))
 
 
-def native_resolution(sd: Any) -> int:
-    """The size the base model generates at by default (its UNet's sample size in pixels)."""
-    return sd.unet.config.sample_size * sd.vae.config.downscale
+def load_base(location: str) -> Any:
+    """The base model at `location` (a folder or Hub id): a FLUX.1 pipeline (`load_flux`) when its
+    model_index.json names one, else Stable Diffusion or SDXL (`load_stable_diffusion`)."""
+    from landmark_controlnet.diffusion.flux_pipeline import is_flux_folder, load_flux
+    from landmark_controlnet.diffusion.pipeline import load_stable_diffusion
+
+    return (load_flux if is_flux_folder(location) else load_stable_diffusion)(location)
 
 
-def controlnet_sampler(sd: Any, controlnet: str, steps: int, guidance_scale: float) -> tuple[Any, Any]:
-    """A `ControlNetGenerator` for `sd` with the ControlNet at `controlnet` (a folder or Hub id),
-    and that ControlNet's parameters to call it with."""
+def is_flux_base(base: Any) -> bool:
+    from landmark_controlnet.diffusion.flux_pipeline import Flux
+
+    return isinstance(base, Flux)
+
+
+def native_resolution(base: Any) -> int:
+    """The size the base model generates at by default: its UNet's sample size in pixels, or FLUX.1's
+    default sample size (FluxPipeline's 128 latent pixels) times its VAE's downscale (1024 px)."""
+    sample_size = FLUX_SAMPLE_SIZE if is_flux_base(base) else base.unet.config.sample_size
+    return sample_size * base.vae.config.downscale
+
+
+def default_guidance(base: Any) -> float:
+    """diffusers' default guidance scale: classifier-free for SD, the distilled guidance for FLUX.1."""
+    from landmark_controlnet.diffusion.flux_pipeline import DEFAULT_GUIDANCE
+
+    return DEFAULT_GUIDANCE if is_flux_base(base) else SD_GUIDANCE
+
+
+def check_resolution(base: Any, resolution: int) -> None:
+    """FLUX.1 packs its latents in 2x2 patches: a side must be a multiple of 16 pixels, not just 8."""
+    from landmark_controlnet.diffusion.flux_pipeline import PATCH
+
+    multiple = base.vae.config.downscale * (PATCH if is_flux_base(base) else 1)
+    if resolution % multiple:
+        raise OptionError(f"--resolution {resolution}: a multiple of {multiple} for this base model")
+
+
+class FluxSampler:
+    """A `FluxControlNetGenerator` called as `write_samples` calls a `ControlNetGenerator`."""
+
+    def __init__(self, generator: Any):
+        self.generator = generator
+
+    def __call__(
+        self,
+        params: Any,
+        prompts: list[str],
+        conditioning: np.ndarray,
+        seed: int = 0,
+        strength: float = 1.0,
+        negative_prompts: list[str] | None = None,
+    ) -> np.ndarray:
+        if negative_prompts and any(negative_prompts):
+            raise OptionError(NO_FLUX_NEGATIVE_PROMPT)
+        return self.generator(params, prompts, conditioning, seed=seed, strength=strength)
+
+
+def controlnet_sampler(base: Any, controlnet: str, steps: int, guidance_scale: float) -> tuple[Any, Any]:
+    """A `ControlNetGenerator` for `base` (a `FluxSampler` for a FLUX.1 base) with the ControlNet at
+    `controlnet` (a folder or Hub id), and that ControlNet's parameters to call it with."""
     from flax import nnx
 
-    from landmark_controlnet.diffusion import ControlNetModel, from_pretrained
+    from landmark_controlnet.diffusion import ControlNetModel, FluxControlNetModel, from_pretrained
+    from landmark_controlnet.diffusion.flux_pipeline import FluxControlNetGenerator
     from landmark_controlnet.diffusion.pipeline import ControlNetGenerator
 
-    graph, params = nnx.split(from_pretrained(ControlNetModel, controlnet))
-    return ControlNetGenerator(sd, graph, steps, guidance_scale), nnx.to_pure_dict(params)
+    flux = is_flux_base(base)
+    graph, params = nnx.split(from_pretrained(FluxControlNetModel if flux else ControlNetModel, controlnet))
+    if flux:
+        sampler = FluxSampler(FluxControlNetGenerator(base, graph, steps, guidance_scale))
+    else:
+        sampler = ControlNetGenerator(base, graph, steps, guidance_scale)
+    return sampler, nnx.to_pure_dict(params)
 
 
 def open_split(dataset: str, split: str) -> Any:
@@ -158,21 +224,18 @@ class Generator:
     """A base model loaded once; `generate` writes one ControlNet's samples at one strength."""
 
     def __init__(self, settings: GenerationSettings):
-        from landmark_controlnet.diffusion.pipeline import load_stable_diffusion
-
         self.settings = settings
-        self.sd = load_stable_diffusion(settings.base_model)
+        self.base = load_base(settings.base_model)
+        self.resolution = settings.resolution or native_resolution(self.base)
+        check_resolution(self.base, self.resolution)
+        guidance = settings.guidance_scale
+        self.guidance_scale = default_guidance(self.base) if guidance is None else guidance
         self._samplers: dict[str, tuple[Any, Any]] = {}
-
-    @property
-    def resolution(self) -> int:
-        return self.settings.resolution or native_resolution(self.sd)
 
     def _sampler(self, controlnet: str) -> tuple[Any, Any]:
         if controlnet not in self._samplers:
-            settings = self.settings
             self._samplers[controlnet] = controlnet_sampler(
-                self.sd, controlnet, settings.steps, settings.guidance_scale
+                self.base, controlnet, self.settings.steps, self.guidance_scale
             )
         return self._samplers[controlnet]
 
@@ -199,8 +262,8 @@ def write_samples(
     description: str = "generate",
     negative_prompt: str = "",
 ) -> None:
-    """`<stem>_<k>.png` for every row and sample, from `sampler` (a `ControlNetGenerator`) in batches;
-    sample k of batch b is drawn with seed `seed + k * SEEDS_PER_SAMPLE + b`."""
+    """`<stem>_<k>.png` for every row and sample, from `sampler` (a `ControlNetGenerator` or a
+    `FluxSampler`) in batches; sample k of batch b is drawn with seed `seed + k * SEEDS_PER_SAMPLE + b`."""
     folder.mkdir(parents=True, exist_ok=True)
     with tqdm(total=len(rows) * samples, desc=description, unit="img") as progress:
         for sample in range(samples):
@@ -254,7 +317,7 @@ def generate_and_score(settings: GenerationSettings) -> dict[str, Any]:
         "samples_per_row": settings.samples_per_row,
         "resolution": generator.resolution,
         "steps": settings.steps,
-        "guidance_scale": settings.guidance_scale,
+        "guidance_scale": generator.guidance_scale,
         "seed": settings.seed,
         **results,
     }

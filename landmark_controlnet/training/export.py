@@ -15,6 +15,13 @@ MODEL_TAGS = [
     "landmarks",
 ]
 SDXL_TAG = "stable-diffusion-xl"
+FLUX_TAGS = ["controlnet", "jax-diffusers-event", "flux", "flux-diffusers", "landmarks"]
+SD_LICENSE = {"license": "creativeml-openrail-m"}
+FLUX_LICENSE = {  # FLUX.1-dev's own card header: its weights, and so ControlNets over them
+    "license": "other",
+    "license_name": "flux-1-dev-non-commercial-license",
+    "license_link": "https://huggingface.co/black-forest-labs/FLUX.1-dev/blob/main/LICENSE.md",
+}
 SDXL_SIZE = 1024  # SDXL generates at 1024 px; its conditioning image is drawn at that size
 HUB_IGNORE = ["checkpoints/*", "checkpoints/**", "logs/*", "logs/**", "profile/**", ".*"]
 
@@ -36,14 +43,16 @@ def write_model_card(
     final_loss: float | None,
     fidelity: dict[str, Any] | None = None,
     sdxl: bool = False,
+    flux: bool = False,
 ) -> Path:
     """The Hub model card, README.md. `sdxl`: the base model is SDXL, so the card shows diffusers'
-    StableDiffusionXLControlNetPipeline and carries the stable-diffusion-xl tag."""
+    StableDiffusionXLControlNetPipeline and carries the stable-diffusion-xl tag. `flux`: the base model
+    is FLUX.1, so the card shows FluxControlNetPipeline, carries the flux tags and FLUX.1-dev's license."""
     header = {
         "base_model": base_model,
         "library_name": "diffusers",
-        "license": "creativeml-openrail-m",
-        "tags": [*MODEL_TAGS, SDXL_TAG] if sdxl else MODEL_TAGS,
+        **(FLUX_LICENSE if flux else SD_LICENSE),
+        "tags": _tags(sdxl, flux),
         "inference": True,
     }
     if not Path(dataset).exists():
@@ -65,7 +74,7 @@ def write_model_card(
         lines += [f"Last logged training loss: {final_loss:.4f}", ""]
     if fidelity:
         lines += _fidelity_section(fidelity)
-    use = _inpainting_use(base_model) if flags.get("inpainting") else _use(base_model, sdxl)
+    use = _use(base_model, sdxl, flux, bool(flags.get("inpainting")))
     lines += ["## Use", "", *use]
     lines += [
         "## Training flags",
@@ -102,7 +111,22 @@ def _fidelity_section(summary: dict[str, Any]) -> list[str]:
     ]
 
 
-def _use(base_model: str, sdxl: bool = False) -> list[str]:
+def _tags(sdxl: bool, flux: bool) -> list[str]:
+    if flux:
+        return FLUX_TAGS
+    return [*MODEL_TAGS, SDXL_TAG] if sdxl else MODEL_TAGS
+
+
+def _use(base_model: str, sdxl: bool, flux: bool, inpainting: bool) -> list[str]:
+    """How to run the ControlNet: FLUX.1's pipeline, SD's inpainting one, else `_text_to_image_use`."""
+    if flux:
+        from landmark_controlnet.diffusion.flux_pipeline import flux_model_card_use
+
+        return flux_model_card_use(base_model)
+    return _inpainting_use(base_model) if inpainting else _text_to_image_use(base_model, sdxl)
+
+
+def _text_to_image_use(base_model: str, sdxl: bool = False) -> list[str]:
     """Text-to-image with diffusers' ControlNet pipeline for the base model: SD's at the base model's
     own size, SDXL's at 1024 px."""
     if sdxl:
