@@ -44,7 +44,9 @@ def build(studio: Studio) -> None:
             negative = gr.Textbox(label="Negative prompt", elem_id="gen-negative")
             with gr.Row():
                 steps = gr.Number(25, label="Steps", precision=0, minimum=1, elem_id="gen-steps")
-                guidance = gr.Number(7.5, label="Guidance scale", elem_id="gen-guidance")
+                guidance = gr.Number(
+                    0, label="Guidance (0: the base's, 7.5 SD, 3.5 FLUX.1)", elem_id="gen-guidance"
+                )
                 seed = gr.Number(0, label="Seed", precision=0, elem_id="gen-seed")
                 count = gr.Number(1, label="Images", precision=0, minimum=1, maximum=8, elem_id="gen-count")
             strength = gr.Slider(
@@ -82,7 +84,7 @@ def build(studio: Studio) -> None:
         request = GenerateRequest(
             base_model=base.strip(), controlnet=control.strip(), pose=str(pose), prompt=text,
             out_dir=folder, negative_prompt=negative_text, num_images=int(images_wanted),
-            strength=float(control_strength), steps=int(step_count), guidance_scale=float(scale),
+            strength=float(control_strength), steps=int(step_count), guidance_scale=float(scale) or None,
             seed=int(first_seed), resolution=int(size) or None, score=scored, conditioner=chosen or None,
         )  # fmt: skip
         if other.strip():
