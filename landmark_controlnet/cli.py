@@ -51,14 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--split", default="validation")
     generate.add_argument("--rows", type=int, default=16)
     generate.add_argument("--samples-per-row", type=int, default=1)
-    generate.add_argument(
-        "--steps", type=int, default=25, help="sampler steps (DDIM; flow-match Euler for FLUX.1)"
-    )
-    generate.add_argument(
-        "--guidance-scale",
-        type=float,
-        help="default: the base model's: 7.5 (SD classifier-free guidance), 3.5 (FLUX.1 distilled guidance)",
-    )
+    _add_sampler_args(generate)
     generate.add_argument("--strength", default="1.0", help="control strengths, e.g. 0.4,0.6,0.8,1.0")
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--batch-size", type=int, default=4)
@@ -132,6 +125,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_sampler_args(parser: Any) -> None:
+    """The sampler settings `evaluate` and `generate` share."""
+    parser.add_argument(
+        "--steps", type=int, default=25, help="sampler steps (DDIM; flow-match Euler for FLUX.1)"
+    )
+    parser.add_argument(
+        "--guidance-scale",
+        type=float,
+        help="default: the base model's: 7.5 (SD classifier-free guidance), 3.5 (FLUX.1 distilled guidance)",
+    )
+
+
 def _add_app(commands: Any) -> None:
     from .studio.app import DEFAULT_HOST, DEFAULT_MAX_UPLOAD_MB, DEFAULT_PORT
 
@@ -203,14 +208,7 @@ def _add_generate(commands: Any) -> None:
     generate.add_argument(
         "--strength", type=float, default=1.0, help="control strength, in [0, 2] (0: no control)"
     )
-    generate.add_argument(
-        "--steps", type=int, default=25, help="sampler steps (DDIM; flow-match Euler for FLUX.1)"
-    )
-    generate.add_argument(
-        "--guidance-scale",
-        type=float,
-        help="default: the base model's: 7.5 (SD classifier-free guidance), 3.5 (FLUX.1 distilled guidance)",
-    )
+    _add_sampler_args(generate)
     generate.add_argument("--seed", type=int, default=0, help="image k is drawn with seed + k * 100003")
     generate.add_argument("--resolution", type=int, help="square side in px (default: the base model's)")
     generate.add_argument(
