@@ -120,8 +120,14 @@ class FluxControlNetModel(FluxBackbone):
             *zip(self.single_transformer_blocks, transformer.single_transformer_blocks, strict=False),
         ]
         for ours, theirs in pairs:
-            # Copies, not shared buffers: a training step may donate the ControlNet's.
-            nnx.update(ours, jax.tree.map(jnp.copy, nnx.state(theirs, nnx.Param)))
+            # Copies in our param dtype (float32 master weights from a bfloat16 transformer), not shared
+            # buffers: a training step may donate the ControlNet's.
+            cast = jax.tree.map(
+                lambda mine, copied: jnp.array(copied, mine.dtype),
+                nnx.state(ours, nnx.Param),
+                nnx.state(theirs, nnx.Param),
+            )
+            nnx.update(ours, cast)
 
     def __call__(
         self,

@@ -24,7 +24,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     model.add_argument(
         "--pretrained_model_name_or_path",
         required=True,
-        help="a diffusers Stable Diffusion folder or Hub id (PyTorch safetensors, as the Hub ships them)",
+        help="a diffusers Stable Diffusion or FLUX.1 folder or Hub id (PyTorch safetensors, as the Hub "
+        "ships them)",
     )
     model.add_argument("--revision", default=None, help="a Hub branch, tag or commit")
     model.add_argument(
@@ -71,7 +72,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--resolution",
         type=int,
         default=None,
-        help="square training size (default: the base model's own: 512 SD 1.x, 768 SD 2.x, 1024 SDXL)",
+        help="square training size (default: the base model's own: 512 SD 1.x, 768 SD 2.x, 1024 SDXL "
+        "and FLUX.1)",
     )
     data.add_argument(
         "--random_flip",
@@ -144,6 +146,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "on TPU where they accept the call, XLA elsewhere (the choice is logged at start)",
     )
     optim.add_argument("--snr_gamma", type=float, default=None, help="min-SNR loss weighting (5.0 is usual)")
+    add_flux_flags(parser)
 
     runs = parser.add_argument_group("validation, checkpoints, logs")
     runs.add_argument("--validation_prompt", nargs="+", default=None)
@@ -221,6 +224,43 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     hosts.add_argument("--process_id", type=int, default=None)
     hosts.add_argument("--local_rank", type=int, default=-1, help="accepted for compatibility")
     return parser
+
+
+WEIGHTING_SCHEMES = ("sigma_sqrt", "logit_normal", "mode", "cosmap", "none")
+
+
+def add_flux_flags(parser: argparse.ArgumentParser) -> None:
+    """diffusers' train_controlnet_flux.py flags, read when the base model is a FLUX.1 folder."""
+    flux = parser.add_argument_group("FLUX.1 base models (a FluxPipeline folder or Hub id)")
+    flux.add_argument(
+        "--guidance_scale", type=float, default=3.5, help="FLUX.1-dev's distilled guidance during training"
+    )
+    flux.add_argument(
+        "--weighting_scheme",
+        default="logit_normal",
+        choices=WEIGHTING_SCHEMES,
+        help="how FLUX.1 runs draw their noise levels (diffusers' compute_density_for_timestep_sampling)",
+    )
+    flux.add_argument("--logit_mean", type=float, default=0.0, help="logit_normal's mean")
+    flux.add_argument("--logit_std", type=float, default=1.0, help="logit_normal's standard deviation")
+    flux.add_argument("--mode_scale", type=float, default=1.29, help="the `mode` scheme's scale")
+    flux.add_argument(
+        "--weight_loss",
+        action="store_true",
+        help="also weight a FLUX.1 run's loss by the scheme (as diffusers' SD3 / Flux DreamBooth scripts)",
+    )
+    flux.add_argument(
+        "--num_double_layers", type=int, default=4, help="a new FLUX.1 ControlNet's double-stream blocks"
+    )
+    flux.add_argument(
+        "--num_single_layers", type=int, default=10, help="a new FLUX.1 ControlNet's single-stream blocks"
+    )
+    flux.add_argument(
+        "--max_sequence_length", type=int, default=512, help="T5 tokens of a FLUX.1 prompt (schnell: 256)"
+    )
+    flux.add_argument(
+        "--control_mode", type=int, default=None, help="a union FLUX.1 ControlNet's mode for every row"
+    )
 
 
 def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:

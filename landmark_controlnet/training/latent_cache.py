@@ -7,6 +7,9 @@ the same (it samples the cached posterior with the same key). What is stored:
 - `text.npy`: (captions, tokens, hidden) float32, one per distinct caption, the empty prompt first;
   SDXL adds `pooled.npy`, (captions, projection) float32, the second encoder's pooled projection;
 - `caption_index.npy`: each row's caption in `text.npy`.
+A FLUX.1 run stores T5's `prompt_embeds.npy` and CLIP's `pooled_prompt_embeds.npy` instead of the
+text files, and `conditioning_moments.npy`, the conditioning image's posterior (encoded from [-1, 1], as
+diffusers' train_controlnet_flux.py normalises it; variant 1 re-drawn mirrored), which its step samples.
 
 The folder is named by a hash of everything the values depend on (the dataset's rows, the VAE's
 and text encoder's weights, the resolution, the variants), so a changed input never reads stale
@@ -40,7 +43,14 @@ from . import data as input_data
 
 log = logging.getLogger("train_flax_controlnet")
 CACHE_HOME = Path("~/.cache/landmark-controlnet/latents")
-TEXT_FILES = {"text_embeddings": "text.npy", "text_embeds": "pooled.npy"}
+TEXT_FILES = {
+    "text_embeddings": "text.npy",
+    "text_embeds": "pooled.npy",
+    "prompt_embeds": "prompt_embeds.npy",
+    "pooled_prompt_embeds": "pooled_prompt_embeds.npy",
+}
+SD_TEXT_KEYS = ("text_embeddings", "text_embeds")  # the context, and SDXL's pooled projection
+FLUX_TEXT_KEYS = ("prompt_embeds", "pooled_prompt_embeds")  # T5's sequence, CLIP's pooled output
 
 
 @dataclass(frozen=True)
@@ -51,10 +61,14 @@ class CacheKey:
     encoders: str  # a hash of the VAE's and text encoder's weights (and so their dtype)
     resolution: int
     variants: int  # 1, or 2 with --random_flip
+    model: str | None = None  # "flux" for FLUX.1 runs (which also cache the conditioning latents)
+    text_tokens: int | None = None  # FLUX.1: --max_sequence_length, T5's padded length
 
     @property
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        """A hash of the fields that are set (a Stable Diffusion key hashes as before FLUX.1 existed)."""
+        fields = {name: value for name, value in asdict(self).items() if value is not None}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def default_cache_root(dataset_name: str) -> Path:
@@ -121,12 +135,18 @@ class LatentCache:
     """The cached values of one dataset under one key; `example` is the loader's `prepare`."""
 
     def __init__(
-        self, directory: Path, moments: np.ndarray, text: dict[str, np.ndarray], caption_index: np.ndarray
+        self,
+        directory: Path,
+        moments: np.ndarray,
+        text: dict[str, np.ndarray],
+        caption_index: np.ndarray,
+        conditioning_moments: np.ndarray | None = None,
     ):
         self.directory = directory
         self.moments = moments
-        self.text = text  # by batch key: `text_embeddings`, and SDXL's `text_embeds`
+        self.text = text  # by batch key: `text_embeddings` (and SDXL's `text_embeds`), or FLUX.1's
         self.caption_index = caption_index
+        self.conditioning_moments = conditioning_moments  # FLUX.1 runs: the conditioning's posterior
 
     def example(
         self, row: dict[str, Any], columns: input_data.Columns, options: input_data.ExampleOptions, rng
@@ -136,9 +156,15 @@ class LatentCache:
         flip, empty = input_data.example_draws(options, rng)
         index = row[input_data.ROW_INDEX]
         caption = 0 if empty else self.caption_index[index]
+        if self.conditioning_moments is None:
+            conditioning = input_data.prepare_conditioning(row, columns, options, flip)
+        else:
+            conditioning = {
+                "conditioning_latent_moments": np.array(self.conditioning_moments[index, int(flip)])
+            }
         return {
             "latent_moments": np.array(self.moments[index, int(flip)]),
-            **input_data.prepare_conditioning(row, columns, options, flip),
+            **conditioning,
             **{key: np.array(values[caption]) for key, values in self.text.items()},
         }
 
@@ -150,9 +176,11 @@ class Encoders:
 
     graphs: Any
     vae_weights: Any
-    text_weights: dict[str, Any]  # by model name: `text_encoder`, and SDXL's `text_encoder_2`
+    text_weights: dict[str, Any]  # by model name: `text_encoder`, and SDXL's (or FLUX.1's) `text_encoder_2`
     dtype: Any
     per_device: int = 8  # rows (or captions) per device in one batch: the unit a resume skips by
+    text_keys: tuple[str, str] = SD_TEXT_KEYS  # the batch keys of `encode_text`'s (context, pooled)
+    conditioning_latents: bool = False  # FLUX.1: also cache the conditioning images' posteriors
 
     def __post_init__(self) -> None:
         self.mesh = Mesh(np.array(jax.local_devices()), ("data",))
@@ -166,11 +194,13 @@ class Encoders:
             posterior = nnx.merge(graphs.vae, weights).encode(photo_input(photos, dtype))
             return jnp.concatenate([posterior.mean, posterior.logvar], axis=-1).astype(jnp.float32)
 
+        context_key, pooled_key = self.text_keys
+
         def text(weights: Any, token_ids: dict[str, jax.Array]) -> dict[str, jax.Array]:
             context, pooled = graphs.encode_text(weights, token_ids)
-            embedded = {"text_embeddings": context.astype(jnp.float32)}
+            embedded = {context_key: context.astype(jnp.float32)}
             if pooled is not None:
-                embedded["text_embeds"] = pooled.astype(jnp.float32)
+                embedded[pooled_key] = pooled.astype(jnp.float32)
             return embedded
 
         self._moments, self._text = jax.jit(moments), jax.jit(text)
@@ -215,11 +245,14 @@ def build_latent_cache(
     captions = [input_data.caption_text(c) for c in dataset[columns.caption]]
     distinct = [""] + sorted(set(captions) - {""})
     variants = 2 if options.random_flip else 1
+    shapes = {name: value.shape[1:] for name, value in encoders.text(tokenize([""])).items()}
+    flux = ("flux", shapes[FLUX_TEXT_KEYS[0]][0]) if encoders.conditioning_latents else ()
     key = CacheKey(
         dataset_digest(dataset, captions),
         weights_digest(encoders.vae_weights, encoders.text_weights),
         options.resolution,
         variants,
+        *flux,
     )
     directory = root / key.digest
     if jax.process_count() > 1:  # hosts need not share a disk: each fills and reads its own
@@ -229,34 +262,61 @@ def build_latent_cache(
     caption_index = _caption_index(captions, distinct)
     np.save(directory / "caption_index.npy", caption_index)
 
-    shapes = {key: value.shape[1:] for key, value in encoders.text(tokenize([""])).items()}
+    text = _cache_text(directory, encoders, tokenize, distinct, shapes)
+    pictures = _Pictures(dataset, encoders, options, variants, threads)
+    moments = pictures.cache(directory / "moments.npy", "caching latents", _photo_variants, columns)
+    conditioning = None
+    if encoders.conditioning_latents:
+        path = directory / "conditioning_moments.npy"
+        conditioning = pictures.cache(path, "caching conditioning latents", _conditioning_variants, columns)
+    log.info("latent cache: %s", directory)
+    return LatentCache(directory, moments, text, caption_index, conditioning)
+
+
+def _cache_text(
+    directory: Path,
+    encoders: Encoders,
+    tokenize: Callable[[list[str]], dict[str, np.ndarray]],
+    distinct: list[str],
+    shapes: dict[str, tuple[int, ...]],
+) -> dict[str, np.ndarray]:
+    """Each distinct caption's embeddings, by batch key (read-only maps of the files)."""
     text = {
-        key: ChunkedArray(directory / TEXT_FILES[key], (len(distinct), *shape), encoders.batch)
-        for key, shape in shapes.items()
+        name: ChunkedArray(directory / TEXT_FILES[name], (len(distinct), *shape), encoders.batch)
+        for name, shape in shapes.items()
     }
-    chunks = text["text_embeddings"]
+    chunks = next(iter(text.values()))
     for chunk in _progress(chunks, "caching text embeddings"):
         embedded = encoders.text(tokenize([distinct[i] for i in chunks.rows(chunk)]))
-        for key, values in embedded.items():
-            text[key].write(chunk, values)
+        for name, values in embedded.items():
+            text[name].write(chunk, values)
+    return {name: np.load(array.path, mmap_mode="r") for name, array in text.items()}
 
-    first = encoders.moments(np.zeros((1, options.resolution, options.resolution, 3), np.uint8))
-    shape = (len(dataset), variants, *first.shape[1:])
-    moments = ChunkedArray(directory / "moments.npy", shape, encoders.batch)
-    with ThreadPoolExecutor(threads, thread_name_prefix="cache-decode") as pool:
-        for chunk in _progress(moments, "caching latents"):
-            span = moments.rows(chunk)
-            rows = input_data.rows_of(dataset[span.start : span.stop])
-            pixels = list(pool.map(lambda row: _photo_variants(row, columns, options, variants), rows))
-            values = encoders.moments(np.concatenate(pixels))
-            moments.write(chunk, values.reshape(len(rows), variants, *values.shape[1:]))
-    log.info("latent cache: %s", directory)
-    return LatentCache(
-        directory,
-        np.load(moments.path, mmap_mode="r"),
-        {key: np.load(array.path, mmap_mode="r") for key, array in text.items()},
-        caption_index,
-    )
+
+@dataclass
+class _Pictures:
+    """Encodes one picture of every row (and its mirrored variant) into a posterior's moments."""
+
+    dataset: Any
+    encoders: Encoders
+    options: input_data.ExampleOptions
+    variants: int
+    threads: int
+
+    def cache(self, path: Path, description: str, pixels_of: Callable, columns: input_data.Columns):
+        """(rows, variants, h, w, 2 x latent channels) of `pixels_of(row, columns, options, variants)`."""
+        resolution = self.options.resolution
+        first = self.encoders.moments(np.zeros((1, resolution, resolution, 3), np.uint8))
+        shape = (len(self.dataset), self.variants, *first.shape[1:])
+        moments = ChunkedArray(path, shape, self.encoders.batch)
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="cache-decode") as pool:
+            for chunk in _progress(moments, description):
+                span = moments.rows(chunk)
+                rows = input_data.rows_of(self.dataset[span.start : span.stop])
+                pixels = pool.map(lambda row: pixels_of(row, columns, self.options, self.variants), rows)
+                values = self.encoders.moments(np.concatenate(list(pixels)))
+                moments.write(chunk, values.reshape(len(rows), self.variants, *values.shape[1:]))
+        return np.load(moments.path, mmap_mode="r")
 
 
 def _caption_index(captions: list[str], distinct: list[str]) -> np.ndarray:
@@ -269,6 +329,18 @@ def _photo_variants(
 ) -> np.ndarray:
     photo = input_data.decode(row[columns.image], input_data.row_name(row))
     return np.stack([input_data.photo_values(photo, options.resolution, bool(v)) for v in range(variants)])
+
+
+def _conditioning_variants(
+    row: dict[str, Any], columns: input_data.Columns, options: input_data.ExampleOptions, variants: int
+) -> np.ndarray:
+    """The conditioning image as training frames it, and re-drawn mirrored: (variants, H, W, 3) uint8."""
+    return np.stack(
+        [
+            input_data.prepare_conditioning(row, columns, options, bool(v))["conditioning_pixel_values"]
+            for v in range(variants)
+        ]
+    )
 
 
 def _progress(array: ChunkedArray, description: str) -> Iterator[int]:

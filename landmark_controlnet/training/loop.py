@@ -6,6 +6,7 @@ import argparse
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,33 +21,18 @@ from tqdm import tqdm
 from builders.rows import open_dataset
 from conditioners.errors import OptionError
 from landmark_controlnet.diffusion.attention import attention_report, reset_attention_report
+from landmark_controlnet.diffusion.flux_pipeline import Flux
 from landmark_controlnet.diffusion.pipeline import StableDiffusion
 
 from . import data as input_data
 from .checkpoints import Checkpoints, resolve_resume
 from .export import push_to_hub, save_controlnet, write_model_card
-from .latent_cache import Encoders, LatentCache, build_latent_cache, default_cache_root
+from .flux_step import CONTROL_MODE
+from .latent_cache import FLUX_TEXT_KEYS, Encoders, LatentCache, build_latent_cache, default_cache_root
 from .logs import RunLog
-from .models import (
-    Graphs,
-    compute_of,
-    controlnet_from_unet,
-    load_base_model,
-    load_controlnet,
-    native_resolution,
-    split_models,
-    token_batch,
-)
+from .models import TrainedModels, compute_of, load_models, token_batch
 from .sharding import describe
-from .step import (
-    LossConfig,
-    Shardings,
-    TrainState,
-    init_state_on_devices,
-    learning_rate_schedule,
-    make_optimizer,
-    make_train_step,
-)
+from .step import Shardings, TrainState, init_state_on_devices, learning_rate_schedule, make_optimizer
 from .validation import ValidationSet, Validator, host_copy, save_grid
 
 if TYPE_CHECKING:
@@ -80,7 +66,7 @@ class Run:
     """Everything the loop needs, built once."""
 
     args: argparse.Namespace
-    graphs: Graphs
+    models: TrainedModels
     state: TrainState
     frozen: Any
     train_step: Any
@@ -97,6 +83,10 @@ class Run:
     @property
     def is_main(self) -> bool:
         return jax.process_index() == 0
+
+    @property
+    def graphs(self) -> Any:
+        return self.models.graphs
 
 
 def train(args: argparse.Namespace) -> Path:
@@ -117,19 +107,8 @@ def build_run(args: argparse.Namespace) -> Run:
     output_dir = Path(args.output_dir)
     dtype = DTYPES[args.mixed_precision]
     phases = Phases()
-    compute = compute_of(args, dtype)
-    sd = load_base_model(args.pretrained_model_name_or_path, args.revision, compute)
-    check_unet_channels(args, sd)
-    args.resolution = args.resolution or native_resolution(sd)
-    phases.mark("base model")
-    options = compute.trained
-    if args.controlnet_model_name_or_path:
-        controlnet = load_controlnet(args.controlnet_model_name_or_path, args.controlnet_revision, options)
-    else:
-        controlnet = controlnet_from_unet(sd.unet, args.seed, options)
-    graphs, frozen_weights, params = split_models(sd, controlnet)
-    del controlnet  # its weights live in the train state from here on
-    phases.mark("ControlNet")
+    models = load_models(args, compute_of(args, dtype), mark=phases.mark)
+    graphs, params = models.graphs, models.params
 
     dataset, rows = open_rows(args)
     phases.mark("dataset")
@@ -146,31 +125,27 @@ def build_run(args: argparse.Namespace) -> Run:
         args.max_grad_norm,
     )
     shardings = Shardings.over_all_devices(args.mesh, args.fsdp_min_elements)
-    frozen_weights = {**frozen_weights, "noise_schedule": sd.noise_schedule}
-    log_layout(shardings, params, frozen_weights)
+    log_layout(shardings, params, models.frozen)
     state = init_state_on_devices(params, optimizer, args.seed, shardings)
-    frozen = shardings.put(frozen_weights)
-    step_config = LossConfig(dtype, args.snr_gamma)
-    train_step = make_train_step(graphs, optimizer, schedule, step_config, shardings, params, frozen)
+    frozen = shardings.put(models.frozen)
+    train_step = models.make_step(graphs, optimizer, schedule, models.loss_config, shardings, params, frozen)
     phases.mark("weights to devices")
 
     cache = None
     if args.cache_latents:
-        text_weights = {name: frozen_weights[name] for name in sd.text_models()}
-        encoders = Encoders(graphs, frozen_weights["vae"], text_weights, dtype)
-        cache = latent_cache(args, sd, rows, encoders)
+        cache = latent_cache(args, models, rows, encoders_of(models, dtype))
         phases.mark("latent cache")
     checkpoints = Checkpoints(output_dir / "checkpoints", args.checkpoints_total_limit)
     state, position = restore(args, checkpoints, state)
     start_step = int(host_copy(state.step))
-    batches = input_batches(args, sd, rows, start_step, position, shardings, cache)
+    batches = input_batches(args, models.base, rows, start_step, position, shardings, cache)
     phases.mark("checkpoints")
 
     is_main = jax.process_index() == 0
     validation = validation_set(args, dataset) if is_main and args.validation_steps else None
     validator = None
     if validation:
-        validator = Validator(sd, graphs.controlnet, args.resolution, args.num_inference_steps)
+        validator = Validator.for_base(models.base, graphs.controlnet, args.resolution, args)
     fidelity = None
     if validator and args.fidelity_rows:
         from .fidelity import FidelityCheck  # imports the conditioners' detectors: only when asked
@@ -185,9 +160,16 @@ def build_run(args: argparse.Namespace) -> Run:
     phases.mark("validation and logs")
     log.info("start-up: %s", phases)
     return Run(
-        args, graphs, state, frozen, train_step, batches, max_steps, start_step,
+        args, models, state, frozen, train_step, batches, max_steps, start_step,
         checkpoints, validator, validation, run_log, fidelity,
     )  # fmt: skip
+
+
+def encoders_of(models: TrainedModels, dtype: Any) -> Encoders:
+    """The frozen VAE and text encoders that fill the latent cache (FLUX.1's also encode the
+    conditioning images)."""
+    flux = {"text_keys": FLUX_TEXT_KEYS, "conditioning_latents": True} if models.is_flux else {}
+    return Encoders(models.encoder_graphs, models.vae_weights, models.text_weights, dtype, **flux)
 
 
 def log_layout(shardings: Shardings, params: Any, frozen: dict[str, Any]) -> None:
@@ -209,17 +191,6 @@ class Phases:
 
     def __str__(self) -> str:
         return ", ".join(f"{name} {seconds:.1f} s" for name, seconds in self.seconds.items())
-
-
-def check_unet_channels(args: argparse.Namespace, sd: StableDiffusion) -> None:
-    """--inpainting and the UNet's input channels must agree; say which way they disagree."""
-    if args.inpainting:
-        sd.check_inpainting(args.pretrained_model_name_or_path)
-    elif sd.is_inpainting:
-        raise OptionError(
-            f"{args.pretrained_model_name_or_path} is an inpainting model (a 9-channel UNet): "
-            "add --inpainting and train on rows with a mask column (the hand_repair builder makes them)"
-        )
 
 
 def open_rows(args: argparse.Namespace):
@@ -283,15 +254,18 @@ def restore(args: argparse.Namespace, checkpoints: Checkpoints, state: TrainStat
     return state, position
 
 
-def latent_cache(args: argparse.Namespace, sd: StableDiffusion, rows: Any, encoders: Encoders) -> LatentCache:
-    """Fill (or reuse) the cache, then stop reading the photos: the loader no longer needs them."""
+def latent_cache(
+    args: argparse.Namespace, models: TrainedModels, rows: Any, encoders: Encoders
+) -> LatentCache:
+    """Fill (or reuse) the cache, then stop reading the photos: the loader no longer needs them (nor,
+    for FLUX.1, whose conditioning latents are cached too, the conditioning images)."""
     root = Path(args.latent_cache_dir) if args.latent_cache_dir else default_cache_root(args.dataset_name)
     cache = build_latent_cache(
         rows.dataset,
         _columns(args),
-        example_options(args, sd),
+        example_options(args, models.base),
         encoders,
-        lambda captions: token_batch(sd, captions),
+        tokenizer(args, models.base),
         root,
         args.dataloader_num_workers,
     )
@@ -299,18 +273,24 @@ def latent_cache(args: argparse.Namespace, sd: StableDiffusion, rows: Any, encod
     return cache
 
 
-def example_options(args: argparse.Namespace, sd: StableDiffusion) -> input_data.ExampleOptions:
+def tokenizer(args: argparse.Namespace, base: StableDiffusion | Flux) -> Callable[[list[str]], dict]:
+    """Captions -> every text encoder's token ids, by batch key (FLUX.1's T5 ids --max_sequence_length)."""
+    length = args.max_sequence_length if isinstance(base, Flux) else None
+    return lambda captions: token_batch(base, captions, length)
+
+
+def example_options(args: argparse.Namespace, base: StableDiffusion | Flux) -> input_data.ExampleOptions:
     return input_data.ExampleOptions(
         args.resolution,
         args.random_flip,
         args.proportion_empty_prompts,
         args.mask_dilation if args.inpainting else 0.0,
-        size_ids=sd.is_sdxl,
+        size_ids=not isinstance(base, Flux) and base.is_sdxl,
     )
 
 
 def input_batches(
-    args, sd, rows, start_step: int, position: dict | None, shardings: Shardings, cache: LatentCache | None
+    args, base, rows, start_step: int, position: dict | None, shardings: Shardings, cache: LatentCache | None
 ):
     accumulation = args.gradient_accumulation_steps
     if args.streaming:
@@ -320,12 +300,13 @@ def input_batches(
         row_batches = rows.batches(epoch, rows_in_epoch)
     else:
         row_batches = rows.batches(start_step * accumulation)
-    columns, options = _columns(args), example_options(args, sd)
+    columns, options = _columns(args), example_options(args, base)
     make_example = cache.example if cache else input_data.prepare_example
+    mode = {} if args.control_mode is None else {CONTROL_MODE: np.int32(args.control_mode)}
     loader = input_data.BatchLoader(
         row_batches,
-        lambda row, rng: make_example(row, columns, options, rng),
-        lambda captions: token_batch(sd, captions),
+        lambda row, rng: {**make_example(row, columns, options, rng), **mode},
+        tokenizer(args, base),
         accumulation,
         args.seed,
         first_micro_batch=start_step * accumulation,
@@ -506,7 +487,8 @@ def finish(run: Run, final_loss: float | None) -> Path:
             grids[-1] if grids else None,
             final_loss,
             run.fidelity_summary,
-            sdxl=run.graphs.is_sdxl,
+            sdxl=run.models.is_sdxl,
+            flux=run.models.is_flux,
         )
         if run.args.push_to_hub:
             repo_id = run.args.hub_model_id or output_dir.resolve().name

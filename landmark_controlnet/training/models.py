@@ -7,6 +7,7 @@ takes, the optimiser updates and checkpoints hold.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,9 @@ from landmark_controlnet.diffusion import (
     encode_sdxl_prompt,
     from_pretrained,
 )
+from landmark_controlnet.diffusion.flux_controlnet import FluxControlNetConfig, FluxControlNetModel
+from landmark_controlnet.diffusion.flux_pipeline import Flux, encode_flux_prompt, is_flux_folder, load_flux
+from landmark_controlnet.diffusion.loading import abstract_pretrained
 from landmark_controlnet.diffusion.options import ATTENTION_KERNELS, REMAT_POLICIES
 from landmark_controlnet.diffusion.pipeline import StableDiffusion, load_stable_diffusion
 from landmark_controlnet.diffusion.pretrained import InitKeys
@@ -32,6 +36,7 @@ from landmark_controlnet.diffusion.pretrained import InitKeys
 # The UNet parts a ControlNet starts from (whatever levels the UNet has, not a fixed four).
 COPIED_FROM_UNET = ("conv_in", "time_embedding", "add_embedding", "down_blocks", "mid_block")
 LATENT_CHANNELS = 4
+FLUX_SAMPLE_SIZE = 128  # FluxPipeline's default latent size: 1024 px
 
 
 @dataclass(frozen=True)
@@ -85,9 +90,11 @@ def load_base_model(
     return load_stable_diffusion(location, revision=revision, options=compute.frozen, abstract=abstract)
 
 
-def native_resolution(sd: StableDiffusion) -> int:
-    """The size the base model was trained at: 512 for SD 1.x, 768 for SD 2.x, 1024 for SDXL."""
-    return sd.unet.config.sample_size * sd.vae.config.downscale
+def native_resolution(base: StableDiffusion | Flux) -> int:
+    """The size the base model was trained at: 512 for SD 1.x, 768 for SD 2.x, 1024 for SDXL and FLUX.1
+    (FluxPipeline's default: 128 latent pixels)."""
+    sample_size = FLUX_SAMPLE_SIZE if isinstance(base, Flux) else base.unet.config.sample_size
+    return sample_size * base.vae.config.downscale
 
 
 def controlnet_options(dtype: jnp.dtype, remat: str = "none", attention: str = "auto") -> ModelOptions:
@@ -164,9 +171,13 @@ class Graphs:
         return encode_sdxl_prompt(first, second, *(token_ids[key] for key in TOKEN_KEYS.values()))
 
 
-def token_batch(sd: StableDiffusion, captions: list[str]) -> dict[str, np.ndarray]:
-    """Every text encoder's token ids of `captions`, by batch key."""
-    return {TOKEN_KEYS[name]: ids for name, ids in sd.token_ids(captions).items()}
+def token_batch(
+    base: StableDiffusion | Flux, captions: list[str], max_sequence_length: int | None = None
+) -> dict[str, np.ndarray]:
+    """Every text encoder's token ids of `captions`, by batch key; FLUX.1's T5 ids padded to
+    `max_sequence_length`."""
+    lengths = {} if max_sequence_length is None else {"max_sequence_length": max_sequence_length}
+    return {TOKEN_KEYS[name]: ids for name, ids in base.token_ids(captions, **lengths).items()}
 
 
 def split_models(sd: StableDiffusion, controlnet: ControlNetModel) -> tuple[Graphs, dict[str, Any], Any]:
@@ -178,3 +189,207 @@ def split_models(sd: StableDiffusion, controlnet: ControlNetModel) -> tuple[Grap
         weights[name] = nnx.to_pure_dict(state)
     controlnet_params = weights.pop("controlnet")
     return Graphs(**graphs), weights, controlnet_params
+
+
+# -- FLUX.1 --------------------------------------------------------------------------------------
+
+
+def is_flux_base(location: str, revision: str | None = None) -> bool:
+    """Whether the base model is a FLUX.1 pipeline (its model_index.json names one)."""
+    return is_flux_folder(location, revision)
+
+
+def load_flux_base(
+    location: str, revision: str | None = None, compute: Compute = Compute(), abstract: bool = False
+) -> Flux:
+    """FLUX.1's frozen models with their weights in the compute dtype; `abstract`: their shapes alone."""
+    return load_flux(location, revision=revision, options=compute.frozen, abstract=abstract)
+
+
+def flux_controlnet(
+    flux: Flux, args: Any, options: ModelOptions, abstract: bool = False
+) -> FluxControlNetModel:
+    """--controlnet_model_name_or_path's Flux ControlNet, else a new one of --num_double_layers and
+    --num_single_layers blocks made from the transformer (diffusers' `FluxControlNetModel.from_transformer`:
+    its embedders and first blocks copied, its output layers at zero)."""
+    location, revision = args.controlnet_model_name_or_path, args.controlnet_revision
+    if location:
+        load = abstract_pretrained if abstract else from_pretrained
+        return load(FluxControlNetModel, location, revision=revision, options=options)
+    if abstract:
+        layers = {"num_layers": args.num_double_layers, "num_single_layers": args.num_single_layers}
+        config = FluxControlNetConfig(**{**flux.transformer.config.shared(), **layers})
+        return FluxControlNetModel.abstract(config, options)
+    return FluxControlNetModel.from_transformer(
+        flux.transformer,
+        num_layers=args.num_double_layers,
+        num_single_layers=args.num_single_layers,
+        options=options,
+        rngs=nnx.Rngs(args.seed),
+    )
+
+
+@dataclass(frozen=True)
+class FluxEncoderGraphs:
+    """The structure of FLUX.1's VAE and text encoders (CLIP, T5), for --cache_latents: `encode_text` as
+    `Graphs.encode_text`, giving (T5's prompt embeddings, CLIP's pooled output)."""
+
+    vae: Any
+    text_encoder: Any
+    text_encoder_2: Any
+
+    def encode_text(self, weights: dict[str, Any], token_ids: dict[str, jax.Array]) -> tuple[Any, Any]:
+        clip = nnx.merge(self.text_encoder, weights["text_encoder"])
+        t5 = nnx.merge(self.text_encoder_2, weights["text_encoder_2"])
+        return encode_flux_prompt(clip, t5, *(token_ids[key] for key in TOKEN_KEYS.values()))
+
+
+def split_flux_encoders(flux: Flux) -> tuple[FluxEncoderGraphs, Any, dict[str, Any]]:
+    """(graphs, the VAE's weights, the text encoders' weights by name), weights as pure dicts."""
+    graphs, weights = {}, {}
+    for name in ("vae", "text_encoder", "text_encoder_2"):
+        graphs[name], state = nnx.split(getattr(flux, name))
+        weights[name] = nnx.to_pure_dict(state)
+    vae = weights.pop("vae")
+    return FluxEncoderGraphs(**graphs), vae, weights
+
+
+# -- either family ---------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainedModels:
+    """What a run trains with, for a Stable Diffusion or a FLUX.1 base model: the graphs and frozen
+    inputs of its step (`frozen`: weights and schedule, laid out on the devices), the ControlNet's
+    weights, the step's loss and maker (`step.make_train_step` or `flux_step.make_flux_train_step`,
+    one signature), and the encoders --cache_latents runs."""
+
+    base: StableDiffusion | Flux
+    graphs: Any
+    frozen: dict[str, Any]
+    params: Any
+    loss_config: Any
+    loss_fn: Callable
+    make_step: Callable
+    encoder_graphs: Any
+    vae_weights: Any
+    text_weights: dict[str, Any]
+
+    @property
+    def is_flux(self) -> bool:
+        return isinstance(self.base, Flux)
+
+    @property
+    def is_sdxl(self) -> bool:
+        return not self.is_flux and self.base.is_sdxl
+
+
+def load_models(
+    args: Any, compute: Compute, abstract: bool = False, mark: Callable[[str], None] = lambda _: None
+) -> TrainedModels:
+    """The base model of --pretrained_model_name_or_path and the ControlNet to train (`abstract`: shapes
+    alone); sets --resolution to the base model's own when not given. `mark(phase)` after each model."""
+    location, revision = args.pretrained_model_name_or_path, args.revision
+    if is_flux_base(location, revision):
+        return _flux_models(args, compute, abstract, mark)
+    return _sd_models(args, compute, abstract, mark)
+
+
+def _sd_models(args: Any, compute: Compute, abstract: bool, mark: Callable[[str], None]) -> TrainedModels:
+    from .step import LossConfig, diffusion_loss, make_train_step  # step imports this module
+
+    sd = load_base_model(args.pretrained_model_name_or_path, args.revision, compute, abstract)
+    if not abstract:
+        check_unet_channels(args, sd)
+    args.resolution = args.resolution or native_resolution(sd)
+    mark("base model")
+    graphs, frozen, params = split_models(sd, sd_controlnet(sd, args, compute.trained, abstract))
+    mark("ControlNet")
+    text_weights = {name: frozen[name] for name in sd.text_models()}
+    return TrainedModels(
+        sd, graphs, {**frozen, "noise_schedule": sd.noise_schedule}, params,
+        LossConfig(compute.dtype, args.snr_gamma), diffusion_loss, make_train_step,
+        graphs, frozen["vae"], text_weights,
+    )  # fmt: skip
+
+
+def check_unet_channels(args: Any, sd: StableDiffusion) -> None:
+    """--inpainting and the UNet's input channels must agree; say which way they disagree."""
+    if args.inpainting:
+        sd.check_inpainting(args.pretrained_model_name_or_path)
+    elif sd.is_inpainting:
+        raise OptionError(
+            f"{args.pretrained_model_name_or_path} is an inpainting model (a 9-channel UNet): "
+            "add --inpainting and train on rows with a mask column (the hand_repair builder makes them)"
+        )
+
+
+def sd_controlnet(sd: StableDiffusion, args: Any, options: ModelOptions, abstract: bool = False) -> Any:
+    """--controlnet_model_name_or_path's ControlNet, else one made from the UNet (`abstract`: shapes)."""
+    location, revision = args.controlnet_model_name_or_path, args.controlnet_revision
+    if location:
+        if abstract:
+            return abstract_pretrained(ControlNetModel, location, revision=revision, options=options)
+        return load_controlnet(location, revision, options)
+    if abstract:
+        config = ControlNetConfig.from_unet(sd.unet.config, in_channels=LATENT_CHANNELS)
+        return ControlNetModel.abstract(config, options)
+    return controlnet_from_unet(sd.unet, args.seed, options)
+
+
+def check_flux_flags(args: Any) -> None:
+    """FLUX.1 runs train on cached latents and embeddings, and are never inpainting runs."""
+    if args.inpainting:
+        raise OptionError("--inpainting needs a Stable Diffusion inpainting model, not FLUX.1")
+    if not args.cache_latents and not args.dry_run:
+        raise OptionError(
+            "a FLUX.1 base model needs --cache_latents: its step reads cached T5 and CLIP embeddings and "
+            "VAE latents, so neither text encoder (T5-XXL is 4.8 B parameters) sits on the devices"
+        )
+
+
+def _flux_models(args: Any, compute: Compute, abstract: bool, mark: Callable[[str], None]) -> TrainedModels:
+    from landmark_controlnet.diffusion.flow_match import FlowMatchSchedule
+
+    from .flux_step import (
+        FlowMatchLossConfig,
+        flux_ids,
+        flux_loss_from_key,
+        make_flux_train_step,
+        split_flux_models,
+    )
+
+    check_flux_flags(args)
+    flux = load_flux_base(args.pretrained_model_name_or_path, args.revision, compute, abstract)
+    args.resolution = args.resolution or native_resolution(flux)
+    mark("base model")
+    controlnet = flux_controlnet(flux, args, compute.trained, abstract)
+    latent = args.resolution // flux.vae.config.downscale
+    schedule = FlowMatchSchedule.from_config(flux.scheduler_config)
+    ids = flux_ids(latent, latent, args.max_sequence_length)
+    split = _abstract_flux_split if abstract else split_flux_models
+    graphs, frozen, params = split(flux.transformer, controlnet, schedule, ids)
+    mark("ControlNet")
+    vae = flux.vae.config
+    config = FlowMatchLossConfig(
+        compute.dtype, args.weighting_scheme, args.logit_mean, args.logit_std, args.mode_scale,
+        args.guidance_scale, args.weight_loss, vae.shift_factor or 0.0, vae.scaling_factor,
+    )  # fmt: skip
+    encoder_graphs, vae_weights, text_weights = split_flux_encoders(flux)
+    return TrainedModels(
+        flux, graphs, frozen, params, config, flux_loss_from_key, make_flux_train_step,
+        encoder_graphs, vae_weights, text_weights,
+    )  # fmt: skip
+
+
+def _abstract_flux_split(transformer: Any, controlnet: FluxControlNetModel, schedule: Any, ids: Any):
+    """`flux_step.split_flux_models` for shapes: an abstract ControlNet is built in its param dtype
+    already, so there is nothing to cast (and ShapeDtypeStructs cannot be)."""
+    from .flux_step import FluxGraphs
+
+    (transformer_graph, transformer_state), (controlnet_graph, controlnet_state) = (
+        nnx.split(transformer),
+        nnx.split(controlnet),
+    )
+    frozen = {"transformer": nnx.to_pure_dict(transformer_state), "flow_schedule": schedule, "ids": ids}
+    return FluxGraphs(transformer_graph, controlnet_graph), frozen, nnx.to_pure_dict(controlnet_state)

@@ -1,5 +1,5 @@
-"""The published config.json values of stable-diffusion-v1-5 and stable-diffusion-xl-base-1.0, for
-sizing them without downloading them: `write_config_folder(folder, "sdxl")` writes a pipeline folder
+"""The published config.json values of stable-diffusion-v1-5, stable-diffusion-xl-base-1.0 and FLUX.1-dev,
+for sizing them without downloading them: `write_config_folder(folder, "sdxl")` writes a pipeline folder
 of configs alone, which `--dry_run` reads (it never reads a weight), and the benchmarks build these
 models at full size with random weights."""
 
@@ -80,6 +80,58 @@ SDXL_TEXT_2_CONFIG = {
     "num_hidden_layers": 32,
     "projection_dim": SDXL_POOLED,
 }
+# black-forest-labs/FLUX.1-dev: transformer/, vae/ and text_encoder_2/ config.json (its text_encoder/ is
+# CLIP ViT-L/14's text tower, SD 1.5's); its scheduler is tiny_flux.SCHEDULER.
+FLUX_DEV_TRANSFORMER_CONFIG = {
+    "_class_name": "FluxTransformer2DModel",
+    "attention_head_dim": 128,
+    "axes_dims_rope": [16, 56, 56],
+    "guidance_embeds": True,
+    "in_channels": 64,
+    "joint_attention_dim": 4096,
+    "num_attention_heads": 24,
+    "num_layers": 19,
+    "num_single_layers": 38,
+    "patch_size": 1,
+    "pooled_projection_dim": 768,
+}
+FLUX_VAE_CONFIG = {
+    **VAE_CONFIG,
+    "latent_channels": 16,
+    "sample_size": 1024,
+    "scaling_factor": 0.3611,
+    "shift_factor": 0.1159,
+    "use_quant_conv": False,
+    "use_post_quant_conv": False,
+}
+FLUX_CLIP_CONFIG = {**SD15_TEXT_CONFIG, "hidden_act": "quick_gelu"}
+T5_XXL_CONFIG = {  # google/t5-v1_1-xxl's encoder
+    "architectures": ["T5EncoderModel"],
+    "d_ff": 10240,
+    "d_kv": 64,
+    "d_model": 4096,
+    "dense_act_fn": "gelu_new",
+    "feed_forward_proj": "gated-gelu",
+    "is_gated_act": True,
+    "layer_norm_epsilon": 1e-06,
+    "model_type": "t5",
+    "num_heads": 64,
+    "num_layers": 24,
+    "relative_attention_max_distance": 128,
+    "relative_attention_num_buckets": 32,
+    "tie_word_embeddings": False,
+    "vocab_size": 32128,
+}
+FLUX_MODEL_INDEX = {
+    "_class_name": "FluxPipeline",
+    "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+    "text_encoder": ["transformers", "CLIPTextModel"],
+    "text_encoder_2": ["transformers", "T5EncoderModel"],
+    "tokenizer": ["transformers", "CLIPTokenizer"],
+    "tokenizer_2": ["transformers", "T5TokenizerFast"],
+    "transformer": ["diffusers", "FluxTransformer2DModel"],
+    "vae": ["diffusers", "AutoencoderKL"],
+}
 PUBLISHED = {
     "sd15": {"unet": SD15_UNET_CONFIG, "vae": VAE_CONFIG, "text_encoder": SD15_TEXT_CONFIG},
     "sdxl": {
@@ -88,22 +140,37 @@ PUBLISHED = {
         "text_encoder": SD15_TEXT_CONFIG,
         "text_encoder_2": SDXL_TEXT_2_CONFIG,
     },
+    "flux-dev": {
+        "transformer": FLUX_DEV_TRANSFORMER_CONFIG,
+        "vae": FLUX_VAE_CONFIG,
+        "text_encoder": FLUX_CLIP_CONFIG,
+        "text_encoder_2": T5_XXL_CONFIG,
+    },
 }
 
 
 def write_config_folder(folder: Path, model: str) -> Path:
-    """A pipeline folder of `model` (`sd15` or `sdxl`) with config.json files and no weights; its
-    tokenizers are the tiny test tokenizer with CLIP's 77 tokens, which is all sizing needs."""
+    """A pipeline folder of `model` (`sd15`, `sdxl` or `flux-dev`) with config.json files and no weights;
+    its tokenizers are the tiny test ones (CLIP's with 77 tokens, FLUX.1's T5 one with 512), which is all
+    sizing needs."""
+    from .tiny_flux import SCHEDULER as FLUX_SCHEDULER
+    from .tiny_flux import write_t5_tokenizer
     from .tiny_sd import MODEL_INDEX, SCHEDULER, SDXL_MODEL_INDEX, write_tokenizer
 
     folder = Path(folder)
-    index = SDXL_MODEL_INDEX if model == "sdxl" else MODEL_INDEX
+    index, scheduler = {
+        "sdxl": (SDXL_MODEL_INDEX, SCHEDULER),
+        "flux-dev": (FLUX_MODEL_INDEX, FLUX_SCHEDULER),
+    }.get(model, (MODEL_INDEX, SCHEDULER))
     _write_json(folder / "model_index.json", index)
-    _write_json(folder / "scheduler" / "scheduler_config.json", SCHEDULER)
+    _write_json(folder / "scheduler" / "scheduler_config.json", scheduler)
     for name, config in PUBLISHED[model].items():
         _write_json(folder / name / "config.json", config)
-    for name in ("tokenizer", "tokenizer_2") if model == "sdxl" else ("tokenizer",):
-        write_tokenizer(folder / name)
+    write_tokenizer(folder / "tokenizer")
+    if model == "sdxl":
+        write_tokenizer(folder / "tokenizer_2")
+    elif model == "flux-dev":
+        write_t5_tokenizer(folder / "tokenizer_2")
     return folder
 
 

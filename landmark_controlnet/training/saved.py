@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,8 +19,7 @@ from jax._src.ad_checkpoint import saved_residuals
 
 from landmark_controlnet.diffusion.attention import stand_in_for_gpu
 
-from .models import Graphs
-from .step import LossConfig, diffusion_loss
+from .step import diffusion_loss
 
 
 @dataclass(frozen=True)
@@ -36,20 +36,23 @@ class SavedBytes:
 
 
 def saved_for_backward(
-    graphs: Graphs,
+    graphs: Any,
     frozen: dict[str, Any],
     params: Any,
     batch: dict[str, Any],
-    config: LossConfig,
+    config: Any,
     as_gpu: bool = False,
+    loss_fn: Callable = diffusion_loss,
 ) -> SavedBytes:
     """The residuals of one micro-batch's loss (`batch` without the accumulation axis; arrays or
-    ShapeDtypeStructs). `as_gpu` traces as a Hopper GPU runs, cuDNN's attention counted as its own
+    ShapeDtypeStructs) by `loss_fn(params, frozen, batch, rng, graphs, config)`: `step.diffusion_loss`
+    (`graphs` a `models.Graphs`, `config` a `LossConfig`) or `flux_step.flux_loss_from_key` (`FluxGraphs`,
+    `FlowMatchLossConfig`). `as_gpu` traces as a Hopper GPU runs, cuDNN's attention counted as its own
     residuals (`attention.stand_in_for_gpu`)."""
     rng = jax.ShapeDtypeStruct((2,), np.uint32)
 
     def loss(params, frozen, batch, rng):
-        return diffusion_loss(params, frozen, batch, rng, graphs, config)
+        return loss_fn(params, frozen, batch, rng, graphs, config)
 
     with stand_in_for_gpu() if as_gpu else contextlib.nullcontext():
         residuals = saved_residuals(loss, params, frozen, batch, rng)

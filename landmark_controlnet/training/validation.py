@@ -7,6 +7,7 @@ on the global (all-host) arrays would wait for hosts that are not validating.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,9 @@ from PIL import Image
 
 from conditioners.errors import OptionError
 from conditioners.preview import contact_sheet
+from landmark_controlnet.diffusion.flux_pipeline import Flux, FluxControlNetGenerator
 from landmark_controlnet.diffusion.pipeline import ControlNetGenerator, StableDiffusion
+from landmark_controlnet.evaluation.generate import FluxSampler
 
 from .data import decode, frame, prepare_mask
 
@@ -67,9 +70,21 @@ class Validator:
     For an inpainting run each row shows the photo, its mask and the conditioning image, then the photo
     repainted inside the mask and composited back."""
 
-    def __init__(self, sd: StableDiffusion, controlnet_graph: Any, resolution: int, inference_steps: int):
-        self.generator = ControlNetGenerator(sd, controlnet_graph, inference_steps)
+    def __init__(self, generator: Any, resolution: int):
+        self.generator = generator  # a ControlNetGenerator, or evaluation's FluxSampler
         self.resolution = resolution
+
+    @classmethod
+    def for_base(cls, base: StableDiffusion | Flux, controlnet_graph: Any, resolution: int, args: Any):
+        """The sampler of the base model's family, --num_inference_steps each; FLUX.1 with
+        --guidance_scale, --max_sequence_length and --control_mode."""
+        steps = args.num_inference_steps
+        if not isinstance(base, Flux):
+            return cls(ControlNetGenerator(base, controlnet_graph, steps), resolution)
+        generator = FluxControlNetGenerator(
+            base, controlnet_graph, steps, args.guidance_scale, args.max_sequence_length
+        )  # a union ControlNet's --control_mode goes with every call
+        return cls(FluxSampler(partial(generator, control_mode=args.control_mode)), resolution)
 
     def __call__(
         self, controlnet_params: Any, validation: ValidationSet, per_prompt: int, seed: int

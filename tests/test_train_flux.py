@@ -1,0 +1,172 @@
+"""train_flax_controlnet.py on a tiny random FLUX.1 (`write_tiny_flux`) on 4 simulated CPU devices: cached
+latents and embeddings, finite losses, a validation grid, an export diffusers' FluxControlNetModel loads
+strictly, 2x2 and 4x1 meshes agree, a killed run resumes to the straight run's weights, and --dry_run
+sizes the real FLUX.1-dev from its published configs."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import train_fixtures as tf
+
+from landmark_controlnet.training.logs import read_metrics
+from landmark_controlnet.training.published_configs import write_config_folder
+from landmark_controlnet.training.tiny_flux import write_tiny_flux
+
+# Mirrored rows, checkpoints every 2 steps, a sharding threshold the tiny model's kernels pass, and an
+# Adam epsilon of the gradients' own size, as tests/test_train_sdxl.py explains: two meshes sum the
+# gradients in different orders, and a tiny epsilon turns that rounding into full steps of either sign.
+FLAGS = (
+    "--cache_latents",
+    "--adam_epsilon", "1e-3",
+    "--max_train_steps", "4",
+    "--checkpointing_steps", "2",
+    "--random_flip",
+    "--fsdp_min_elements", "1024",
+)  # fmt: skip
+VALIDATION = ("--validation_steps", "4", "--num_validation_images", "1", "--num_inference_steps", "2")
+TWO_BY_TWO, FOUR_BY_ONE = "data=2,fsdp=2", "data=4"
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, hand_build):
+    root = tmp_path_factory.mktemp("train_flux")
+    _, dataset = hand_build.copy_to(root)
+    model = write_tiny_flux(root / "tiny-flux")
+    return {"root": root, "model": model, "dataset": dataset, "cache": root / "jax-cache"}
+
+
+def _command(workspace, output, *flags: str) -> list[str]:
+    return tf.train_command(
+        workspace["model"], workspace["dataset"], output, *FLAGS,
+        "--compilation_cache_dir", str(workspace["cache"]),
+        "--latent_cache_dir", str(workspace["root"] / "latent-cache"),
+        *flags,
+    )  # fmt: skip
+
+
+def _train(workspace, name: str, *flags: str):
+    output = workspace["root"] / name
+    result = subprocess.run(
+        _command(workspace, output, *flags), capture_output=True, text=True, env=tf.train_env(4), timeout=900
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return output, result
+
+
+@pytest.fixture(scope="module")
+def straight(workspace):
+    """4 steps on a 4x1 mesh, validated at the end."""
+    return _train(workspace, "straight", "--mesh", FOUR_BY_ONE, *VALIDATION)
+
+
+def _assert_same_params(actual_dir, expected_dir, atol: float) -> None:
+    expected, actual = tf.exported_params(expected_dir), tf.exported_params(actual_dir)
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        np.testing.assert_allclose(actual[key], expected[key], atol=atol, rtol=0, err_msg=key)
+
+
+def test_a_flux_run_logs_finite_losses_and_exports_a_diffusers_flux_controlnet(straight, workspace):
+    import torch
+    from diffusers import FluxControlNetModel
+
+    output, result = straight
+    metrics = read_metrics(output / "logs")
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+    assert all(np.isfinite(m["loss"]) and m["grad_norm"] > 0 for m in metrics)
+    assert "caching conditioning latents" in result.stderr
+    [key] = [json.loads(p.read_text()) for p in (workspace["root"] / "latent-cache").glob("*/key.json")]
+    assert key["model"] == "flux" and key["text_tokens"] == 512 and key["variants"] == 2
+    model, info = FluxControlNetModel.from_pretrained(output, output_loading_info=True)
+    assert not any(info.values()), info  # no missing, unexpected or mismatched keys
+    config = json.loads((output / "config.json").read_text())
+    assert config["_class_name"] == "FluxControlNetModel"
+    # diffusers' defaults (from_transformer copies the tiny transformer's 2 + 2 blocks, the rest fresh)
+    assert (config["num_layers"], config["num_single_layers"]) == (4, 10)
+    assert config["guidance_embeds"]
+    trained = sum(float(p.abs().sum()) for p in model.controlnet_blocks.parameters())
+    assert trained > 0 and all(torch.isfinite(p).all() for p in model.parameters())  # moved from zero
+    assert (output / "validation" / "step-000004.png").is_file()
+    card = (output / "README.md").read_text()
+    assert "FluxControlNetPipeline" in card
+
+
+def test_a_flux_run_needs_cached_latents_and_refuses_inpainting(workspace):
+    for flags, message in ((("--inpainting",), "FLUX.1"), ((), "needs --cache_latents")):
+        command = _command(workspace, workspace["root"] / "refused", *flags)
+        command.remove("--cache_latents")
+        result = subprocess.run(command, capture_output=True, text=True, env=tf.train_env(1), timeout=300)
+        assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr
+
+
+def test_a_2x2_and_a_4x1_mesh_train_the_same_flux_controlnet(straight, workspace):
+    sharded, result = _train(workspace, "two-by-two", "--mesh", TWO_BY_TWO)
+    replicated, _ = straight
+    losses = [[m["loss"] for m in read_metrics(out / "logs")] for out in (sharded, replicated)]
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+    _assert_same_params(sharded, replicated, atol=1e-5)
+    assert "mesh data=2 fsdp=2" in result.stderr
+
+
+def test_a_killed_flux_run_resumes_to_the_same_parameters(straight, workspace):
+    killed = workspace["root"] / "killed"
+    process = subprocess.Popen(
+        _command(workspace, killed, "--mesh", FOUR_BY_ONE),
+        env=tf.train_env(4),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 600
+    while not (killed / "checkpoints" / "2").is_dir() and process.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint in 10 minutes"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (killed / "diffusion_pytorch_model.safetensors").exists()
+
+    saved = max(int(p.name) for p in (killed / "checkpoints").iterdir() if p.name.isdigit())
+    logged_before = len(tf.logged_steps(killed))
+    _, result = _train(workspace, "killed", "--mesh", FOUR_BY_ONE, "--resume_from_checkpoint", "latest")
+    assert f"resumed from {killed / 'checkpoints'}/{saved}" in result.stderr, result.stderr[-4000:]
+    assert tf.logged_steps(killed)[logged_before:] == list(range(saved + 1, 5))
+    _assert_same_params(killed, straight[0], atol=1e-6)
+
+
+def _dry_run(model, *flags: str, devices: int) -> dict:
+    command = [*tf.train_command(model, model, model / "unused-output"), "--dry_run", *flags]
+    result = subprocess.run(command, capture_output=True, text=True, env=tf.train_env(devices), timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "GB per device" in result.stdout and not (model / "unused-output").exists()
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_dry_run_sizes_flux_1_dev_on_8_devices_from_its_configs(tmp_path):
+    """FLUX.1-dev's published configs alone: an 11.9 B transformer, a 4 + 10 block ControlNet; fsdp=8
+    holds 1/8 of the state per device."""
+    configs = write_config_folder(tmp_path / "flux-configs", "flux-dev")
+    flags = (
+        "--mixed_precision",
+        "bf16",
+        "--resolution",
+        "1024",
+        "--cache_latents",
+        "--gradient_checkpointing",
+        "dots",
+    )
+    replicated = _dry_run(configs, "shapes", *flags, "--mesh", "data=8", devices=8)
+    sharded = _dry_run(configs, "shapes", *flags, "--mesh", "data=1,fsdp=8", devices=8)
+    assert replicated["model_family"] == "FLUX.1" and replicated["resolution"] == 1024
+    assert replicated["frozen_parameters"] == pytest.approx(11.9e9, rel=0.01)
+    whole, split = replicated["bytes_per_device"], sharded["bytes_per_device"]
+    assert whole["parameters"] == pytest.approx(4 * replicated["controlnet_parameters"], rel=1e-6)
+    assert whole["frozen_weights"] == pytest.approx(2 * replicated["frozen_parameters"], rel=1e-3)  # bf16
+    assert whole["saved_for_backward"] > 0
+    for part in ("parameters", "optimizer_state", "frozen_weights"):
+        assert 1 / 8 <= split[part] / whole[part] < 1.05 / 8, part
