@@ -46,8 +46,8 @@ def fill(page, element: str, text: str) -> None:
 
 
 def shoot(page, out: Path, view: str) -> None:
-    page.screenshot(path=str(out / f"studio_{view}.png"), full_page=True)
-    print(out / f"studio_{view}.png")
+    page.screenshot(path=str(out / f"studio_{view}.jpg"), full_page=True, quality=85)
+    print(out / f"studio_{view}.jpg")
 
 
 def views(page, demo: Path, out: Path) -> None:

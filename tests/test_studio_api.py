@@ -158,3 +158,27 @@ def test_dataset_row_mistakes_are_one_line_errors(hand_build, split, offset, cou
 def test_dataset_locations_outside_the_root_are_refused(hand_build):
     with pytest.raises(OutsideDataRootError):
         dataset_rows(str(hand_build.root / "builder"), "train", 0, 1, DataRoot(hand_build.root / "photos"))
+
+
+# -- what stays loaded ---------------------------------------------------------------------------
+def test_detectors_are_built_once_and_reused(data_dir):
+    from landmark_controlnet.loaded import Loaded
+
+    loaded = Loaded()
+    with loaded.detector("hand_encoded", {}) as first:
+        pass
+    condition(data_dir / HAND_PHOTO, "hand_encoded", {}, loaded=loaded)
+    with loaded.detector("hand_encoded", {}) as again, loaded.detector("hand_standard", {}) as other:
+        assert again is first and other is not first
+    loaded.close()
+
+
+def test_the_app_is_built_without_importing_jax(tmp_path):
+    """JAX and the models load only when Generate is first used."""
+    check = (
+        "import sys; from landmark_controlnet.studio.app import StudioSettings, build_app; "
+        f"build_app(StudioSettings({str(tmp_path)!r})); print('jax' in sys.modules, 'flax' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[-2:] == ["False", "False"]

@@ -35,7 +35,10 @@ def build(studio: Studio) -> None:
     curve = gr.LinePlot(
         x="strength", y="pck_0.1", color="model", title="PCK@0.1 against control strength", elem_id="eval-pck"
     )
-    reports = gr.Gallery(label="Report: worst and best rows", columns=1, format="png", elem_id="eval-report")
+    reports = gr.Gallery(
+        label="Report: worst and best rows", columns=1, format="png", height=640, object_fit="contain",
+        elem_id="eval-report",
+    )  # fmt: skip
 
     @shown_errors(outputs=4)
     def evaluate(made: str, refs: str, name: str, out: str):
