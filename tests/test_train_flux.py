@@ -198,3 +198,14 @@ def test_a_flux_run_scores_fidelity_at_each_validation(workspace, data_dir):
     assert len(list((output / "fidelity" / "step-000002" / "generated").glob("*.png"))) == 2
     assert (output / "validation" / "step-000002.png").is_file()
     assert "## Control fidelity" in (output / "README.md").read_text()
+
+
+def test_dry_run_compiles_the_flux_step_on_a_2x2_mesh(workspace):
+    """`make_flux_train_step` compiled for abstract inputs: XLA's arguments are the state and frozen
+    weights the shapes count, plus a one-row batch of cached posteriors and embeddings."""
+    flags = ("--cache_latents", "--mesh", TWO_BY_TWO, "--fsdp_min_elements", "1024")
+    plan = _dry_run(workspace["model"], *flags, devices=4)
+    sizes = plan["bytes_per_device"]
+    assert plan["model_family"] == "FLUX.1" and sizes["activations"] > 0 and sizes["saved_for_backward"] > 0
+    held = sizes["parameters"] + sizes["optimizer_state"] + sizes["frozen_weights"]
+    assert held <= sizes["compiled_arguments"] < 1.2 * held
