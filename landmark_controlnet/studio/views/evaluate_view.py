@@ -9,6 +9,7 @@ from typing import Any
 from PIL import Image
 
 import conditioners
+from conditioners.errors import UserError
 
 from ...evaluation.generate import TABLE_FIGURES
 from ..app import Studio, shown_errors
@@ -35,22 +36,28 @@ def build(studio: Studio) -> None:
     curve = gr.LinePlot(
         x="strength", y="pck_0.1", color="model", title="PCK@0.1 against control strength", elem_id="eval-pck"
     )
-    reports = gr.Gallery(
-        label="Report: worst and best rows", columns=1, format="png", height=640, object_fit="contain",
-        elem_id="eval-report",
-    )  # fmt: skip
+    which = gr.Dropdown([], label="Report (model and strength)", elem_id="eval-report-choice")
+    report = gr.Image(label="Report: worst and best rows", format="png", elem_id="eval-report")
 
-    @shown_errors(outputs=4)
+    @shown_errors(outputs=5)
     def evaluate(made: str, refs: str, name: str, out: str):
         return shown(evaluate_generated(made.strip(), refs.strip(), out.strip(), studio.root, name or None))
 
-    @shown_errors(outputs=4)
+    @shown_errors(outputs=5)
     def open_results(out: str):
         return shown(read_evaluation(out.strip(), studio.root))
 
-    outputs = [status, table, curve, reports]
+    def pick_report(out: str, caption: str | None):
+        try:
+            chosen = dict(read_evaluation(out.strip(), studio.root).reports).get(caption)
+        except UserError:
+            return None  # the status line already says why
+        return Image.open(chosen) if chosen else None
+
+    outputs = [status, table, curve, which, report]
     run.click(evaluate, [generated, reference, conditioner, out_dir], outputs, api_visibility="private")
     open_button.click(open_results, out_dir, outputs, api_visibility="private")
+    which.input(pick_report, [out_dir, which], report, api_visibility="private")
 
 
 def shown(view: EvaluationView) -> tuple[Any, ...]:
@@ -62,5 +69,9 @@ def shown(view: EvaluationView) -> tuple[Any, ...]:
         for strength, pck in curve
     ]
     frame = pd.DataFrame(points, columns=["model", "strength", "pck_0.1"])
-    pictures = [(Image.open(path), caption) for caption, path in view.reports]
-    return f"`{view.out_dir.name}`", view.table, frame, pictures
+    import gradio as gr
+
+    captions = [caption for caption, _ in view.reports]
+    first = Image.open(view.reports[0][1]) if view.reports else None
+    choice = gr.update(choices=captions, value=captions[0] if captions else None)
+    return f"`{view.out_dir.name}`", view.table, frame, choice, first
