@@ -209,3 +209,34 @@ def test_dry_run_compiles_the_flux_step_on_a_2x2_mesh(workspace):
     assert plan["model_family"] == "FLUX.1" and sizes["activations"] > 0 and sizes["saved_for_backward"] > 0
     held = sizes["parameters"] + sizes["optimizer_state"] + sizes["frozen_weights"]
     assert held <= sizes["compiled_arguments"] < 1.2 * held
+
+
+def test_a_union_flux_controlnet_trains_the_mode_it_is_given(workspace):
+    """--controlnet_model_name_or_path a union ControlNet (diffusers', 3 modes) and --control_mode 2: the
+    step and the validation sampler both see mode 2, so its embedding alone of the three moves."""
+    import torch
+    from diffusers import FluxControlNetModel
+
+    from landmark_controlnet.training.tiny_flux import TRANSFORMER
+
+    union = workspace["root"] / "union"
+    torch.manual_seed(0)
+    layers = {"num_layers": 1, "num_single_layers": 1}
+    model = FluxControlNetModel(**{**TRANSFORMER, **layers}, guidance_embeds=True, num_mode=3)
+    with torch.no_grad():  # non-zero outputs: gradients reach the mode embedding from the first step
+        for parameter in [
+            *model.controlnet_blocks.parameters(),
+            *model.controlnet_single_blocks.parameters(),
+        ]:
+            parameter.normal_(0, 0.05)
+    model.save_pretrained(union)
+    output, _ = _train(
+        workspace, "union-run", "--controlnet_model_name_or_path", str(union), "--control_mode", "2",
+        "--max_train_steps", "2", "--adam_weight_decay", "0", "--adam_epsilon", "1e-8",
+        "--validation_steps", "2", "--num_validation_images", "1", "--num_inference_steps", "2",
+    )  # fmt: skip
+    before = tf.exported_params(union)["controlnet_mode_embedder.weight"]
+    after = tf.exported_params(output)["controlnet_mode_embedder.weight"]
+    np.testing.assert_array_equal(after[:2], before[:2])
+    assert np.abs(after[2] - before[2]).max() > 1e-4
+    assert (output / "validation" / "step-000002.png").is_file()
