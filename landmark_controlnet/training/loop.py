@@ -66,7 +66,7 @@ class Run:
     """Everything the loop needs, built once."""
 
     args: argparse.Namespace
-    models: TrainedModels
+    graphs: Any
     state: TrainState
     frozen: Any
     train_step: Any
@@ -79,14 +79,11 @@ class Run:
     log: RunLog | None
     fidelity: FidelityCheck | None = None
     fidelity_summary: dict[str, Any] | None = None  # the last one, for the model card
+    base_family: dict[str, bool] | None = None  # write_model_card's `sdxl` and `flux`
 
     @property
     def is_main(self) -> bool:
         return jax.process_index() == 0
-
-    @property
-    def graphs(self) -> Any:
-        return self.models.graphs
 
 
 def train(args: argparse.Namespace) -> Path:
@@ -160,8 +157,9 @@ def build_run(args: argparse.Namespace) -> Run:
     phases.mark("validation and logs")
     log.info("start-up: %s", phases)
     return Run(
-        args, models, state, frozen, train_step, batches, max_steps, start_step,
+        args, graphs, state, frozen, train_step, batches, max_steps, start_step,
         checkpoints, validator, validation, run_log, fidelity,
+        base_family={"sdxl": models.is_sdxl, "flux": models.is_flux},
     )  # fmt: skip
 
 
@@ -487,8 +485,7 @@ def finish(run: Run, final_loss: float | None) -> Path:
             grids[-1] if grids else None,
             final_loss,
             run.fidelity_summary,
-            sdxl=run.models.is_sdxl,
-            flux=run.models.is_flux,
+            **(run.base_family or {}),
         )
         if run.args.push_to_hub:
             repo_id = run.args.hub_model_id or output_dir.resolve().name

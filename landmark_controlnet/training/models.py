@@ -216,16 +216,12 @@ def flux_controlnet(
     if location:
         load = abstract_pretrained if abstract else from_pretrained
         return load(FluxControlNetModel, location, revision=revision, options=options)
+    layers = {"num_layers": args.num_double_layers, "num_single_layers": args.num_single_layers}
     if abstract:
-        layers = {"num_layers": args.num_double_layers, "num_single_layers": args.num_single_layers}
         config = FluxControlNetConfig(**{**flux.transformer.config.shared(), **layers})
         return FluxControlNetModel.abstract(config, options)
     return FluxControlNetModel.from_transformer(
-        flux.transformer,
-        num_layers=args.num_double_layers,
-        num_single_layers=args.num_single_layers,
-        options=options,
-        rngs=nnx.Rngs(args.seed),
+        flux.transformer, **layers, options=options, rngs=nnx.Rngs(args.seed)
     )
 
 
