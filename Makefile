@@ -34,7 +34,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/build.py
 	$(BIN)/python benchmarks/train_step.py
 	$(BIN)/python benchmarks/hand_repair.py
-	$(BIN)/python benchmarks/sdxl_dry_run.py
+	$(BIN)/python benchmarks/dry_run.py
 	$(BIN)/python benchmarks/small_hands.py --out benchmarks/results/small_hands_2cpu.json
 
 $(BIN)/python:
