@@ -14,6 +14,8 @@ BINARIES := $(BIN)/python -m pip install --quiet --disable-pip-version-check --r
 # the torch already installed (a C++17 compiler is needed; about 2 minutes).
 SPIGA := spiga==0.0.6
 OPENPIFPAF := openpifpaf==0.13.11
+# The Studio's web framework, beside the app extra's pinned requirements (pyproject.toml says why).
+GRADIO := gradio==6.31.0
 
 # The Studio's browser tests drive Debian's Chromium through Playwright (no browser download).
 CHROMIUM := /usr/bin/chromium
@@ -50,6 +52,7 @@ $(VENV)/.installed-test: pyproject.toml constraints.txt binaries.txt | $(BIN)/py
 	$(PIP) -e ".[$(TEST_EXTRAS)]"
 	$(PIP) --no-deps $(SPIGA)
 	$(PIP) --no-deps --no-build-isolation --no-cache-dir $(OPENPIFPAF)
+	$(PIP) --no-deps $(GRADIO)
 	touch $@
 
 $(CHROMIUM):
