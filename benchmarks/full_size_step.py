@@ -1,6 +1,7 @@
-"""The trainer's ControlNet step at the real model sizes: SD 1.5 at 512 px and SDXL at 1024 px.
+"""The trainer's ControlNet step at the real model sizes: SD 1.5 at 512 px, SDXL and FLUX.1-dev at 1024 px.
 
     .venv/bin/python benchmarks/full_size_step.py [--cases sd15,sd15_cached,sdxl_cached] [--steps 20]
+    .venv/bin/python benchmarks/full_size_step.py --cases flux_dev_cached --steps 10  # H200 (or fsdp)
     .venv/bin/python benchmarks/full_size_step.py --scale 0.125 --cases sdxl_cached   # CPU smoke run
     .venv/bin/python benchmarks/full_size_step.py --saved_only     # bytes kept for backward, any machine
     .venv/bin/python benchmarks/full_size_step.py --remat_costs    # FLOPs and bytes of each remat policy
@@ -11,7 +12,11 @@ random weights made on the devices, so no checkpoint is read, and times `make_tr
 step `train_flax_controlnet.py` runs: bf16 compute, fp32 ControlNet master weights and AdamW
 moments, the frozen models in bf16. `sd15` is the plain step (VAE encoder and text encoder inside
 it); `*_cached` is the `--cache_latents` step (VAE posteriors and text embeddings precomputed).
-SDXL's step adds the pooled text projection and the six size/crop ids.
+SDXL's step adds the pooled text projection and the six size/crop ids. `flux_dev_cached` is FLUX.1-dev's
+transformer (frozen, bf16) with a ControlNet of diffusers' default 4 double and 10 single blocks,
+trained by `flux_step.make_flux_train_step` on cached posteriors and T5/CLIP embeddings (512 tokens),
+one 1024 px image a step with "layers" remat: 59 GB of weights and AdamW state (`benchmarks/dry_run.py
+--model flux-dev`) and 37.6 GB saved for backward (`--saved_only`) on one chip, so an H200, not an H100.
 
 Prints one JSON object: per case the steps/s, images/s, first-step (compile) seconds, XLA's FLOP
 count of the step, the achieved TFLOP/s, the MFU against the chip's dense bf16 peak (when the chip
@@ -44,6 +49,7 @@ sys.path.insert(0, str(REPO))
 sys.path.append(str(REPO / "benchmarks"))  # last: benchmarks/conditioners.py must not shadow the package
 
 from landmark_controlnet.training.published_configs import (  # noqa: E402
+    FLUX_DEV_TRANSFORMER_CONFIG,
     SD15_TEXT_CONFIG,
     SD15_UNET_CONFIG,
     SDXL_POOLED,
@@ -77,11 +83,28 @@ class Case:
         return self.unet.get("addition_embed_type") == "text_time"
 
 
+@dataclass(frozen=True)
+class FluxCase:
+    """A FLUX.1 transformer and a ControlNet of `double` and `single` blocks made like it, on cached
+    batches (the trainer requires --cache_latents for FLUX.1)."""
+
+    transformer: dict
+    resolution: int
+    batch: int
+    remat: str = "none"
+    double: int = 4
+    single: int = 10
+    text_tokens: int = 512
+    cached: bool = True
+
+
 CASES = {
     "sd15": Case(SD15_UNET_CONFIG, 512, cached=False, batch=16),
     "sd15_cached": Case(SD15_UNET_CONFIG, 512, cached=True, batch=16),
     "sdxl_cached": Case(SDXL_UNET_CONFIG, 1024, cached=True, batch=8, remat="dots"),  # 68 GB kept
+    "flux_dev_cached": FluxCase(FLUX_DEV_TRANSFORMER_CONFIG, 1024, batch=1, remat="layers"),  # 97 GB
 }
+DEFAULT_CASES = "sd15,sd15_cached,sdxl_cached"  # FLUX.1-dev only when named: one H100 cannot hold it
 
 
 def scaled(config: dict, scale: float) -> dict:
@@ -100,6 +123,10 @@ def scaled(config: dict, scale: float) -> dict:
     ):
         if key in config:
             out[key] = int(config[key] * scale)
+    if "num_attention_heads" in config and "attention_head_dim" in config:  # FLUX.1: fewer heads
+        out["num_attention_heads"] = max(1, int(config["num_attention_heads"] * scale))
+        out["joint_attention_dim"] = int(config["joint_attention_dim"] * scale)
+        out["pooled_projection_dim"] = int(config["pooled_projection_dim"] * scale)
     if "norm_num_groups" in config:
         out["norm_num_groups"] = 8
     if "projection_class_embeddings_input_dim" in config:
@@ -112,7 +139,7 @@ def scaled(config: dict, scale: float) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--cases", default=None, help="default: all; sd15_cached,sdxl_cached for --saved_only"
+        "--cases", default=None, help=f"default: {DEFAULT_CASES}; sd15_cached,sdxl_cached for --saved_only"
     )
     parser.add_argument("--batch", type=int, default=None, help="global batch (default: per case)")
     parser.add_argument("--steps", type=int, default=20)
@@ -147,7 +174,7 @@ def main() -> None:
         "scale": options.scale,
         "cases": {},
     }
-    cases = options.cases or ("sd15_cached,sdxl_cached" if options.saved_only else ",".join(CASES))
+    cases = options.cases or ("sd15_cached,sdxl_cached" if options.saved_only else DEFAULT_CASES)
     for name in cases.split(","):
         # One process per case: its own peak memory, and a crash costs only that case.
         command = [sys.executable, __file__, *sys.argv[1:], "--child", name]
@@ -189,6 +216,7 @@ class Step:
     parameters_m: dict
     graphs: Any = None
     loss_config: Any = None
+    loss_fn: Any = None  # for `training.saved`: the step's loss function (None: SD's)
 
 
 def build_step(
@@ -202,6 +230,8 @@ def build_step(
     scan_layers: bool = True,
 ) -> Step:
     """Random weights made on the devices (never on the host), or only their shapes when `abstract`."""
+    if isinstance(case, FluxCase):
+        return build_flux_step(case, batch, resolution, scale, remat, abstract, attention, scan_layers)
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -259,6 +289,96 @@ def build_step(
     return Step(step, state, weights, device_batch, millions, Graphs(**graphs), config)
 
 
+def build_flux_step(
+    case: FluxCase,
+    batch: int,
+    resolution: int,
+    scale: float,
+    remat: str,
+    abstract: bool,
+    attention: str = "auto",
+    scan_layers: bool = True,
+) -> Step:
+    """`build_step` for FLUX.1: the transformer and the ControlNet with random weights, the trainer's
+    flow-matching step and a cached batch."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from landmark_controlnet.diffusion import (
+        FluxControlNetConfig,
+        FluxControlNetModel,
+        FluxTransformer2DModel,
+        FluxTransformerConfig,
+    )
+    from landmark_controlnet.diffusion.flow_match import FlowMatchSchedule
+    from landmark_controlnet.training.flux_step import (
+        FlowMatchLossConfig,
+        FluxGraphs,
+        flux_ids,
+        flux_loss_from_key,
+        make_flux_train_step,
+    )
+    from landmark_controlnet.training.models import Compute
+    from landmark_controlnet.training.step import (
+        Shardings,
+        init_state,
+        learning_rate_schedule,
+        make_optimizer,
+    )
+    from landmark_controlnet.training.tiny_flux import SCHEDULER
+
+    shardings = Shardings.over_all_devices()
+    compute = Compute(jnp.bfloat16, remat, remat, attention, scan_layers)
+    config = FluxTransformerConfig.from_dict(scaled(case.transformer, scale))
+    layers = {"num_layers": case.double, "num_single_layers": case.single}
+    controlnet_config = FluxControlNetConfig(**{**config.shared(), **layers})
+    graph, transformer = random_weights(FluxTransformer2DModel, config, compute.frozen, shardings, abstract)
+    controlnet_graph, params = random_weights(
+        FluxControlNetModel, controlnet_config, compute.trained, shardings, abstract
+    )
+    latent = resolution // 8
+    frozen = {
+        "transformer": transformer,
+        "flow_schedule": shardings.replicate(FlowMatchSchedule.from_config(SCHEDULER)),
+        "ids": shardings.replicate(flux_ids(latent, latent, case.text_tokens)),
+    }
+    schedule = learning_rate_schedule("constant", 1e-5, 0, 1)
+    optimizer = make_optimizer(schedule)
+    build_state = jax.jit(lambda p: init_state(p, optimizer, 0), out_shardings=shardings.replicated)
+    state = jax.eval_shape(build_state, params) if abstract else build_state(params)
+    host_batch = flux_batch(config, batch, latent, case.text_tokens)
+    if abstract:
+        device_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in host_batch.items()}
+    else:
+        device_batch = shardings.put_batch(host_batch)
+    loss_config = FlowMatchLossConfig(dtype=jnp.bfloat16, latent_shift=0.1159, latent_scale=0.3611)
+    graphs = FluxGraphs(graph, controlnet_graph)
+    step = make_flux_train_step(graphs, optimizer, schedule, loss_config, shardings, params, frozen)
+    counts = {"transformer": transformer, "controlnet": params}
+    millions = {
+        name: round(sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree)) / 1e6, 1)
+        for name, tree in counts.items()
+    }
+    return Step(step, state, frozen, device_batch, millions, graphs, loss_config, flux_loss_from_key)
+
+
+def flux_batch(config: Any, batch: int, latent: int, text_tokens: int) -> dict:
+    """Random cached inputs in the trainer's FLUX.1 batch layout: (accumulation 1, global batch, ...)."""
+    import numpy as np
+
+    from landmark_controlnet.training.flux_step import CONDITIONING, LATENTS, MOMENTS, POOLED, PROMPT_EMBEDS
+
+    rng = np.random.default_rng(0)
+    moments = (1, batch, latent, latent, 2 * 16)  # FLUX.1's VAE: 16 latent channels
+    return {
+        MOMENTS[LATENTS]: rng.standard_normal(moments, np.float32),
+        MOMENTS[CONDITIONING]: rng.standard_normal(moments, np.float32),
+        PROMPT_EMBEDS: rng.standard_normal((1, batch, text_tokens, config.joint_attention_dim), np.float32),
+        POOLED: rng.standard_normal((1, batch, config.pooled_projection_dim), np.float32),
+    }
+
+
 def step_flops(case: Case, batch: int, resolution: int, scale: float, remat: str = "none") -> float:
     """XLA's FLOP count of one step, lowered on abstract weights (nothing allocated or compiled).
 
@@ -282,8 +402,9 @@ def saved_bytes(
     attention = "auto" if as_gpu else "xla"
     built = build_step(case, batch, resolution, scale, remat, abstract=True, attention=attention)
     micro_batch = {k: jax.ShapeDtypeStruct(v.shape[1:], v.dtype) for k, v in built.batch.items()}
+    more = {"loss_fn": built.loss_fn} if built.loss_fn else {}
     saved = saved_for_backward(
-        built.graphs, built.frozen, built.state.params, micro_batch, built.loss_config, as_gpu=as_gpu
+        built.graphs, built.frozen, built.state.params, micro_batch, built.loss_config, as_gpu=as_gpu, **more
     )
     return {"global_batch": batch, "resolution": resolution, "remat": remat, **saved.as_dict()}
 
