@@ -25,7 +25,6 @@ weights come in `frozen`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -46,7 +45,7 @@ from landmark_controlnet.diffusion.flux_controlnet import FluxControlNetModel
 from landmark_controlnet.diffusion.flux_pipeline import PATCH, latent_image_ids, pack_latents, text_ids
 from landmark_controlnet.diffusion.vae import DiagonalGaussian
 
-from .step import Shardings, TrainState
+from .step import Shardings, TrainState, accumulate_gradients, apply_gradients
 
 # The batch keys: packed latents (batch, tokens, 4 x latent channels), or the VAE posterior's moments
 # (batch, height, width, 2 x latent channels) that the step samples, scales and packs itself.
@@ -105,13 +104,21 @@ def split_flux_models(
     are part of the graphs.
 
     The ControlNet's weights come in its `param_dtype` (float32 master weights): `from_transformer`
-    copies a bfloat16 transformer's weights as they are."""
+    copies a bfloat16 transformer's weights as they are. Abstract models (`jax.ShapeDtypeStruct`
+    leaves, for --dry_run) give shapes in that dtype."""
     transformer_graph, transformer_state = nnx.split(transformer)
     controlnet_graph, controlnet_state = nnx.split(controlnet)
     frozen = {"transformer": nnx.to_pure_dict(transformer_state), "flow_schedule": schedule, "ids": ids}
     master = controlnet.options.param_dtype
-    params = jax.tree.map(lambda x: x.astype(master), nnx.to_pure_dict(controlnet_state))
+    params = jax.tree.map(lambda x: _in_dtype(x, master), nnx.to_pure_dict(controlnet_state))
     return FluxGraphs(transformer_graph, controlnet_graph), frozen, params
+
+
+def _in_dtype(x: Any, dtype: Any) -> Any:
+    """An array cast to `dtype`; a shape given that dtype (ShapeDtypeStructs have no `astype`)."""
+    if isinstance(x, jax.ShapeDtypeStruct):
+        return x if x.dtype == dtype else jax.ShapeDtypeStruct(x.shape, dtype, sharding=x.sharding)
+    return x.astype(dtype)
 
 
 def flux_ids(latent_height: int, latent_width: int, text_tokens: int) -> FluxIds:
@@ -232,50 +239,6 @@ def packed_latents(batch: dict[str, jax.Array], key: jax.Array, config: FlowMatc
 
 
 # -- the train step ------------------------------------------------------------------------------
-
-
-GradFn = Callable[[Any, dict[str, jax.Array], jax.Array], tuple[jax.Array, Any]]
-
-
-def accumulate_gradients(
-    grad_fn: GradFn, params: Any, batch: dict[str, jax.Array], rng: jax.Array
-) -> tuple[jax.Array, Any]:
-    """The mean loss and gradients over the batch's leading (accumulation) axis, micro-batch i drawn
-    from `fold_in(rng, i)`. One micro-batch runs straight-line, without a loop (faster to compile)."""
-    accumulation = jax.tree.leaves(batch)[0].shape[0]
-    if accumulation == 1:
-        return grad_fn(params, jax.tree.map(lambda x: x[0], batch), jax.random.fold_in(rng, 0))
-
-    def micro_step(carry, inputs):
-        loss_sum, grad_sum = carry
-        micro_batch, index = inputs
-        loss, grads = grad_fn(params, micro_batch, jax.random.fold_in(rng, index))
-        return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
-
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    (loss, grads), _ = jax.lax.scan(micro_step, (0.0, zeros), (batch, jnp.arange(accumulation)))
-    return loss / accumulation, jax.tree.map(lambda g: g / accumulation, grads)
-
-
-def apply_gradients(
-    state: TrainState,
-    loss: jax.Array,
-    grads: Any,
-    optimizer: optax.GradientTransformation,
-    lr_schedule: optax.Schedule,
-) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimiser update and the step's metrics (`training.step`'s: loss, grad_norm, learning_rate,
-    finite)."""
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    grad_norm = optax.tree.norm(grads)
-    metrics = {
-        "loss": loss,
-        "grad_norm": grad_norm,
-        "learning_rate": lr_schedule(state.step),
-        "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm),  # one check, not one per tensor
-    }
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
 def make_flux_train_step(
