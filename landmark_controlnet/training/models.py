@@ -363,8 +363,7 @@ def _flux_models(args: Any, compute: Compute, abstract: bool, mark: Callable[[st
     latent = args.resolution // flux.vae.config.downscale
     schedule = FlowMatchSchedule.from_config(flux.scheduler_config)
     ids = flux_ids(latent, latent, args.max_sequence_length)
-    split = _abstract_flux_split if abstract else split_flux_models
-    graphs, frozen, params = split(flux.transformer, controlnet, schedule, ids)
+    graphs, frozen, params = split_flux_models(flux.transformer, controlnet, schedule, ids)
     mark("ControlNet")
     vae = flux.vae.config
     config = FlowMatchLossConfig(
@@ -376,16 +375,3 @@ def _flux_models(args: Any, compute: Compute, abstract: bool, mark: Callable[[st
         flux, graphs, frozen, params, config, flux_loss_from_key, make_flux_train_step,
         encoder_graphs, vae_weights, text_weights,
     )  # fmt: skip
-
-
-def _abstract_flux_split(transformer: Any, controlnet: FluxControlNetModel, schedule: Any, ids: Any):
-    """`flux_step.split_flux_models` for shapes: an abstract ControlNet is built in its param dtype
-    already, so there is nothing to cast (and ShapeDtypeStructs cannot be)."""
-    from .flux_step import FluxGraphs
-
-    (transformer_graph, transformer_state), (controlnet_graph, controlnet_state) = (
-        nnx.split(transformer),
-        nnx.split(controlnet),
-    )
-    frozen = {"transformer": nnx.to_pure_dict(transformer_state), "flow_schedule": schedule, "ids": ids}
-    return FluxGraphs(transformer_graph, controlnet_graph), frozen, nnx.to_pure_dict(controlnet_state)
