@@ -27,18 +27,14 @@ from landmark_controlnet.diffusion.flow_match import (
     timestep_density,
 )
 from landmark_controlnet.diffusion.schedulers import SchedulerConfigError
+from landmark_controlnet.training.tiny_flux import SCHEDULER as FLUX_DEV_SCHEDULER
 
-# black-forest-labs/FLUX.1-dev's scheduler/scheduler_config.json (schnell's says use_dynamic_shifting false).
+# black-forest-labs/FLUX.1-dev's scheduler/scheduler_config.json as the file holds it, diffusers' keys
+# included (schnell's says use_dynamic_shifting false).
 FLUX_DEV = {
     "_class_name": "FlowMatchEulerDiscreteScheduler",
     "_diffusers_version": "0.30.0.dev0",
-    "base_image_seq_len": 256,
-    "base_shift": 0.5,
-    "max_image_seq_len": 4096,
-    "max_shift": 1.15,
-    "num_train_timesteps": 1000,
-    "shift": 3.0,
-    "use_dynamic_shifting": True,
+    **FLUX_DEV_SCHEDULER,
 }
 FLUX_SCHNELL = {**FLUX_DEV, "shift": 1.0, "use_dynamic_shifting": False}
 SD3 = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0}

@@ -19,6 +19,7 @@ from landmark_controlnet.diffusion.flux_controlnet import FluxControlNetConfig, 
 from landmark_controlnet.diffusion.loading import from_pretrained
 from landmark_controlnet.diffusion.options import ModelOptions
 from landmark_controlnet.diffusion.weights import torch_state_dict
+from landmark_controlnet.training.published_configs import FLUX_DEV_TRANSFORMER_CONFIG
 from tests.diffusion_parity import assert_matches, perturb
 
 # diffusers' tests/models/transformers/test_models_transformer_flux.py sizes.
@@ -32,19 +33,6 @@ TINY = {
     "joint_attention_dim": 32,
     "pooled_projection_dim": 32,
     "axes_dims_rope": [4, 4, 8],
-}
-# black-forest-labs/FLUX.1-dev's transformer/config.json.
-FLUX_DEV = {
-    "attention_head_dim": 128,
-    "axes_dims_rope": [16, 56, 56],
-    "guidance_embeds": True,
-    "in_channels": 64,
-    "joint_attention_dim": 4096,
-    "num_attention_heads": 24,
-    "num_layers": 19,
-    "num_single_layers": 38,
-    "patch_size": 1,
-    "pooled_projection_dim": 768,
 }
 FLUX_DEV_PARAMETERS = 11.9e9
 GRID, TEXT_TOKENS = (4, 6), 8
@@ -222,8 +210,9 @@ def test_remat_and_scan_keep_the_forward_and_give_gradients():
 
 
 def test_flux_dev_builds_abstractly_at_its_size():
-    """The real FLUX.1-dev transformer, shapes only: nothing is allocated."""
-    model = FluxTransformer2DModel.abstract(FluxTransformerConfig.from_dict(FLUX_DEV))
+    """The real FLUX.1-dev transformer of the published config (`published_configs`, what --dry_run
+    sizes), shapes only: nothing is allocated."""
+    model = FluxTransformer2DModel.abstract(FluxTransformerConfig.from_dict(FLUX_DEV_TRANSFORMER_CONFIG))
     parameters = sum(leaf.size for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
     assert all(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in jax.tree.leaves(nnx.state(model)))
     assert parameters == pytest.approx(FLUX_DEV_PARAMETERS, rel=0.01)
