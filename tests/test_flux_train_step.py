@@ -55,19 +55,12 @@ from landmark_controlnet.training.flux_step import (
 )
 from landmark_controlnet.training.models import Compute
 from landmark_controlnet.training.step import Shardings, init_state_on_devices, make_optimizer
+from landmark_controlnet.training.tiny_flux import SCHEDULER as FLUX_DEV_SCHEDULER
 from tests.diffusion_parity import perturb
+from tests.step_variants import once_per_variant, variant_id
 from tests.test_diffusion_flux import TINY
 
 # FLUX.1-dev's scheduler (dynamic shifting: the training table is unshifted) and a statically shifted one.
-FLUX_DEV_SCHEDULER = {
-    "base_image_seq_len": 256,
-    "base_shift": 0.5,
-    "max_image_seq_len": 4096,
-    "max_shift": 1.15,
-    "num_train_timesteps": 1000,
-    "shift": 3.0,
-    "use_dynamic_shifting": True,
-}
 SHIFTED_SCHEDULER = {"num_train_timesteps": 1000, "shift": 3.0}
 SCRIPT_SCHEMES = ("sigma_sqrt", "logit_normal", "mode", "cosmap", "none")  # the script's choices
 
@@ -110,10 +103,6 @@ CASES = {
 }
 # ModelOptions overrides for both models: none may change the numbers.
 VARIANTS: list[dict[str, Any]] = [{}, {"remat": "dots"}, {"scan_layers": False}]
-
-
-def variant_id(overrides: dict[str, Any]) -> str:
-    return ",".join(f"{key}={value}" for key, value in overrides.items()) or "default"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -292,15 +281,8 @@ def prepared(request, tmp_path_factory) -> Prepared:
 
 @pytest.fixture(scope="module")
 def ours():
-    done: dict[tuple[Path, str], Ours] = {}
-
-    def get(prepared: Prepared, overrides: dict[str, Any]) -> Ours:
-        key = (prepared.folder, variant_id(overrides))
-        if key not in done:
-            done[key] = our_step(prepared.case, prepared.folder, prepared.batch, overrides)
-        return done[key]
-
-    return get
+    """`ours(prepared, overrides)`: our step for that case and variant, run once for every test."""
+    return once_per_variant(lambda p, overrides: our_step(p.case, p.folder, p.batch, overrides))
 
 
 @pytest.mark.parametrize("overrides", VARIANTS, ids=variant_id)
