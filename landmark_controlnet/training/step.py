@@ -87,7 +87,8 @@ class Shardings:
         receives only its own slice, so a sharded model never needs a full copy on one device."""
 
         def place(x: Any, sharding: NamedSharding) -> jax.Array:
-            x = np.asarray(x)
+            # A copy: on CPU, device arrays made from a view of a loaded array would keep it alive.
+            x = np.array(x, copy=True)
             return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
         return jax.tree_util.tree_map(place, tree, self.of(tree))
