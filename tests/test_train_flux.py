@@ -1,14 +1,13 @@
 """train_flax_controlnet.py on a tiny random FLUX.1 (`write_tiny_flux`) on 4 simulated CPU devices: cached
 latents and embeddings, finite losses, a validation grid, an export diffusers' FluxControlNetModel loads
-strictly, 2x2 and 4x1 meshes agree, a killed run resumes to the straight run's weights, and --dry_run
-sizes the real FLUX.1-dev from its published configs."""
+strictly, 2x2 and 4x1 meshes agree, a killed run resumes to the straight run's weights on its own mesh
+and onto another, and --dry_run sizes the real FLUX.1-dev from its published configs."""
 
 from __future__ import annotations
 
 import json
-import signal
+import shutil
 import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -65,13 +64,6 @@ def straight(workspace):
     return _train(workspace, "straight", "--mesh", FOUR_BY_ONE, *VALIDATION)
 
 
-def _assert_same_params(actual_dir, expected_dir, atol: float) -> None:
-    expected, actual = tf.exported_params(expected_dir), tf.exported_params(actual_dir)
-    assert expected.keys() == actual.keys()
-    for key in expected:
-        np.testing.assert_allclose(actual[key], expected[key], atol=atol, rtol=0, err_msg=key)
-
-
 def test_a_flux_run_logs_finite_losses_and_exports_a_diffusers_flux_controlnet(straight, workspace):
     import torch
     from diffusers import FluxControlNetModel
@@ -111,32 +103,28 @@ def test_a_2x2_and_a_4x1_mesh_train_the_same_flux_controlnet(straight, workspace
     replicated, _ = straight
     losses = [[m["loss"] for m in read_metrics(out / "logs")] for out in (sharded, replicated)]
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5, atol=1e-6)
-    _assert_same_params(sharded, replicated, atol=1e-5)
+    tf.assert_same_params(sharded, replicated, atol=1e-5)
     assert "mesh data=2 fsdp=2" in result.stderr
 
 
-def test_a_killed_flux_run_resumes_to_the_same_parameters(straight, workspace):
+def test_a_killed_flux_run_resumes_on_its_own_mesh_and_onto_another(straight, workspace):
     killed = workspace["root"] / "killed"
-    process = subprocess.Popen(
-        _command(workspace, killed, "--mesh", FOUR_BY_ONE),
-        env=tf.train_env(4),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 600
-    while not (killed / "checkpoints" / "2").is_dir() and process.poll() is None:
-        assert time.monotonic() < deadline, "no checkpoint in 10 minutes"
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
-    assert not (killed / "diffusion_pytorch_model.safetensors").exists()
+    saved = tf.kill_at_first_checkpoint(_command(workspace, killed, "--mesh", FOUR_BY_ONE), killed)
+    shutil.copytree(killed, workspace["root"] / "killed-onto-2x2")
 
-    saved = max(int(p.name) for p in (killed / "checkpoints").iterdir() if p.name.isdigit())
     logged_before = len(tf.logged_steps(killed))
-    _, result = _train(workspace, "killed", "--mesh", FOUR_BY_ONE, "--resume_from_checkpoint", "latest")
+    resume = ("--resume_from_checkpoint", "latest")
+    _, result = _train(workspace, "killed", "--mesh", FOUR_BY_ONE, *resume)
     assert f"resumed from {killed / 'checkpoints'}/{saved}" in result.stderr, result.stderr[-4000:]
     assert tf.logged_steps(killed)[logged_before:] == list(range(saved + 1, 5))
-    _assert_same_params(killed, straight[0], atol=1e-6)
+    tf.assert_same_params(killed, straight[0], atol=1e-6)
+    # Onto a 2x2 mesh: the replicated checkpoint is read into arrays split along fsdp; the steps after
+    # it sum their gradients in the 2x2 order, so it agrees as the two meshes do.
+    moved, result = _train(workspace, "killed-onto-2x2", "--mesh", TWO_BY_TWO, *resume)
+    assert f"resumed from {moved / 'checkpoints'}/{saved}" in result.stderr, result.stderr[-4000:]
+    assert "mesh data=2 fsdp=2" in result.stderr
+    assert tf.logged_steps(moved)[logged_before:] == list(range(saved + 1, 5))
+    tf.assert_same_params(moved, straight[0], atol=1e-5)
 
 
 def _dry_run(model, *flags: str, devices: int) -> dict:

@@ -75,3 +75,32 @@ def logged_steps(output: Path) -> list[int]:
 
 def checksums(stdout: str) -> list[str]:
     return [line.split("sum ")[-1] for line in stdout.splitlines() if "ControlNet |params| sum" in line]
+
+
+def assert_same_params(actual_dir: Path, expected_dir: Path, atol: float) -> None:
+    """Two runs exported the same ControlNet: the same keys, every weight within `atol`."""
+    import numpy as np
+
+    expected, actual = exported_params(expected_dir), exported_params(actual_dir)
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        np.testing.assert_allclose(actual[key], expected[key], atol=atol, rtol=0, err_msg=key)
+
+
+def kill_at_first_checkpoint(command: list[str], output: Path, devices: int = 4) -> int:
+    """Start a run of `command` into `output`, kill -9 it once its step-2 checkpoint is on disk (before it
+    exports), and return the last step it saved."""
+    import signal
+    import time
+
+    process = subprocess.Popen(
+        command, env=train_env(devices), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 600
+    while not (output / "checkpoints" / "2").is_dir() and process.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint in 10 minutes"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (output / "diffusion_pytorch_model.safetensors").exists()
+    return max(int(p.name) for p in (output / "checkpoints").iterdir() if p.name.isdigit())
