@@ -34,7 +34,6 @@ from conditioners.errors import OptionError
 from conditioners.images import center_crop_framing
 
 from .evaluation.generate import (
-    NO_FLUX_NEGATIVE_PROMPT,
     SEEDS_PER_SAMPLE,
     Row,
     check_resolution,
@@ -102,6 +101,8 @@ def generate(request: GenerateRequest, loaded: Loaded | None = None) -> Generate
     if request.score and pose.detection is None:
         raise OptionError(f"--score needs landmarks to score against; --pose {request.pose} has none")
     if request.negative_prompt and is_flux_location(request.base_model):
+        from .diffusion.flux_pipeline import NO_FLUX_NEGATIVE_PROMPT
+
         raise OptionError(NO_FLUX_NEGATIVE_PROMPT)  # before the base model loads
     with loaded.base_model(request.base_model) as base:
         return generate_with(base, request, pose, loaded)

@@ -17,6 +17,7 @@ from diffusers import FluxControlNetPipeline, FluxPipeline
 from diffusers.pipelines.flux import pipeline_flux_controlnet
 from flax import nnx
 
+from conditioners.errors import OptionError
 from landmark_controlnet.diffusion.export import save_pretrained
 from landmark_controlnet.diffusion.flux_controlnet import FluxControlNetModel
 from landmark_controlnet.diffusion.flux_pipeline import (
@@ -255,6 +256,20 @@ def test_generator_refuses_sizes_it_cannot_pack(flux, torch_controlnet):
     generator = FluxControlNetGenerator(flux, nnx.graphdef(ours), steps=1, max_sequence_length=TEXT_LENGTH)
     with pytest.raises(ValueError, match="multiples of 16"):
         generator(nnx.state(ours), PROMPTS[:1], np.zeros((1, 40, 64, 3), np.uint8))
+
+
+def test_generator_is_called_as_the_sd_one_but_refuses_negative_prompts(flux, torch_controlnet):
+    """Called as `pipeline.ControlNetGenerator` is (evaluation, validation); non-empty negatives fail."""
+    ours = from_pretrained(FluxControlNetModel, torch_controlnet[1])
+    generator = FluxControlNetGenerator(flux, nnx.graphdef(ours), steps=1, max_sequence_length=TEXT_LENGTH)
+    with pytest.raises(OptionError, match="takes no negative prompt"):
+        generator(
+            nnx.state(ours), PROMPTS[:1], np.zeros((1, 32, 32, 3), np.uint8), negative_prompts=["blurry"]
+        )
+    with pytest.raises(ValueError, match="multiples of 16"):  # past the check: empty negatives are none
+        generator(
+            nnx.state(ours), PROMPTS[:1], np.zeros((1, 40, 64, 3), np.uint8), 0, 1.0, negative_prompts=[""]
+        )
 
 
 def perturbed_controlnet(flux, seed: int) -> FluxControlNetModel:

@@ -24,16 +24,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from conditioners.errors import OptionError
+
 from .clip import CLIPTextModel
 from .flow_match import FlowMatchEulerSampler, FlowMatchPlan
 from .flux import FluxTransformer2DModel
 from .loading import (
     MissingFileError,
-    abstract_pretrained,
-    from_pretrained,
+    component_loader,
+    index_says,
     is_flux,
     open_folder,
-    read_model_index,
 )
 from .options import DEFAULT_OPTIONS, ModelOptions
 from .pipeline import load_tokenizer, read_scheduler_config, tokenize
@@ -48,6 +49,10 @@ OPTIONAL_T5_TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json
 MAX_SEQUENCE_LENGTH = 512  # FLUX.1-dev's (schnell uses 256)
 DEFAULT_GUIDANCE = 3.5  # FluxControlNetPipeline's guidance_scale
 PATCH = 2  # latents are packed in 2x2 patches
+NO_FLUX_NEGATIVE_PROMPT = (
+    "--negative-prompt: a FLUX.1 base model takes no negative prompt (its guidance is distilled, "
+    "not classifier-free); leave it empty"
+)
 
 
 @dataclass
@@ -91,10 +96,7 @@ def is_flux_folder(
     location: str | os.PathLike, revision: str | None = None, token: str | bool | None = None
 ) -> bool:
     """Whether `location`'s model_index.json names a Flux pipeline (False without one)."""
-    try:
-        return is_flux(read_model_index(location, revision=revision, token=token))
-    except MissingFileError:
-        return False
+    return index_says(is_flux, location, revision, token)
 
 
 def load_flux(
@@ -111,21 +113,16 @@ def load_flux(
     repo, each model filled one tensor at a time (`loading.from_pretrained`).
 
     `abstract=True` reads the configs alone: the models hold ShapeDtypeStructs (sizing, `--dry_run`)."""
-    if abstract:
-        common: dict[str, Any] = dict(revision=revision, options=options, token=token)
-        load = abstract_pretrained
-    else:
-        common = dict(
-            revision=revision, variant=variant, options=options, allow_pickle=allow_pickle, token=token
-        )
-        load = from_pretrained
+    load = component_loader(
+        abstract, revision=revision, variant=variant, options=options, allow_pickle=allow_pickle, token=token
+    )
     return Flux(
         tokenizer=load_tokenizer(location, revision=revision, token=token),
-        text_encoder=load(CLIPTextModel, location, subfolder="text_encoder", **common),
+        text_encoder=load(CLIPTextModel, location, subfolder="text_encoder"),
         tokenizer_2=load_t5_tokenizer(location, revision=revision, token=token),
-        text_encoder_2=load(T5EncoderModel, location, subfolder="text_encoder_2", **common),
-        vae=load(AutoencoderKL, location, subfolder="vae", **common),
-        transformer=load(FluxTransformer2DModel, location, subfolder="transformer", **common),
+        text_encoder_2=load(T5EncoderModel, location, subfolder="text_encoder_2"),
+        vae=load(AutoencoderKL, location, subfolder="vae"),
+        transformer=load(FluxTransformer2DModel, location, subfolder="transformer"),
         scheduler_config=read_scheduler_config(location, revision=revision, token=token),
     )
 
@@ -254,15 +251,15 @@ class FluxControlNetGenerator:
         controlnet_params: Any,
         prompts: list[str],
         conditioning: np.ndarray,
-        seed: int = 0,
-        strength: float = 1.0,
-        control_mode: int | None = None,
-        noise: np.ndarray | None = None,
+        *args,
+        negative_prompts: list[str] | None = None,
+        **kwargs,
     ) -> np.ndarray:
-        """`conditioning` (B, H, W, 3) uint8; `strength` is diffusers' controlnet_conditioning_scale (0
-        leaves the transformer alone); `control_mode` a union ControlNet's mode. `noise` (B, H/8, W/8,
-        16) replaces the seed's initial latents."""
-        latents = self.latents(controlnet_params, prompts, conditioning, seed, strength, control_mode, noise)
+        """(B, H, W, 3) uint8 images: `latents` with the same arguments, decoded. Called as
+        `pipeline.ControlNetGenerator` is, but `negative_prompts` must be empty (OptionError)."""
+        if negative_prompts and any(negative_prompts):
+            raise OptionError(NO_FLUX_NEGATIVE_PROMPT)
+        latents = self.latents(controlnet_params, prompts, conditioning, *args, **kwargs)
         height, width = conditioning.shape[1:3]
         scale = self.flux.vae.config.downscale
         return np.asarray(self._decode(self._frozen["vae"], latents, height // scale, width // scale))
@@ -277,7 +274,10 @@ class FluxControlNetGenerator:
         control_mode: int | None = None,
         noise: np.ndarray | None = None,
     ) -> Array:
-        """The packed latents after the last step, (B, tokens, 64), before decoding."""
+        """The packed latents after the last step, (B, tokens, 64), before decoding. `conditioning` (B, H,
+        W, 3) uint8; `strength` is diffusers' controlnet_conditioning_scale (0 leaves the transformer
+        alone); `control_mode` a union ControlNet's mode. `noise` (B, H/8, W/8, 16) replaces the seed's
+        initial latents."""
         latent_shape = self._latent_shape(prompts, conditioning)
         ids = self.flux.token_ids(list(prompts), self.max_sequence_length)
         mode = None if control_mode is None else jnp.full((len(prompts), 1), control_mode, jnp.int32)

@@ -24,6 +24,7 @@ import os
 import pickle
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -463,6 +464,30 @@ def abstract_pretrained(
     return cls.abstract(_read_config(cls, open_folder(location, subfolder, revision, token)), options)
 
 
+def component_loader(
+    abstract: bool = False,
+    *,
+    revision: str | None = None,
+    variant: str | None = None,
+    options: ModelOptions = DEFAULT_OPTIONS,
+    allow_pickle: bool = False,
+    token: str | bool | None = None,
+) -> Callable[..., Any]:
+    """How a pipeline loads each of its models, called as `load(cls, location, subfolder=...)`:
+    `from_pretrained` with the pipeline's arguments, or with `abstract` `abstract_pretrained` (configs
+    alone, so `variant` and `allow_pickle` do not apply)."""
+    if abstract:
+        return partial(abstract_pretrained, revision=revision, options=options, token=token)
+    return partial(
+        from_pretrained,
+        revision=revision,
+        variant=variant,
+        options=options,
+        allow_pickle=allow_pickle,
+        token=token,
+    )
+
+
 def _read_config(cls: type[ModelT], folder: ModelFolder) -> Any:
     config_path = folder.fetch(CONFIG_NAME)
     if config_path is None:
@@ -514,6 +539,19 @@ def read_model_index(
         if name in PIPELINE_COMPONENTS and isinstance(value, list) and len(value) == 2 and value[1]
     }
     return PipelineIndex(str(location), raw.get("_class_name", ""), components)
+
+
+def index_says(
+    kind: Callable[[PipelineIndex], bool],
+    location: str | os.PathLike,
+    revision: str | None = None,
+    token: str | bool | None = None,
+) -> bool:
+    """Whether `location`'s model_index.json is of `kind` (`is_sdxl`, `is_flux`); False without one."""
+    try:
+        return kind(read_model_index(location, revision=revision, token=token))
+    except MissingFileError:
+        return False
 
 
 def is_sdxl(index: PipelineIndex) -> bool:

@@ -27,11 +27,10 @@ from conditioners.errors import OptionError
 from .clip import CLIPTextModel, CLIPTextModelWithProjection, encode_prompt, encode_sdxl_prompt
 from .loading import (
     MissingFileError,
-    abstract_pretrained,
-    from_pretrained,
+    component_loader,
+    index_says,
     is_sdxl,
     open_folder,
-    read_model_index,
 )
 from .options import DEFAULT_OPTIONS, ModelOptions
 from .pixels import conditioning_input, mask_input, photo_input
@@ -109,39 +108,23 @@ def load_stable_diffusion(
     repo; an SDXL pipeline (its `model_index.json` names a text_encoder_2) also gets its second pair.
 
     `abstract=True` reads the configs alone: the models hold ShapeDtypeStructs (sizing, `--dry_run`)."""
-    if abstract:
-        common = dict(revision=revision, options=options, token=token)
-        load = abstract_pretrained
-    else:
-        common = dict(
-            revision=revision, variant=variant, options=options, allow_pickle=allow_pickle, token=token
-        )
-        load = from_pretrained
+    load = component_loader(
+        abstract, revision=revision, variant=variant, options=options, allow_pickle=allow_pickle, token=token
+    )
     second = {}
-    if _is_sdxl_folder(location, revision, token):
+    if index_says(is_sdxl, location, revision, token):  # a bare folder of the five parts: SD 1.x/2.x
         second = {
             "tokenizer_2": load_tokenizer(location, "tokenizer_2", revision=revision, token=token),
-            "text_encoder_2": load(
-                CLIPTextModelWithProjection, location, subfolder="text_encoder_2", **common
-            ),
+            "text_encoder_2": load(CLIPTextModelWithProjection, location, subfolder="text_encoder_2"),
         }
     return StableDiffusion(
         tokenizer=load_tokenizer(location, revision=revision, token=token),
-        text_encoder=load(CLIPTextModel, location, subfolder="text_encoder", **common),
-        vae=load(AutoencoderKL, location, subfolder="vae", **common),
-        unet=load(UNet2DConditionModel, location, subfolder="unet", **common),
+        text_encoder=load(CLIPTextModel, location, subfolder="text_encoder"),
+        vae=load(AutoencoderKL, location, subfolder="vae"),
+        unet=load(UNet2DConditionModel, location, subfolder="unet"),
         scheduler_config=read_scheduler_config(location, revision=revision, token=token),
         **second,
     )
-
-
-def _is_sdxl_folder(location: str | os.PathLike, revision: str | None, token: str | bool | None) -> bool:
-    try:
-        return is_sdxl(read_model_index(location, revision=revision, token=token))
-    except (
-        MissingFileError
-    ):  # a bare folder of the five parts: SD 1.x/2.x, as before model_index.json was read
-        return False
 
 
 def load_tokenizer(

@@ -36,10 +36,6 @@ SEEDS_PER_SAMPLE = (
 )
 SD_GUIDANCE = 7.5  # diffusers' StableDiffusion(XL)ControlNetPipeline's guidance_scale
 FLUX_SAMPLE_SIZE = 128  # diffusers' FluxPipeline.default_sample_size, in latent pixels (1024 px)
-NO_FLUX_NEGATIVE_PROMPT = (
-    "--negative-prompt: a FLUX.1 base model takes no negative prompt (its guidance is distilled, "
-    "not classifier-free); leave it empty"
-)
 
 
 @dataclass(frozen=True)
@@ -155,29 +151,10 @@ def check_resolution(base: Any, resolution: int) -> None:
         raise OptionError(f"--resolution {resolution}: a multiple of {multiple} for this base model")
 
 
-class FluxSampler:
-    """A `FluxControlNetGenerator` called as `write_samples` calls a `ControlNetGenerator`."""
-
-    def __init__(self, generator: Any):
-        self.generator = generator
-
-    def __call__(
-        self,
-        params: Any,
-        prompts: list[str],
-        conditioning: np.ndarray,
-        seed: int = 0,
-        strength: float = 1.0,
-        negative_prompts: list[str] | None = None,
-    ) -> np.ndarray:
-        if negative_prompts and any(negative_prompts):
-            raise OptionError(NO_FLUX_NEGATIVE_PROMPT)
-        return self.generator(params, prompts, conditioning, seed=seed, strength=strength)
-
-
 def controlnet_sampler(base: Any, controlnet: str, steps: int, guidance_scale: float) -> tuple[Any, Any]:
-    """A `ControlNetGenerator` for `base` (a `FluxSampler` for a FLUX.1 base) with the ControlNet at
-    `controlnet` (a folder or Hub id), and that ControlNet's parameters to call it with."""
+    """A `ControlNetGenerator` for `base` (a `FluxControlNetGenerator` for a FLUX.1 base; both are
+    called alike) with the ControlNet at `controlnet` (a folder or Hub id), and that ControlNet's
+    parameters to call it with."""
     from flax import nnx
 
     from landmark_controlnet.diffusion import ControlNetModel, FluxControlNetModel, from_pretrained
@@ -186,10 +163,7 @@ def controlnet_sampler(base: Any, controlnet: str, steps: int, guidance_scale: f
 
     flux = is_flux_base(base)
     graph, params = nnx.split(from_pretrained(FluxControlNetModel if flux else ControlNetModel, controlnet))
-    if flux:
-        sampler = FluxSampler(FluxControlNetGenerator(base, graph, steps, guidance_scale))
-    else:
-        sampler = ControlNetGenerator(base, graph, steps, guidance_scale)
+    sampler = (FluxControlNetGenerator if flux else ControlNetGenerator)(base, graph, steps, guidance_scale)
     return sampler, nnx.to_pure_dict(params)
 
 
@@ -263,7 +237,8 @@ def write_samples(
     negative_prompt: str = "",
 ) -> None:
     """`<stem>_<k>.png` for every row and sample, from `sampler` (a `ControlNetGenerator` or a
-    `FluxSampler`) in batches; sample k of batch b is drawn with seed `seed + k * SEEDS_PER_SAMPLE + b`."""
+    `FluxControlNetGenerator`) in batches; sample k of batch b is drawn with seed
+    `seed + k * SEEDS_PER_SAMPLE + b`."""
     folder.mkdir(parents=True, exist_ok=True)
     with tqdm(total=len(rows) * samples, desc=description, unit="img") as progress:
         for sample in range(samples):

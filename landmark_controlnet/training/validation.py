@@ -20,7 +20,6 @@ from conditioners.errors import OptionError
 from conditioners.preview import contact_sheet
 from landmark_controlnet.diffusion.flux_pipeline import Flux, FluxControlNetGenerator
 from landmark_controlnet.diffusion.pipeline import ControlNetGenerator, StableDiffusion
-from landmark_controlnet.evaluation.generate import FluxSampler
 
 from .data import decode, frame, prepare_mask
 
@@ -71,7 +70,7 @@ class Validator:
     repainted inside the mask and composited back."""
 
     def __init__(self, generator: Any, resolution: int):
-        self.generator = generator  # a ControlNetGenerator, or evaluation's FluxSampler
+        self.generator = generator  # a ControlNetGenerator, or a FluxControlNetGenerator's call
         self.resolution = resolution
 
     @classmethod
@@ -84,7 +83,7 @@ class Validator:
         generator = FluxControlNetGenerator(
             base, controlnet_graph, steps, args.guidance_scale, args.max_sequence_length
         )  # a union ControlNet's --control_mode goes with every call
-        return cls(FluxSampler(partial(generator, control_mode=args.control_mode)), resolution)
+        return cls(partial(generator, control_mode=args.control_mode), resolution)
 
     def __call__(
         self, controlnet_params: Any, validation: ValidationSet, per_prompt: int, seed: int
