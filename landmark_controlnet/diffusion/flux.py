@@ -346,8 +346,18 @@ class Control:
 class FluxBackbone(PretrainedModule):
     """x_embedder, context_embedder, time_text_embed and the double- and single-stream stacks.
 
-    Subclasses call `build_backbone` in their constructor; `embed` and `run_stack` in their forward.
+    Built as `Cls(config, options, rngs=rngs)`: the backbone, then the subclass's own layers
+    (`build_head`). Subclasses call `embed_inputs` and `run_stack` in their forward.
     """
+
+    def __init__(self, config: FluxConfig, options: ModelOptions = DEFAULT_OPTIONS, *, rngs: nnx.Rngs):
+        self.config = config
+        self.build_backbone(config, options, rngs)
+        self.build_head(config, options, rngs)
+
+    def build_head(self, config: FluxConfig, options: ModelOptions, rngs: nnx.Rngs) -> None:
+        """The subclass's layers after the backbone's (their keys drawn after the backbone's)."""
+        raise NotImplementedError
 
     def build_backbone(self, config: FluxConfig, options: ModelOptions, rngs: nnx.Rngs) -> None:
         dim, heads, head_dim = config.inner_dim, config.num_attention_heads, config.attention_head_dim
@@ -367,6 +377,16 @@ class FluxBackbone(PretrainedModule):
                 for _ in range(config.num_single_layers)
             ]
         )
+
+    def embed_inputs(
+        self, hidden_states: Array, encoder_hidden_states: Array, pooled: Array, timestep: Array, guidance
+    ) -> tuple[Array, Array, Array]:
+        """(conditioning vector, image tokens, text tokens): `embed_conditioning` and the image and
+        text embedders, the tokens in the compute dtype."""
+        dtype = self.options.dtype
+        temb = self.embed_conditioning(hidden_states.shape[0], timestep, pooled, guidance)
+        x = self.x_embedder(hidden_states.astype(dtype))
+        return temb, x, self.context_embedder(encoder_hidden_states.astype(dtype))
 
     def embed_conditioning(self, batch: int, timestep: Array, pooled: Array, guidance: Array | None) -> Array:
         """The conditioning vector (batch, inner_dim). Pipelines pass t / 1000 and the guidance scale;
@@ -451,11 +471,7 @@ class FluxTransformer2DModel(FluxBackbone):
 
     config_class = FluxTransformerConfig
 
-    def __init__(
-        self, config: FluxTransformerConfig, options: ModelOptions = DEFAULT_OPTIONS, *, rngs: nnx.Rngs
-    ):
-        self.config = config
-        self.build_backbone(config, options, rngs)
+    def build_head(self, config: FluxTransformerConfig, options: ModelOptions, rngs: nnx.Rngs) -> None:
         dim = config.inner_dim
         out_channels = config.out_channels or config.in_channels
         self.norm_out = AdaLayerNormContinuous(dim, options, rngs)
@@ -476,10 +492,9 @@ class FluxTransformer2DModel(FluxBackbone):
     ) -> Array:
         """(batch, image tokens, patch_size^2 * out_channels). ControlNet samples are added after the
         blocks as diffusers adds them (`Control.spread`)."""
-        dtype = self.options.dtype
-        temb = self.embed_conditioning(hidden_states.shape[0], timestep, pooled_projections, guidance)
-        x = self.x_embedder(hidden_states.astype(dtype))
-        context = self.context_embedder(encoder_hidden_states.astype(dtype))
+        temb, x, context = self.embed_inputs(
+            hidden_states, encoder_hidden_states, pooled_projections, timestep, guidance
+        )
         rotary = self.rotary(txt_ids, img_ids)
         double = Control.spread(
             controlnet_block_samples, len(self.transformer_blocks), controlnet_blocks_repeat

@@ -14,11 +14,21 @@ from typing import ClassVar, NamedTuple
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.traverse_util import flatten_dict
 
 from .flux import FluxBackbone, FluxConfig, FluxTransformer2DModel
-from .options import DEFAULT_OPTIONS, ModelOptions
+from .options import ModelOptions
 
 Array = jax.Array
+
+# What `from_transformer` copies: the embedders and as many leading blocks of each stack as both have.
+COPIED_FROM_TRANSFORMER = (
+    "time_text_embed",
+    "context_embedder",
+    "x_embedder",
+    "transformer_blocks",
+    "single_transformer_blocks",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,11 +64,7 @@ def zero_linear(in_features: int, out_features: int, options: ModelOptions, rngs
 class FluxControlNetModel(FluxBackbone):
     config_class = FluxControlNetConfig
 
-    def __init__(
-        self, config: FluxControlNetConfig, options: ModelOptions = DEFAULT_OPTIONS, *, rngs: nnx.Rngs
-    ):
-        self.config = config
-        self.build_backbone(config, options, rngs)
+    def build_head(self, config: FluxControlNetConfig, options: ModelOptions, rngs: nnx.Rngs) -> None:
         dim = config.inner_dim
         self.controlnet_blocks = nnx.List(
             [zero_linear(dim, dim, options, rngs) for _ in range(config.num_layers)]
@@ -88,7 +94,9 @@ class FluxControlNetModel(FluxBackbone):
         """A ControlNet shaped like `transformer` with `num_layers` double- and `num_single_layers`
         single-stream blocks, its embedders and first blocks copied from the transformer's and its
         controlnet layers at zero (diffusers' `FluxControlNetModel.from_transformer`). The head
-        shape defaults to the transformer's (diffusers defaults to FLUX.1's 24 heads of 128)."""
+        shape defaults to the transformer's (diffusers defaults to FLUX.1's 24 heads of 128). Only the
+        fresh weights are initialised, in one compiled program (`partly_copied`), from one key drawn
+        from `rngs` (seed 0 without)."""
         config = FluxControlNetConfig(
             **{
                 **transformer.config.shared(),
@@ -98,36 +106,23 @@ class FluxControlNetModel(FluxBackbone):
                 "num_attention_heads": num_attention_heads or transformer.config.num_attention_heads,
             }
         )
-        controlnet = cls(config, options or transformer.options, rngs=rngs or nnx.Rngs(0))
         if load_weights_from_transformer:
-            controlnet.copy_from(transformer)
-        return controlnet
-
-    def copy_from(self, transformer: FluxTransformer2DModel) -> None:
-        """The embedders and as many leading blocks of each stack as both models have, as copies."""
-        ours, theirs = (
-            (c.num_attention_heads, c.attention_head_dim) for c in (self.config, transformer.config)
+            ours, theirs = (
+                (c.num_attention_heads, c.attention_head_dim) for c in (config, transformer.config)
+            )
+            if ours != theirs:
+                raise ValueError(
+                    f"the ControlNet's (heads, head_dim) {ours} differ from the transformer's {theirs}"
+                )
+        # float32 master weights from a bfloat16 transformer: copies in the ControlNet's param dtype
+        weights = flatten_dict(nnx.to_pure_dict(nnx.state(transformer, nnx.Param)))
+        return cls.partly_copied(
+            config,
+            options or transformer.options,
+            weights,
+            lambda path: load_weights_from_transformer and path[0] in COPIED_FROM_TRANSFORMER,
+            0 if rngs is None else rngs.params(),
         )
-        if ours != theirs:
-            raise ValueError(
-                f"the ControlNet's (heads, head_dim) {ours} differ from the transformer's {theirs}"
-            )
-        pairs = [
-            (self.time_text_embed, transformer.time_text_embed),
-            (self.context_embedder, transformer.context_embedder),
-            (self.x_embedder, transformer.x_embedder),
-            *zip(self.transformer_blocks, transformer.transformer_blocks, strict=False),
-            *zip(self.single_transformer_blocks, transformer.single_transformer_blocks, strict=False),
-        ]
-        for ours, theirs in pairs:
-            # Copies in our param dtype (float32 master weights from a bfloat16 transformer), not shared
-            # buffers: a training step may donate the ControlNet's.
-            cast = jax.tree.map(
-                lambda mine, copied: jnp.array(copied, mine.dtype),
-                nnx.state(ours, nnx.Param),
-                nnx.state(theirs, nnx.Param),
-            )
-            nnx.update(ours, cast)
 
     def __call__(
         self,
@@ -144,12 +139,10 @@ class FluxControlNetModel(FluxBackbone):
     ) -> FluxControlNetOutput:
         """`controlnet_cond` is the packed conditioning latents, shaped like `hidden_states`;
         `controlnet_mode` (batch, 1) the union ControlNet's mode index."""
-        dtype = self.options.dtype
-        temb = self.embed_conditioning(hidden_states.shape[0], timestep, pooled_projections, guidance)
-        x = self.x_embedder(hidden_states.astype(dtype)) + self.controlnet_x_embedder(
-            controlnet_cond.astype(dtype)
+        temb, x, context = self.embed_inputs(
+            hidden_states, encoder_hidden_states, pooled_projections, timestep, guidance
         )
-        context = self.context_embedder(encoder_hidden_states.astype(dtype))
+        x = x + self.controlnet_x_embedder(controlnet_cond.astype(self.options.dtype))
         txt_ids = txt_ids[0] if txt_ids.ndim == 3 else txt_ids
         if self.controlnet_mode_embedder is not None:
             context, txt_ids = self._prepend_mode(context, txt_ids, controlnet_mode)
