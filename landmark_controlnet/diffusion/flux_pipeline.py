@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Unpack
 
 import jax
 import jax.numpy as jnp
@@ -31,13 +31,13 @@ from .flow_match import FlowMatchEulerSampler, FlowMatchPlan
 from .flux import FluxTransformer2DModel
 from .loading import (
     MissingFileError,
+    PipelineLoad,
     component_loader,
     index_says,
     is_flux,
     open_folder,
 )
-from .options import DEFAULT_OPTIONS, ModelOptions
-from .pipeline import load_tokenizer, read_scheduler_config, tokenize
+from .pipeline import shared_parts, tokenize
 from .pixels import photo_input
 from .t5 import T5EncoderModel, encode_t5_prompt
 from .vae import AutoencoderKL
@@ -101,29 +101,19 @@ def is_flux_folder(
 
 def load_flux(
     location: str | os.PathLike,
-    *,
-    revision: str | None = None,
-    variant: str | None = None,
-    options: ModelOptions = DEFAULT_OPTIONS,
-    allow_pickle: bool = False,
-    token: str | bool | None = None,
-    abstract: bool = False,
+    **arguments: Unpack[PipelineLoad],
 ) -> Flux:
     """Tokenizers, text encoders, VAE, transformer and scheduler config of a FLUX.1 pipeline folder or
     repo, each model filled one tensor at a time (`loading.from_pretrained`).
 
     `abstract=True` reads the configs alone: the models hold ShapeDtypeStructs (sizing, `--dry_run`)."""
-    load = component_loader(
-        abstract, revision=revision, variant=variant, options=options, allow_pickle=allow_pickle, token=token
-    )
+    load = component_loader(**arguments)
+    revision, token = arguments.get("revision"), arguments.get("token")
     return Flux(
-        tokenizer=load_tokenizer(location, revision=revision, token=token),
-        text_encoder=load(CLIPTextModel, location, subfolder="text_encoder"),
+        **shared_parts(location, load, revision, token),
         tokenizer_2=load_t5_tokenizer(location, revision=revision, token=token),
         text_encoder_2=load(T5EncoderModel, location, subfolder="text_encoder_2"),
-        vae=load(AutoencoderKL, location, subfolder="vae"),
         transformer=load(FluxTransformer2DModel, location, subfolder="transformer"),
-        scheduler_config=read_scheduler_config(location, revision=revision, token=token),
     )
 
 

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypedDict, TypeVar
 
 import ml_dtypes  # noqa: F401  registers bfloat16 with numpy, so safe_open(framework="numpy") reads BF16
 import numpy as np
@@ -462,6 +462,18 @@ def abstract_pretrained(
     """`cls` as the folder's config.json describes it, with ShapeDtypeStructs for weights: only the
     config is read (from the Hub, only it is downloaded), so a model of any size is sized for free."""
     return cls.abstract(_read_config(cls, open_folder(location, subfolder, revision, token)), options)
+
+
+class PipelineLoad(TypedDict, total=False):
+    """How `load_stable_diffusion` and `load_flux` load a pipeline's models: `component_loader`'s
+    arguments, all keywords (`revision` and `token` also for its tokenizers and scheduler config)."""
+
+    revision: str | None
+    variant: str | None
+    options: ModelOptions
+    allow_pickle: bool
+    token: str | bool | None
+    abstract: bool
 
 
 def component_loader(

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Unpack
 
 import jax
 import jax.numpy as jnp
@@ -27,12 +28,12 @@ from conditioners.errors import OptionError
 from .clip import CLIPTextModel, CLIPTextModelWithProjection, encode_prompt, encode_sdxl_prompt
 from .loading import (
     MissingFileError,
+    PipelineLoad,
     component_loader,
     index_says,
     is_sdxl,
     open_folder,
 )
-from .options import DEFAULT_OPTIONS, ModelOptions
 from .pixels import conditioning_input, mask_input, photo_input
 from .schedulers import DDIMSampler, NoiseSchedule, sample
 from .unet import TextTimeConditioning, UNet2DConditionModel
@@ -96,21 +97,14 @@ class StableDiffusion:
 
 def load_stable_diffusion(
     location: str | os.PathLike,
-    *,
-    revision: str | None = None,
-    variant: str | None = None,
-    options: ModelOptions = DEFAULT_OPTIONS,
-    allow_pickle: bool = False,
-    token: str | bool | None = None,
-    abstract: bool = False,
+    **arguments: Unpack[PipelineLoad],
 ) -> StableDiffusion:
     """Tokenizer(s), text encoder(s), VAE, UNet and scheduler config of a diffusers pipeline folder or
     repo; an SDXL pipeline (its `model_index.json` names a text_encoder_2) also gets its second pair.
 
     `abstract=True` reads the configs alone: the models hold ShapeDtypeStructs (sizing, `--dry_run`)."""
-    load = component_loader(
-        abstract, revision=revision, variant=variant, options=options, allow_pickle=allow_pickle, token=token
-    )
+    load = component_loader(**arguments)
+    revision, token = arguments.get("revision"), arguments.get("token")
     second = {}
     if index_says(is_sdxl, location, revision, token):  # a bare folder of the five parts: SD 1.x/2.x
         second = {
@@ -118,13 +112,23 @@ def load_stable_diffusion(
             "text_encoder_2": load(CLIPTextModelWithProjection, location, subfolder="text_encoder_2"),
         }
     return StableDiffusion(
-        tokenizer=load_tokenizer(location, revision=revision, token=token),
-        text_encoder=load(CLIPTextModel, location, subfolder="text_encoder"),
-        vae=load(AutoencoderKL, location, subfolder="vae"),
+        **shared_parts(location, load, revision, token),
         unet=load(UNet2DConditionModel, location, subfolder="unet"),
-        scheduler_config=read_scheduler_config(location, revision=revision, token=token),
         **second,
     )
+
+
+def shared_parts(
+    location: str | os.PathLike, load: Callable[..., Any], revision: str | None, token: str | bool | None
+) -> dict[str, Any]:
+    """What every pipeline here has, by its field name: the CLIP tokenizer and text encoder, the VAE
+    (each model loaded with `load`, a `component_loader`) and the scheduler config."""
+    return {
+        "tokenizer": load_tokenizer(location, revision=revision, token=token),
+        "text_encoder": load(CLIPTextModel, location, subfolder="text_encoder"),
+        "vae": load(AutoencoderKL, location, subfolder="vae"),
+        "scheduler_config": read_scheduler_config(location, revision=revision, token=token),
+    }
 
 
 def load_tokenizer(
