@@ -33,6 +33,7 @@ from diffusers import UNet2DConditionModel as TorchUNet
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusion_parity import nchw
 from flax import nnx
+from step_variants import once_per_variant, variant_id
 
 from landmark_controlnet.diffusion import ControlNetModel, ModelOptions
 from landmark_controlnet.diffusion.export import save_pretrained
@@ -112,10 +113,6 @@ class AdamW:
 
 
 OPTIMIZER = AdamW()
-
-
-def variant_id(overrides: dict[str, Any]) -> str:
-    return ",".join(f"{key}={value}" for key, value in overrides.items()) or "default"
 
 
 def frozen_options(overrides: dict[str, Any]) -> ModelOptions:
@@ -383,17 +380,13 @@ def case(request, tmp_path_factory) -> Case:
 @pytest.fixture(scope="module")
 def our_steps():
     """`our_steps(case, overrides)`: our steps for that model and variant, run once for every test."""
-    done: dict[tuple[Path, str], OurSteps] = {}
     seen: dict[Path, dict[str, OurSteps]] = {}
 
-    def get(case: Case, overrides: dict[str, Any]) -> OurSteps:
-        key = (case.folder, variant_id(overrides))
-        if key not in done:
-            ours = with_options(case.ours, case.folder, overrides)
-            done[key] = run_our_steps(ours, case.batch, seen.setdefault(case.folder, {}))
-        return done[key]
+    def run(case: Case, overrides: dict[str, Any]) -> OurSteps:
+        ours = with_options(case.ours, case.folder, overrides)
+        return run_our_steps(ours, case.batch, seen.setdefault(case.folder, {}))
 
-    return get
+    return once_per_variant(run)
 
 
 @pytest.mark.parametrize("overrides", VARIANTS, ids=variant_id)
