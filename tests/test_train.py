@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import builder_fixtures as fx
@@ -207,23 +205,15 @@ def test_a_killed_run_resumes_to_the_same_parameters(workspace):
     assert result.returncode == 0, result.stderr[-4000:]
 
     killed = workspace["root"] / "killed"
-    process = subprocess.Popen(
-        tf.train_command(workspace["model"], workspace["dataset"], killed, *flags,
-                         "--compilation_cache_dir", str(workspace["cache"])),
-        env=tf.train_env(4),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 600
-    while (
-        not (killed / "checkpoints" / "2").is_dir() and process.poll() is None and time.monotonic() < deadline
-    ):
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
-    assert not (killed / "diffusion_pytorch_model.safetensors").exists()
-
-    saved = max(int(p.name) for p in (killed / "checkpoints").iterdir() if p.name.isdigit())
+    command = tf.train_command(
+        workspace["model"],
+        workspace["dataset"],
+        killed,
+        *flags,
+        "--compilation_cache_dir",
+        str(workspace["cache"]),
+    )
+    saved = tf.kill_at_first_checkpoint(command, killed)
     logged_before = len(tf.logged_steps(killed))
     resumed = _train(workspace, killed, *flags, "--resume_from_checkpoint", "latest")
     assert resumed.returncode == 0, resumed.stderr[-4000:]
@@ -231,10 +221,7 @@ def test_a_killed_run_resumes_to_the_same_parameters(workspace):
     # randomness and data order depend on the step alone, so a restart from 0 would export the same.
     assert f"resumed from {killed / 'checkpoints'}/{saved}" in resumed.stderr, resumed.stderr[-4000:]
     assert tf.logged_steps(killed)[logged_before:] == list(range(saved + 1, 9))
-    expected, actual = tf.exported_params(straight), tf.exported_params(killed)
-    assert expected.keys() == actual.keys()
-    for key in expected:
-        np.testing.assert_allclose(actual[key], expected[key], atol=1e-6, rtol=0, err_msg=key)
+    tf.assert_same_params(killed, straight, atol=1e-6)
 
 
 def test_a_diverging_run_stops_and_names_the_last_good_checkpoint(workspace):

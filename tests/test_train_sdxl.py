@@ -7,9 +7,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import signal
 import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -73,19 +71,12 @@ def _megabytes_per_device(stderr: str) -> float:
     return float(re.search(r"ControlNet .* ([\d.]+) MB per device", stderr).group(1))
 
 
-def _assert_same_params(actual_dir, expected_dir, atol: float) -> None:
-    expected, actual = tf.exported_params(expected_dir), tf.exported_params(actual_dir)
-    assert expected.keys() == actual.keys()
-    for key in expected:
-        np.testing.assert_allclose(actual[key], expected[key], atol=atol, rtol=0, err_msg=key)
-
-
 def test_a_2x2_and_a_4x1_mesh_train_the_same_sdxl_controlnet(meshes):
     (sharded, sharded_run), (replicated, replicated_run) = meshes[TWO_BY_TWO], meshes[FOUR_BY_ONE]
     losses = [[m["loss"] for m in read_metrics(out / "logs")] for out in (sharded, replicated)]
     assert len(losses[0]) == 6
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5, atol=1e-6)
-    _assert_same_params(sharded, replicated, atol=1e-5)
+    tf.assert_same_params(sharded, replicated, atol=1e-5)
     # The 2x2 run holds its ControlNet split in two along fsdp: about half the bytes per device.
     ratio = _megabytes_per_device(sharded_run.stderr) / _megabytes_per_device(replicated_run.stderr)
     assert 0.5 <= ratio < 0.6, ratio
@@ -106,26 +97,13 @@ def test_the_sdxl_run_validates_and_exports_an_sdxl_controlnet(meshes):
 
 def test_a_killed_sharded_run_resumes_on_its_own_mesh_and_onto_another(workspace, meshes):
     killed = workspace["root"] / "killed"
-    process = subprocess.Popen(
-        _command(workspace, killed, "--mesh", TWO_BY_TWO),
-        env=tf.train_env(4),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 600
-    while not (killed / "checkpoints" / "2").is_dir() and process.poll() is None:
-        assert time.monotonic() < deadline, "no checkpoint in 10 minutes"
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
-    assert not (killed / "diffusion_pytorch_model.safetensors").exists()
+    saved = tf.kill_at_first_checkpoint(_command(workspace, killed, "--mesh", TWO_BY_TWO), killed)
     shutil.copytree(killed, workspace["root"] / "killed-onto-4x1")
 
     straight, _ = meshes[TWO_BY_TWO]
-    saved = max(int(p.name) for p in (killed / "checkpoints").iterdir() if p.name.isdigit())
     logged_before = len(tf.logged_steps(killed))
     _, result = _train(workspace, "killed", "--mesh", TWO_BY_TWO, "--resume_from_checkpoint", "latest")
-    _assert_same_params(killed, straight, atol=1e-6)
+    tf.assert_same_params(killed, straight, atol=1e-6)
     # From the last checkpoint, running only the steps after it (a restart from 0 would export the
     # same parameters: randomness and data order depend on the step alone).
     assert f"resumed from {killed / 'checkpoints'}/{saved}" in result.stderr, result.stderr[-4000:]
@@ -134,7 +112,7 @@ def test_a_killed_sharded_run_resumes_on_its_own_mesh_and_onto_another(workspace
     # their gradients in the 4x1 order, so it agrees as the two meshes do.
     resume = ("--resume_from_checkpoint", "latest")
     moved, result = _train(workspace, "killed-onto-4x1", "--mesh", FOUR_BY_ONE, *resume)
-    _assert_same_params(moved, straight, atol=1e-5)
+    tf.assert_same_params(moved, straight, atol=1e-5)
     assert f"resumed from {moved / 'checkpoints'}/{saved}" in result.stderr, result.stderr[-4000:]
     assert tf.logged_steps(moved)[logged_before:] == list(range(saved + 1, 7))
 
@@ -179,4 +157,4 @@ def test_an_sdxl_controlnet_is_fine_tuned_from_its_export(workspace, meshes):
         workspace, "fine-tuned", "--controlnet_model_name_or_path", str(exported),
         "--learning_rate", "0", "--max_train_steps", "1", "--validation_steps", "0",
     )  # fmt: skip
-    _assert_same_params(output, exported, atol=0)
+    tf.assert_same_params(output, exported, atol=0)
