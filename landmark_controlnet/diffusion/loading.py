@@ -429,6 +429,7 @@ def from_pretrained(
     options: ModelOptions = DEFAULT_OPTIONS,
     allow_pickle: bool = False,
     token: str | bool | None = None,
+    on_host: bool = False,
 ) -> ModelT:
     """Build `cls` from a diffusers / transformers model folder: local, or a Hub repo id.
 
@@ -439,12 +440,13 @@ def from_pretrained(
 
     Pickled `.bin` weights are read only with `allow_pickle=True` (torch.load, weights_only=True, the
     whole file in memory); without it a folder holding only `.bin` raises PickleRefusedError.
+    `on_host` keeps the weights in host memory as numpy arrays (`weights.load_module`).
     """
     folder = open_folder(location, subfolder, revision, token)
     config = _read_config(cls, folder)
     source = weights_source(folder, cls, variant, allow_pickle)
     try:
-        return load_module(cls.abstract(config, options), source, cls.ignore_unexpected)
+        return load_module(cls.abstract(config, options), source, cls.ignore_unexpected, on_host)
     finally:
         if isinstance(source, SafetensorsSource):
             source.close()
@@ -474,6 +476,7 @@ class PipelineLoad(TypedDict, total=False):
     allow_pickle: bool
     token: str | bool | None
     abstract: bool
+    on_host: bool
 
 
 def component_loader(
@@ -484,10 +487,11 @@ def component_loader(
     options: ModelOptions = DEFAULT_OPTIONS,
     allow_pickle: bool = False,
     token: str | bool | None = None,
+    on_host: bool = False,
 ) -> Callable[..., Any]:
     """How a pipeline loads each of its models, called as `load(cls, location, subfolder=...)`:
     `from_pretrained` with the pipeline's arguments, or with `abstract` `abstract_pretrained` (configs
-    alone, so `variant` and `allow_pickle` do not apply)."""
+    alone, so `variant`, `allow_pickle` and `on_host` do not apply)."""
     if abstract:
         return partial(abstract_pretrained, revision=revision, options=options, token=token)
     return partial(
@@ -497,6 +501,7 @@ def component_loader(
         options=options,
         allow_pickle=allow_pickle,
         token=token,
+        on_host=on_host,
     )
 
 

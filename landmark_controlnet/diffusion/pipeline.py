@@ -70,6 +70,10 @@ class StableDiffusion:
             models["text_encoder_2"] = self.text_encoder_2
         return models
 
+    def frozen_models(self) -> dict[str, nnx.Module]:
+        """Every model a ControlNet samples or trains beside, by its folder name."""
+        return {**self.text_models(), "vae": self.vae, "unet": self.unet}
+
     def token_ids(self, captions: list[str]) -> dict[str, np.ndarray]:
         """Each text encoder's token ids, by its folder name."""
         ids = {"text_encoder": tokenize(self.tokenizer, captions)}
@@ -224,8 +228,7 @@ class ControlNetGenerator:
         self.sd = sd
         self.plan = DDIMSampler.from_config(sd.scheduler_config).plan(steps)
         self.guidance_scale = guidance_scale
-        frozen = {**sd.text_models(), "vae": sd.vae, "unet": sd.unet}
-        split = {name: nnx.split(model) for name, model in frozen.items()}
+        split = {name: nnx.split(model) for name, model in sd.frozen_models().items()}
         self._graphs = {name: graph for name, (graph, _) in split.items()} | {"controlnet": controlnet_graph}
         self._frozen = {name: state for name, (_, state) in split.items()}
         self._run = jax.jit(self._generate)

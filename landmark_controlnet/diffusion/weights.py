@@ -87,8 +87,11 @@ def load_module(
     abstract: ModuleT,
     source: TensorSource,
     ignore_unexpected: Callable[[str], bool] = lambda key: False,
+    on_host: bool = False,
 ) -> ModuleT:
-    """Fill every parameter of an `abstract` module (`Cls.abstract(config)`) from `source`.
+    """Fill every parameter of an `abstract` module (`Cls.abstract(config)`) from `source`: as device
+    arrays on the default device, or with `on_host` as numpy arrays in host memory (the trainer lays
+    them out on its mesh itself, so no device ever holds a whole model).
 
     A key the module needs and the source lacks, a shape that differs, or a source key the module does
     not use (unless `ignore_unexpected` says it is harmless, like CLIP's position_ids buffer) raises
@@ -97,6 +100,7 @@ def load_module(
     graphdef, state = nnx.split(abstract)
     available = set(source.keys())
     filled = []
+    to_array = np.asarray if on_host else jnp.asarray
     for path, variable in nnx.to_flat_state(state):
         key = torch_key(path)
         expected = variable.get_raw_value()  # a ShapeDtypeStruct: the module was built abstractly
@@ -108,7 +112,7 @@ def load_module(
                 f"{source.describe()}: {key!r} has shape {tuple(source.get(key).shape)}, the model "
                 f"expects {tuple(to_torch_layout(np.empty(expected.shape), path).shape)}"
             )
-        filled.append((path, variable.replace(value=jnp.asarray(array, dtype=expected.dtype))))
+        filled.append((path, variable.replace(value=to_array(array, dtype=expected.dtype))))
         available.discard(key)
     unexpected = sorted(key for key in available if not ignore_unexpected(key))
     if unexpected:

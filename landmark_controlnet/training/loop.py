@@ -31,7 +31,7 @@ from .flux_step import CONTROL_MODE
 from .latent_cache import FLUX_TEXT_KEYS, Encoders, LatentCache, build_latent_cache, default_cache_root
 from .logs import RunLog
 from .models import TrainedModels, compute_of, load_models, token_batch
-from .sharding import describe
+from .sharding import MeshShape, describe
 from .step import Shardings, TrainState, init_state_on_devices, learning_rate_schedule, make_optimizer
 from .validation import ValidationSet, Validator, host_copy, save_grid
 
@@ -132,6 +132,8 @@ def build_run(args: argparse.Namespace) -> Run:
     if args.cache_latents:
         cache = latent_cache(args, models, rows, encoders_of(models, dtype))
         phases.mark("latent cache")
+    validates = jax.process_index() == 0 and bool(args.validation_steps)
+    release_loaded_copies(models.base, frozen, shardings, validates)
     checkpoints = Checkpoints(output_dir / "checkpoints", args.checkpoints_total_limit)
     state, position = restore(args, checkpoints, state)
     start_step = int(host_copy(state.step))
@@ -161,6 +163,32 @@ def build_run(args: argparse.Namespace) -> Run:
         checkpoints, validator, validation, run_log, fidelity,
         base_family={"sdxl": models.is_sdxl, "flux": models.is_flux},
     )  # fmt: skip
+
+
+def release_loaded_copies(
+    base: StableDiffusion | Flux, frozen: dict[str, Any], shardings: Shardings, validates: bool
+) -> None:
+    """Once the step holds its own layout of the frozen weights, the base model's modules (which
+    validation samples with) stop holding another: FLUX.1-dev's transformer and T5 are 34 GB, more than
+    a chip holds beside its share of the training state.
+
+    With one process they take the step's arrays, and the models the step does not hold (a cached run's
+    text encoders, the VAE) are laid out on the same mesh. With several, validation runs on process 0
+    alone and cannot read arrays that span the hosts: process 0 lays the base out over its own devices,
+    and the other processes keep it in host memory."""
+    local = None
+    if jax.process_count() > 1 and validates:
+        own = jax.local_devices()
+        local = Shardings(MeshShape(1, len(own)).mesh(own), shardings.min_elements)
+    for name, module in base.frozen_models().items():
+        state = nnx.state(module)
+        loaded = nnx.to_pure_dict(state)
+        if jax.process_count() == 1:
+            weights = frozen[name] if name in frozen else shardings.put(loaded)
+        else:
+            weights = local.put(loaded) if local else jax.tree.map(np.asarray, loaded)
+        nnx.replace_by_pure_dict(state, weights)
+        nnx.update(module, state)
 
 
 def encoders_of(models: TrainedModels, dtype: Any) -> Encoders:

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from flax.traverse_util import flatten_dict, unflatten_dict
+from flax.traverse_util import flatten_dict
 
 from conditioners.errors import OptionError
 from landmark_controlnet.diffusion import (
@@ -31,7 +31,6 @@ from landmark_controlnet.diffusion.flux_pipeline import Flux, encode_flux_prompt
 from landmark_controlnet.diffusion.loading import abstract_pretrained
 from landmark_controlnet.diffusion.options import ATTENTION_KERNELS, REMAT_POLICIES
 from landmark_controlnet.diffusion.pipeline import StableDiffusion, load_stable_diffusion
-from landmark_controlnet.diffusion.pretrained import InitKeys
 
 # The UNet parts a ControlNet starts from (whatever levels the UNet has, not a fixed four).
 COPIED_FROM_UNET = ("conv_in", "time_embedding", "add_embedding", "down_blocks", "mid_block")
@@ -84,10 +83,13 @@ def load_base_model(
     revision: str | None = None,
     compute: Compute = Compute(),
     abstract: bool = False,
+    on_host: bool = False,
 ) -> StableDiffusion:
     """The frozen models with their weights in the compute dtype; `abstract`: their shapes alone,
-    from the configs."""
-    return load_stable_diffusion(location, revision=revision, options=compute.frozen, abstract=abstract)
+    from the configs; `on_host`: in host memory, for the trainer to lay out on its mesh."""
+    return load_stable_diffusion(
+        location, revision=revision, options=compute.frozen, abstract=abstract, on_host=on_host
+    )
 
 
 def native_resolution(base: StableDiffusion | Flux) -> int:
@@ -103,31 +105,14 @@ def controlnet_options(dtype: jnp.dtype, remat: str = "none", attention: str = "
 
 
 def controlnet_from_unet(unet: Any, seed: int, options: ModelOptions) -> ControlNetModel:
-    """A ControlNet shaped like `unet`, its encoder copied from the UNet, the rest freshly initialised.
-
-    Only the fresh weights are initialised, in one compiled program: initialising each weight eagerly
-    compiled one program per shape, and most of them would be overwritten by the UNet's anyway."""
+    """A ControlNet shaped like `unet`, its encoder copied from the UNet, the rest freshly initialised
+    (in one compiled program: `PretrainedModule.partly_copied`)."""
     # An inpainting UNet takes 9 channels; its ControlNet sees the 4 latent channels only.
     config = ControlNetConfig.from_unet(unet.config, in_channels=LATENT_CHANNELS)
-    graphdef, abstract = nnx.split(ControlNetModel.abstract(config, options))
-    wanted = flatten_dict(nnx.to_pure_dict(abstract))
     unet_weights = flatten_dict(nnx.to_pure_dict(nnx.state(unet, nnx.Param)))
-    copied = {
-        key: jnp.asarray(unet_weights[key], value.dtype)
-        for key, value in wanted.items()
-        if str(key[0]).startswith(COPIED_FROM_UNET)
-        and key in unet_weights
-        and unet_weights[key].shape == value.shape
-    }
-
-    @jax.jit
-    def fresh() -> dict:  # the whole init traced, the copied weights' part dropped by the compiler
-        built = ControlNetModel(config, options, rngs=InitKeys(seed))
-        weights = flatten_dict(nnx.to_pure_dict(nnx.state(built)))
-        return {key: value for key, value in weights.items() if key not in copied}
-
-    nnx.replace_by_pure_dict(abstract, unflatten_dict({**fresh(), **copied}))
-    return nnx.merge(graphdef, abstract)
+    return ControlNetModel.partly_copied(
+        config, options, unet_weights, lambda path: str(path[0]).startswith(COPIED_FROM_UNET), seed
+    )
 
 
 def load_controlnet(location: str, revision: str | None, options: ModelOptions) -> ControlNetModel:
@@ -200,10 +185,15 @@ def is_flux_base(location: str, revision: str | None = None) -> bool:
 
 
 def load_flux_base(
-    location: str, revision: str | None = None, compute: Compute = Compute(), abstract: bool = False
+    location: str,
+    revision: str | None = None,
+    compute: Compute = Compute(),
+    abstract: bool = False,
+    on_host: bool = False,
 ) -> Flux:
-    """FLUX.1's frozen models with their weights in the compute dtype; `abstract`: their shapes alone."""
-    return load_flux(location, revision=revision, options=compute.frozen, abstract=abstract)
+    """FLUX.1's frozen models with their weights in the compute dtype; `abstract`: their shapes alone;
+    `on_host`: in host memory."""
+    return load_flux(location, revision=revision, options=compute.frozen, abstract=abstract, on_host=on_host)
 
 
 def flux_controlnet(
@@ -294,7 +284,8 @@ def load_models(
 def _sd_models(args: Any, compute: Compute, abstract: bool, mark: Callable[[str], None]) -> TrainedModels:
     from .step import LossConfig, diffusion_loss, make_train_step  # step imports this module
 
-    sd = load_base_model(args.pretrained_model_name_or_path, args.revision, compute, abstract)
+    # In host memory: the loop lays the frozen weights out on the mesh, so no chip holds a whole model.
+    sd = load_base_model(args.pretrained_model_name_or_path, args.revision, compute, abstract, on_host=True)
     if not abstract:
         check_unet_channels(args, sd)
     args.resolution = args.resolution or native_resolution(sd)
@@ -356,7 +347,7 @@ def _flux_models(args: Any, compute: Compute, abstract: bool, mark: Callable[[st
     )
 
     check_flux_flags(args)
-    flux = load_flux_base(args.pretrained_model_name_or_path, args.revision, compute, abstract)
+    flux = load_flux_base(args.pretrained_model_name_or_path, args.revision, compute, abstract, on_host=True)
     args.resolution = args.resolution or native_resolution(flux)
     mark("base model")
     controlnet = flux_controlnet(flux, args, compute.trained, abstract)
