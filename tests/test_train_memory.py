@@ -3,7 +3,7 @@ base model was loaded into (whole, on the first device) are gone, and validation
 step's own arrays. FLUX.1-dev's transformer and T5 are 34 GB: a second copy on the first chip does
 not fit beside its share of the training state.
 
-Each case builds a run in a fresh process with 4 simulated CPU devices and an `fsdp=4` mesh, then
+Each case builds a run in a fresh process with 4 simulated CPU devices and a 2x2 `data`x`fsdp` mesh, then
 lists JAX's live arrays: none may hold on a single device a weight that the step shards."""
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def test_loaded_copies_are_released_and_validation_uses_the_sharded_weights(mode
     output = models["root"] / f"run-{family}-{len(flags)}"
     command = tf.train_command(
         models[family], models["dataset"], output,
-        "--mesh", "data=1,fsdp=4", "--fsdp_min_elements", "1024",
+        "--mesh", "data=2,fsdp=2", "--fsdp_min_elements", "1024",
         "--validation_steps", "1", "--num_validation_images", "1", "--num_inference_steps", "2",
         "--latent_cache_dir", str(models["root"] / f"latent-cache-{family}"),
         *flags,

@@ -169,24 +169,28 @@ def release_loaded_copies(
     base: StableDiffusion | Flux, frozen: dict[str, Any], shardings: Shardings, validates: bool
 ) -> None:
     """Once the step holds its own layout of the frozen weights, the base model's modules (which
-    validation samples with) stop holding another: FLUX.1-dev's transformer and T5 are 34 GB, more than
-    a chip holds beside its share of the training state.
+    validation samples with) hold no other copy on a device: FLUX.1-dev's transformer and T5 are 34 GB,
+    more than a chip holds beside its share of the training state.
 
-    With one process they take the step's arrays, and the models the step does not hold (a cached run's
-    text encoders, the VAE) are laid out on the same mesh. With several, validation runs on process 0
-    alone and cannot read arrays that span the hosts: process 0 lays the base out over its own devices,
-    and the other processes keep it in host memory."""
-    local = None
-    if jax.process_count() > 1 and validates:
-        own = jax.local_devices()
-        local = Shardings(MeshShape(1, len(own)).mesh(own), shardings.min_elements)
+    With one process the modules take the step's arrays. The models the step does not hold (a cached
+    run's text encoders, the VAE) are split over every device when this process validates, whatever
+    the mesh, and stay in host memory when it does not. With several processes validation runs on
+    process 0 alone and cannot read arrays that span the hosts: process 0 splits the base over its own
+    devices, and the other processes keep it in host memory."""
+    one_process = jax.process_count() == 1
+    spread = None
+    if validates:
+        devices = jax.devices() if one_process else jax.local_devices()
+        spread = Shardings(MeshShape(1, len(devices)).mesh(devices), shardings.min_elements)
     for name, module in base.frozen_models().items():
         state = nnx.state(module)
         loaded = nnx.to_pure_dict(state)
-        if jax.process_count() == 1:
-            weights = frozen[name] if name in frozen else shardings.put(loaded)
+        if one_process and name in frozen:
+            weights = frozen[name]
+        elif spread:
+            weights = spread.put(loaded)
         else:
-            weights = local.put(loaded) if local else jax.tree.map(np.asarray, loaded)
+            weights = jax.tree.map(np.asarray, loaded)
         nnx.replace_by_pure_dict(state, weights)
         nnx.update(module, state)
 
