@@ -248,14 +248,7 @@ def build_step(
         UNetConfig,
     )
     from landmark_controlnet.training.models import Compute, Graphs
-    from landmark_controlnet.training.step import (
-        LossConfig,
-        Shardings,
-        init_state,
-        learning_rate_schedule,
-        make_optimizer,
-        make_train_step,
-    )
+    from landmark_controlnet.training.step import LossConfig, Shardings, make_train_step
 
     shardings = Shardings.over_all_devices()
     compute = Compute(jnp.bfloat16, remat, remat, attention, scan_layers)
@@ -274,15 +267,10 @@ def build_step(
         counts[name] = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(weights[name]))
     params = weights.pop("controlnet")
     weights["noise_schedule"] = shardings.replicate(NoiseSchedule.from_config(SCHEDULE))
-    schedule = learning_rate_schedule("constant", 1e-5, 0, 1)
-    optimizer = make_optimizer(schedule)
-    build_state = jax.jit(lambda p: init_state(p, optimizer, 0), out_shardings=shardings.replicated)
-    state = jax.eval_shape(build_state, params) if abstract else build_state(params)
     host_batch = example_batch(case, unet_config, batch, resolution, scale)
-    if abstract:
-        device_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in host_batch.items()}
-    else:
-        device_batch = shardings.put_batch(host_batch)
+    optimizer, schedule, state, device_batch = optimizer_state_and_batch(
+        params, host_batch, shardings, abstract
+    )
     config = LossConfig(dtype=jnp.bfloat16)
     step = make_train_step(Graphs(**graphs), optimizer, schedule, config, shardings, params, weights)
     millions = {k: round(v / 1e6, 1) for k, v in counts.items()}
@@ -320,12 +308,7 @@ def build_flux_step(
         make_flux_train_step,
     )
     from landmark_controlnet.training.models import Compute
-    from landmark_controlnet.training.step import (
-        Shardings,
-        init_state,
-        learning_rate_schedule,
-        make_optimizer,
-    )
+    from landmark_controlnet.training.step import Shardings
     from landmark_controlnet.training.tiny_flux import SCHEDULER
 
     shardings = Shardings.over_all_devices()
@@ -343,15 +326,10 @@ def build_flux_step(
         "flow_schedule": shardings.replicate(FlowMatchSchedule.from_config(SCHEDULER)),
         "ids": shardings.replicate(flux_ids(latent, latent, case.text_tokens)),
     }
-    schedule = learning_rate_schedule("constant", 1e-5, 0, 1)
-    optimizer = make_optimizer(schedule)
-    build_state = jax.jit(lambda p: init_state(p, optimizer, 0), out_shardings=shardings.replicated)
-    state = jax.eval_shape(build_state, params) if abstract else build_state(params)
     host_batch = flux_batch(config, batch, latent, case.text_tokens)
-    if abstract:
-        device_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in host_batch.items()}
-    else:
-        device_batch = shardings.put_batch(host_batch)
+    optimizer, schedule, state, device_batch = optimizer_state_and_batch(
+        params, host_batch, shardings, abstract
+    )
     loss_config = FlowMatchLossConfig(dtype=jnp.bfloat16, latent_shift=0.1159, latent_scale=0.3611)
     graphs = FluxGraphs(graph, controlnet_graph)
     step = make_flux_train_step(graphs, optimizer, schedule, loss_config, shardings, params, frozen)
@@ -361,6 +339,23 @@ def build_flux_step(
         for name, tree in counts.items()
     }
     return Step(step, state, frozen, device_batch, millions, graphs, loss_config, flux_loss_from_key)
+
+
+def optimizer_state_and_batch(params: Any, host_batch: dict, shardings: Any, abstract: bool) -> tuple:
+    """(optimizer, learning-rate schedule, train state, batch): on the devices, or their shapes."""
+    import jax
+
+    from landmark_controlnet.training.step import init_state, learning_rate_schedule, make_optimizer
+
+    schedule = learning_rate_schedule("constant", 1e-5, 0, 1)
+    optimizer = make_optimizer(schedule)
+    build_state = jax.jit(lambda p: init_state(p, optimizer, 0), out_shardings=shardings.replicated)
+    state = jax.eval_shape(build_state, params) if abstract else build_state(params)
+    if abstract:
+        device_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in host_batch.items()}
+    else:
+        device_batch = shardings.put_batch(host_batch)
+    return optimizer, schedule, state, device_batch
 
 
 def flux_batch(config: Any, batch: int, latent: int, text_tokens: int) -> dict:
