@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypedDict, TypeVar
+from typing import Any, Literal, Protocol, TypedDict, TypeVar, Unpack
 
 import ml_dtypes  # noqa: F401  registers bfloat16 with numpy, so safe_open(framework="numpy") reads BF16
 import numpy as np
@@ -479,30 +479,17 @@ class PipelineLoad(TypedDict, total=False):
     on_host: bool
 
 
-def component_loader(
-    abstract: bool = False,
-    *,
-    revision: str | None = None,
-    variant: str | None = None,
-    options: ModelOptions = DEFAULT_OPTIONS,
-    allow_pickle: bool = False,
-    token: str | bool | None = None,
-    on_host: bool = False,
-) -> Callable[..., Any]:
+def component_loader(**arguments: Unpack[PipelineLoad]) -> Callable[..., Any]:
     """How a pipeline loads each of its models, called as `load(cls, location, subfolder=...)`:
     `from_pretrained` with the pipeline's arguments, or with `abstract` `abstract_pretrained` (configs
     alone, so `variant`, `allow_pickle` and `on_host` do not apply)."""
-    if abstract:
-        return partial(abstract_pretrained, revision=revision, options=options, token=token)
-    return partial(
-        from_pretrained,
-        revision=revision,
-        variant=variant,
-        options=options,
-        allow_pickle=allow_pickle,
-        token=token,
-        on_host=on_host,
-    )
+    if arguments.pop("abstract", False):
+        return partial(abstract_pretrained, **{k: v for k, v in arguments.items() if k in ABSTRACT_LOAD})
+    return partial(from_pretrained, **arguments)
+
+
+# What `abstract_pretrained` takes of a pipeline's loading arguments.
+ABSTRACT_LOAD = ("revision", "options", "token")
 
 
 def _read_config(cls: type[ModelT], folder: ModelFolder) -> Any:
